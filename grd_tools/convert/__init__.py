@@ -1,0 +1,103 @@
+"""`gres grd convert`: move datasets between GRD and the formats around it.
+
+Every conversion goes through the canonical GRD layout: a reader turns SRC into a GRD folder, a
+writer turns a GRD folder into DST. X -> Y for two non-GRD formats chains the two through a
+temporary GRD folder. DST is written atomically; SRC is never modified.
+
+Contract of a format module (`grd_tools/convert/<name>.py`):
+- `read(src: Path, dst: Path, **options) -> None`: write a valid GRD dataset into the empty
+  folder `dst` (copy or hard-link images with `fsutil.link_or_copy`, write masks as 0/255 PNG,
+  then `format.save`).
+- `write(dataset: GRDDataset, dst: Path, **options) -> None`: write the format into the empty
+  folder `dst`; `dataset.root` is where its files are.
+- `detect(src: Path) -> bool` (optional): True when `src` looks like this format.
+Unknown options are ignored (`**_`), so one CLI can pass every option to every module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from grd_tools.errors import GRDError
+from grd_tools.format import MANIFEST, GRDDataset, load, save
+from grd_tools.fsutil import atomic_output_dir, link_or_copy
+from grd_tools.paths import resolve_inside
+
+#: formats `--to` accepts (readers and writers exist for each)
+WRITABLE = ("grd", "coco", "hf", "cosod")
+#: formats `--from` accepts; d3 and refcoco are read-only releases
+READABLE = ("grd", "coco", "hf", "cosod", "d3", "refcoco")
+
+
+def _module(fmt: str) -> Any:
+    return importlib.import_module(f"grd_tools.convert.{fmt}")
+
+
+def detect_format(src: Path) -> str:
+    """Guess SRC's format from its layout; raise GRDError asking for `--from` when unsure."""
+    if (src / MANIFEST).is_file():
+        return "grd"
+    for fmt in READABLE[1:]:
+        try:
+            mod = _module(fmt)
+        except ModuleNotFoundError:
+            continue
+        detect = getattr(mod, "detect", None)
+        if detect is not None and detect(src):
+            return fmt
+    raise GRDError(f"{src}: cannot tell its format; pass --from {'|'.join(READABLE)}")
+
+
+def read_grd(src: Path, dst: Path, **_: Any) -> None:
+    """GRD -> GRD: copy (hard-link where possible) every referenced file, same relative paths."""
+    dataset = load(src)
+    for g in dataset.groups:
+        for img in g.images:
+            link_or_copy(resolve_inside(src, img.file), resolve_inside(dst, img.file))
+        for e in g.expressions:
+            for mask in e.targets.values():
+                if mask is not None:
+                    link_or_copy(resolve_inside(src, mask), resolve_inside(dst, mask))
+    save(dataset, dst)
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    to: str,
+    from_: str | None = None,
+    overwrite: bool = False,
+    **options: Any,
+) -> Path:
+    """Convert SRC (format `from_`, detected when None) into DST (format `to`). Returns DST."""
+    src, dst = Path(src), Path(dst)
+    if to not in WRITABLE:
+        raise GRDError(f"--to {to}: unknown format (choose from {', '.join(WRITABLE)})")
+    if not src.exists():
+        raise GRDError(f"{src}: no such file or folder")
+    from_ = from_ or detect_format(src)
+    if from_ not in READABLE:
+        raise GRDError(f"--from {from_}: unknown format (choose from {', '.join(READABLE)})")
+    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
+        raise GRDError(f"{dst}: DST may not be SRC or lie inside it (SRC is never modified)")
+    reader = read_grd if from_ == "grd" else _module(from_).read
+    with atomic_output_dir(dst, overwrite=overwrite) as out:
+        if to == "grd":
+            reader(src, out, **options)
+            load(out)  # a reader must leave a schema-valid manifest
+        else:
+            writer = _module(to).write
+            if from_ == "grd":
+                writer(load(src), out, **options)
+            else:
+                with tempfile.TemporaryDirectory(prefix=".grd-convert-", dir=out.parent) as tmp:
+                    reader(src, Path(tmp), **options)
+                    writer(load(tmp), out, **options)
+    return dst
+
+
+__all__ = ["READABLE", "WRITABLE", "GRDDataset", "convert", "detect_format", "read_grd"]

@@ -1,0 +1,101 @@
+"""Reading and writing images and masks, with Pillow's decompression-bomb guard always on.
+
+Every image a dataset or a user hands us goes through `open_image`: EXIF orientation applied,
+converted to RGB from any mode (L, P, RGBA, CMYK, I;16), and refused with a clear error when
+Pillow considers it a decompression bomb.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from grd_tools.errors import GRDError
+
+#: Pillow's own default limit (about 89.5 M pixels); an image above 2x this is refused by Pillow,
+#: and we turn the warning zone (1x-2x) into an error too, so a bomb never reaches memory.
+MAX_IMAGE_PIXELS = 89_478_485
+if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > MAX_IMAGE_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+
+
+class ImageReadError(GRDError):
+    """An image or mask file that cannot be read (missing, corrupt, truncated, too large)."""
+
+
+def _open(path: str | os.PathLike[str]) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+            img.load()
+        return img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"{path}: refused, too many pixels (decompression-bomb guard): {e}")
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"{path}: cannot read image ({e})") from None
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, read from the header only (no pixel decoding)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                try:
+                    orientation = img.getexif().get(0x0112, 1)
+                except Exception:  # broken EXIF blocks are common; orientation then defaults
+                    orientation = 1
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"{path}: refused, too many pixels (decompression-bomb guard): {e}")
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ImageReadError(f"{path}: cannot read image ({e})") from None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image as RGB with EXIF orientation applied. Raises ImageReadError."""
+    img = _open(path)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a corrupt EXIF block must not lose the image
+        pass
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = float(arr.max()) or 1.0
+        img = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read a mask file as a uint8 array (H, W), values as stored (expected 0/255 or 0/1)."""
+    img = _open(path)
+    if img.mode not in ("L", "1", "P"):
+        img = img.convert("L")
+    arr = np.asarray(img)
+    if img.mode == "1":
+        arr = arr.astype(np.uint8) * 255
+    return arr
+
+
+def write_mask(path: str | os.PathLike[str], mask: np.ndarray) -> None:
+    """Write a boolean/0-1/0-255 mask as a 0/255 single-channel PNG (parents created)."""
+    arr = np.asarray(mask)
+    arr = np.where(arr > 0, 255, 0).astype(np.uint8)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode="L").save(path, format="PNG")

@@ -1,0 +1,3 @@
+from gres_cli.cli import main
+
+main()

@@ -1,0 +1,28 @@
+"""The `gres` command line. Commands parse arguments and call the engine; torch is imported
+lazily inside the commands that need it, so `gres --help` and `gres grd ...` start fast."""
+
+from __future__ import annotations
+
+import typer
+
+from gres_cli.cli import grd, model
+
+app = typer.Typer(
+    name="gres",
+    help=(
+        "Group-wise referring expression segmentation (GRES, Wu et al., ICCV 2023): segment the "
+        "object an expression describes in every photo of a group that has it, and say 'absent' "
+        "for the others. Not the generalized RES of gRefCOCO."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(grd.app, name="grd")
+app.add_typer(model.app, name="model")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

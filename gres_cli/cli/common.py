@@ -1,0 +1,47 @@
+"""What every command shares: the stderr console, one-line errors, exit codes.
+
+Exit codes: 0 success, 1 the work ran but found faults (failed images, validation errors),
+2 a usage error (bad arguments, unreadable input) reported before any work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_OK = 0
+EXIT_FAULTS = 1
+EXIT_USAGE = 2
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print `gres: error: <message>` on stderr (one line) and exit with `code`."""
+    err_console.print(f"[bold red]gres: error:[/] {message}", soft_wrap=True, markup=True)
+    raise typer.Exit(code)
+
+
+def user_errors_types() -> tuple[type[BaseException], ...]:
+    """The exception types that are the user's input faults, reported as one line."""
+    from grd_tools.errors import GRDError
+
+    types: list[type[BaseException]] = [GRDError]
+    errors_mod = sys.modules.get("gres_cli.errors")
+    if errors_mod is not None:
+        types.append(errors_mod.GresError)
+    return tuple(types)
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a GRDError/GresError raised inside the block into a one-line message and exit 2."""
+    try:
+        yield
+    except user_errors_types() as e:
+        fail(str(e))

@@ -1,0 +1,16 @@
+"""`gres grd ...`: the dataset toolkit (grd_tools) on the command line. Never imports torch."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    help=(
+        "Work with GRD (Group Referring Dataset) folders: validate, split, convert, stats, "
+        "synth, pull, push."
+    ),
+    no_args_is_help=True,
+)
+
+# Each module registers its commands on `app`.
+from gres_cli.cli.grd import convert, hub, split, stats, synth, validate  # noqa: E402, F401

@@ -1,0 +1,3 @@
+"""`gres grd split` (to be written)."""
+
+from gres_cli.cli.grd import app  # noqa: F401
