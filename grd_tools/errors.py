@@ -8,7 +8,7 @@ class GRDError(Exception):
 
 
 class SchemaError(GRDError):
-    """`grd.json` does not match the schema; `json_path` names the faulty node (e.g. `$.groups[0].id`)."""
+    """`grd.json` breaks the schema; `json_path` names the faulty node (`$.groups[0].id`)."""
 
     def __init__(self, message: str, json_path: str = "$") -> None:
         super().__init__(f"{json_path}: {message}")
@@ -17,4 +17,4 @@ class SchemaError(GRDError):
 
 
 class UnsafePathError(GRDError):
-    """A path read from a dataset is absolute, climbs out with `..`, or is a symlink out of the root."""
+    """A dataset path that is absolute, climbs out with `..`, or is a symlink out of the root."""

@@ -7,6 +7,7 @@ Pillow considers it a decompression bomb.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -35,7 +36,9 @@ def _open(path: str | os.PathLike[str]) -> Image.Image:
             img.load()
         return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"{path}: refused, too many pixels (decompression-bomb guard): {e}")
+        raise ImageReadError(
+            f"{path}: refused, too many pixels (decompression-bomb guard): {e}"
+        ) from None
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except (OSError, ValueError, SyntaxError) as e:
@@ -54,7 +57,9 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
                 except Exception:  # broken EXIF blocks are common; orientation then defaults
                     orientation = 1
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"{path}: refused, too many pixels (decompression-bomb guard): {e}")
+        raise ImageReadError(
+            f"{path}: refused, too many pixels (decompression-bomb guard): {e}"
+        ) from None
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except (OSError, ValueError, SyntaxError) as e:
@@ -65,10 +70,8 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """Decode an image as RGB with EXIF orientation applied. Raises ImageReadError."""
     img = _open(path)
-    try:
+    with contextlib.suppress(Exception):  # a corrupt EXIF block must not lose the image
         img = ImageOps.exif_transpose(img)
-    except Exception:  # a corrupt EXIF block must not lose the image
-        pass
     if img.mode == "RGB":
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):

@@ -6,6 +6,11 @@ import sys
 import pytest
 
 HEAVY = ("torch", "transformers", "timm")
+RUN_CLI = (
+    "import sys; sys.argv={argv}\n"
+    "from gres_cli.cli import main\n"
+    "try: main()\nexcept SystemExit: pass"
+)
 
 
 def _imported_modules(code: str) -> set[str]:
@@ -24,8 +29,8 @@ def _imported_modules(code: str) -> set[str]:
     [
         "import grd_tools, grd_tools.format, grd_tools.convert, grd_tools.imageio",
         "from gres_cli.cli import app",
-        "import sys; sys.argv=['gres','--help']\nfrom gres_cli.cli import main\ntry: main()\nexcept SystemExit: pass",
-        "import sys; sys.argv=['gres','grd','--help']\nfrom gres_cli.cli import main\ntry: main()\nexcept SystemExit: pass",
+        RUN_CLI.format(argv=["gres", "--help"]),
+        RUN_CLI.format(argv=["gres", "grd", "--help"]),
     ],
 )
 def test_light_entry_points_do_not_import_torch(code: str):
