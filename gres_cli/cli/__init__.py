@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from gres_cli.cli import grd, model
+from gres_cli.cli import evaluate, grd, model, segment, train
 
 app = typer.Typer(
     name="gres",
@@ -19,6 +19,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+segment.register(app)
+evaluate.register(app)
+train.register(app)
 app.add_typer(grd.app, name="grd")
 app.add_typer(model.app, name="model")
 
