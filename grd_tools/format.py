@@ -188,6 +188,8 @@ def read_manifest(root: str | os.PathLike[str]) -> Any:
         raise GRDError(
             f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
         ) from None
+    except OSError as e:
+        raise GRDError(f"{path}: cannot read ({e.strerror})") from None
 
 
 def load(root: str | os.PathLike[str]) -> GRDDataset:

@@ -53,7 +53,10 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
             with Image.open(path) as img:
                 w, h = img.size
                 try:
-                    orientation = img.getexif().get(0x0112, 1)
+                    # a PNG's getexif() decodes the whole image to look for an eXIf chunk after
+                    # the pixels; one before them is already in `info`
+                    lazy_png = img.format == "PNG" and "exif" not in img.info
+                    orientation = 1 if lazy_png else img.getexif().get(0x0112, 1)
                 except Exception:  # broken EXIF blocks are common; orientation then defaults
                     orientation = 1
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
