@@ -10,6 +10,7 @@ app = typer.Typer(
         "synth, pull, push."
     ),
     no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 
 # Each module registers its commands on `app`.
