@@ -1,0 +1,60 @@
+"""Mask predictor: the triphasic feature z_n, the LAVT-style decoder, the presence embedding.
+
+    z_n = concat(V_n, M_v[n, o_1], ..., M_v[n, o_K])   V_n plus the K ordered expert heatmaps
+z_n replaces the query stage's map in LAVT's decoder (upsample, concatenate, two 3x3
+conv-BN-ReLU blocks, from stride 32 down to stride 4; a 1x1 conv to the mask logit; bilinear
+upsampling to the input). Its per-pixel embedding e_n(x) (a 1x1 conv MLP into the shared
+space) pooled over H x W gives emb(z_n), compared with L and L_anti for the presence decision.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
+
+
+class MaskDecoder(nn.Module):
+    def __init__(
+        self, stage_dims: list[int], query_stage: int, experts: int, hidden: int, embed_dim: int
+    ) -> None:
+        super().__init__()
+        self.query_stage = query_stage
+        cq = stage_dims[query_stage]
+        self.triphasic = nn.Sequential(nn.Conv2d(cq + experts, cq, 1), nn.GELU())
+        self.embed = nn.Sequential(
+            nn.Conv2d(cq + experts, embed_dim, 1), nn.GELU(), nn.Conv2d(embed_dim, embed_dim, 1)
+        )
+        top = stage_dims[-1]
+        self.blocks = nn.ModuleList()
+        cin = top
+        for skip in reversed(stage_dims[:-1]):
+            self.blocks.append(
+                nn.Sequential(_conv_bn_relu(cin + skip, hidden), _conv_bn_relu(hidden, hidden))
+            )
+            cin = hidden
+        self.head = nn.Conv2d(cin, 1, 1)
+
+    def forward(
+        self, maps: list[Tensor], heatmaps: Tensor, out_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor]:
+        """maps: F_1..F_4 (M x C_i x H_i x W_i); heatmaps: M x K x H_q x W_q (ordered experts).
+
+        Returns mask logits M x H x W (at out_size) and the per-pixel embedding M x D x H_q x W_q.
+        """
+        z = torch.cat([maps[self.query_stage], heatmaps], dim=1)  # z_n
+        pixel_embedding = self.embed(z)
+        maps = list(maps)
+        maps[self.query_stage] = maps[self.query_stage] + self.triphasic(z)
+        x = maps[-1]
+        for block, skip in zip(self.blocks, reversed(maps[:-1]), strict=True):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        logits = F.interpolate(self.head(x), size=out_size, mode="bilinear", align_corners=False)
+        return logits[:, 0], pixel_embedding

@@ -1,0 +1,106 @@
+"""Model folders and the Hugging Face Hub: config.json + model.safetensors + tokenizer files.
+
+Loading is strict: a missing or unexpected weight, or one of the wrong shape, is an error naming
+the keys. Weights are read from safetensors only. HF_HUB_OFFLINE=1 is honoured everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from gres_cli.errors import ModelLoadError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "README.md"]
+
+
+def offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def resolve_model_dir(
+    model_id: str | os.PathLike[str],
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+) -> Path:
+    """A local folder as is; a Hub repo id through the Hub cache (snapshot_download)."""
+    path = Path(model_id)
+    if path.is_dir():
+        if not (path / CONFIG_FILE).is_file():
+            raise ModelLoadError(f"{path}: not a model folder (no {CONFIG_FILE})")
+        return path
+    if path.exists() or str(model_id).startswith((".", "/", "~")) or str(model_id).count("/") > 1:
+        raise ModelLoadError(f"{model_id}: no such model folder")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(
+            repo_id=str(model_id),
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only or offline(),
+            allow_patterns=MODEL_FILES,
+            token=token,
+        )
+    except LocalEntryNotFoundError:
+        where = " (HF_HUB_OFFLINE is set)" if offline() else ""
+        raise ModelLoadError(
+            f"{model_id}: not in the local Hub cache and the Hub cannot be reached{where}"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{model_id}: cannot download ({type(e).__name__}: {e})") from None
+    return Path(folder)
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / CONFIG_FILE).read_text("utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{folder / CONFIG_FILE}: cannot read ({e})") from None
+
+
+def load_state_strict(model: Any, weights: Path) -> None:
+    """Load safetensors weights into `model`; any missing/unexpected/mis-shaped key is an error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not weights.is_file():
+        raise ModelLoadError(f"{weights}: missing (a model folder holds {WEIGHTS_FILE})")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as e:
+        raise ModelLoadError(f"{weights}: not a readable safetensors file ({e})") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mis_shaped = sorted(
+        k for k in set(state) & set(expected) if state[k].shape != expected[k].shape
+    )
+    faults = []
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", mis_shaped),
+    ):
+        if keys:
+            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+            faults.append(f"{label} weights: {', '.join(keys[:5])}{more}")
+    if faults:
+        raise ModelLoadError(f"{weights}: does not fit the model: {'; '.join(faults)}")
+    model.load_state_dict(state, strict=True)
+
+
+def save_state(model: Any, weights: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(weights), metadata={"format": "pt"})
