@@ -32,7 +32,7 @@ _BASE_WORDS = (
     "large big tiny little huge medium red green blue yellow purple orange white black gray "
     "grey pink brown cyan magenta circle square triangle star cross ring diamond rectangle "
     "object thing shape person man woman dog cat car umbrella"
-).split()  # noqa: SIM905
+).split()
 
 
 def build_tiny_tokenizer(words: list[str] | None = None) -> Any:
