@@ -1,7 +1,123 @@
-"""`gres model info|pull|push` (to be written)."""
+"""`gres model init|info|pull|push`: create, inspect, download and publish GRSer models.
+
+torch is imported inside each command, never at module level, so `gres --help` stays fast.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="Inspect, download and publish GRSer models.", no_args_is_help=True)
+from gres_cli.cli.common import err_console, fail, user_errors
+
+app = typer.Typer(
+    help="Create, inspect, download and publish GRSer models (config.json + model.safetensors).",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+)
+
+ModelArg = Annotated[str, typer.Argument(help="Hub repo id (org/name) or local model folder.")]
+RevisionOpt = Annotated[
+    str | None, typer.Option("--revision", help="Hub branch, tag or commit to pin.")
+]
+
+
+@app.command()
+def init(
+    out: Annotated[Path, typer.Argument(help="Folder to write the new model into.")],
+    preset: Annotated[
+        str, typer.Option(help="Named size: grser-tiny or grser-base.")
+    ] = "grser-tiny",
+    seed: Annotated[int, typer.Option(help="Seed of the random initialisation.")] = 0,
+    text_model: Annotated[
+        str | None,
+        typer.Option(help="Initialise the text encoder from this Hub id or local folder."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Write an UNTRAINED model folder (for tests, demos and as a training start).
+
+    Its predictions are random until it is trained (`gres train`).
+    """
+    with user_errors():
+        import torch
+
+        from grd_tools.fsutil import atomic_output_dir
+        from gres_cli.model.config import GRSerConfig
+        from gres_cli.model.grser import GRSer
+
+        overrides = {"text_model": text_model, "text_config": None} if text_model else {}
+        config = GRSerConfig.preset(preset, **overrides)
+        torch.manual_seed(seed)
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            GRSer(config).save_pretrained(tmp)
+    err_console.print(f"wrote untrained {preset} to {out}")
+
+
+@app.command()
+def info(
+    model: ModelArg,
+    revision: RevisionOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+) -> None:
+    """Show a model's configuration, parameter counts per part and default margin m."""
+    with user_errors():
+        from gres_cli.model.grser import GRSer
+
+        net = GRSer.from_pretrained(model, revision=revision)
+    params = net.num_parameters()
+    report = {"model": model, "config": net.config.to_dict(), "parameters": params}
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.table import Table
+
+    c = net.config
+    table = Table(title=f"GRSer: {model}", show_header=False)
+    table.add_row("preset", str(c.name))
+    table.add_row("input size", f"{c.image_size} px")
+    table.add_row("Swin", f"embed {c.swin_embed_dim}, depths {list(c.swin_depths)}")
+    table.add_row("text encoder", f"{c.text_config.get('model_type')} {net.text_encoder.dim}-d")
+    table.add_row("experts K", str(c.experts))
+    table.add_row("default margin m", str(c.margin))
+    for part, n in params.items():
+        table.add_row(f"parameters: {part}", f"{n:,}")
+    err_console.print(table)
+
+
+@app.command()
+def pull(
+    model: Annotated[str, typer.Argument(help="Hub repo id (org/name).")],
+    revision: RevisionOpt = None,
+) -> None:
+    """Download a model into the Hub cache and print its folder (offline: check the cache)."""
+    with user_errors():
+        from gres_cli.model.hub import resolve_model_dir
+
+        folder = resolve_model_dir(model, revision)
+    typer.echo(str(folder))
+
+
+@app.command()
+def push(
+    folder: Annotated[Path, typer.Argument(help="Local model folder.")],
+    repo_id: Annotated[str, typer.Argument(help="Hub repo id (org/name).")],
+    private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
+) -> None:
+    """Upload a model folder (validated by loading it first) to the Hugging Face Hub."""
+    with user_errors():
+        from gres_cli.model.grser import GRSer
+
+        GRSer.from_pretrained(folder)  # refuse a folder that does not load
+    try:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id)
+    except Exception as e:  # network, auth, offline: one line, not a traceback
+        fail(f"push to {repo_id} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+    typer.echo(str(info))
