@@ -1,9 +1,98 @@
-"""`gres train` (to be written). Import torch inside the command, never at module level."""
+"""`gres train`: train GRSer on a GRD dataset. torch is imported inside the command."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+from gres_cli.cli.common import EXIT_FAULTS, err_console, fail, user_errors
+
+
+def train(
+    dataset: Annotated[Path, typer.Argument(help="GRD dataset folder (validated first).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, log, best model.")],
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON training config (may name a `preset`).")
+    ] = None,
+    preset: Annotated[str, typer.Option(help="Training preset: tiny-synth or grser-base.")] = (
+        "tiny-synth"
+    ),
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint exactly.")] = False,
+    max_steps: Annotated[
+        int | None, typer.Option(help="Stop after this many steps in this run.")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Override the schedule's total steps.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    threads: Annotated[int | None, typer.Option(help="CPU threads for torch.")] = None,
+) -> None:
+    """Train GRSer: mask, triplet, prototype and mirror losses on groups with negatives.
+
+    Writes OUT/checkpoint (every `checkpoint_every` steps, atomic), OUT/log.jsonl and
+    OUT/best (a Hub-ready model folder with its validation metrics). Ctrl-C keeps the last
+    checkpoint; `--resume` continues it step for step.
+
+    Example: `gres grd synth data/synth --size 64 --groups 300` then
+    `gres train data/synth --out runs/demo`
+    """
+    from grd_tools.validate import validate
+
+    with user_errors():
+        report = validate(dataset, check_pixels=False)
+    errors = [i for i in report.issues if i.severity == "error"]
+    if errors:
+        for issue in errors[:10]:
+            err_console.print(f"  {issue.where}: {issue.message}")
+        fail(f"{dataset}: fails `gres grd validate` ({len(errors)} errors); fix it first")
+
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from gres_cli.training.config import TrainConfig
+    from gres_cli.training.loop import train as run
+
+    with user_errors():
+        cfg = TrainConfig.load(config) if config else TrainConfig.preset(preset)
+        if steps is not None:
+            cfg.steps = steps
+        if threads is not None:
+            cfg.threads = threads
+        total = cfg.steps
+        columns = (
+            TextColumn("[bold]train"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[losses]}"),
+            TimeRemainingColumn(),
+        )
+        try:
+            with Progress(*columns, console=err_console) as bar:
+                task = bar.add_task("train", total=total, losses="")
+
+                def on_step(step: int, terms: dict[str, float]) -> None:
+                    text = " ".join(f"{k} {v:.3f}" for k, v in terms.items())
+                    bar.update(task, completed=step, losses=text)
+
+                result = run(dataset, out, cfg, resume, max_steps, device, on_step)
+        except KeyboardInterrupt:
+            err_console.print(
+                f"interrupted; resume from the last checkpoint with: "
+                f"gres train {dataset} --out {out} --resume"
+            )
+            raise typer.Exit(EXIT_FAULTS) from None
+        except torch.OutOfMemoryError:
+            fail("out of GPU memory: lower groups_per_step or images_per_group, or use bf16")
+    best = result.best
+    summary = f"done: {result.steps} steps, last loss {result.last_loss:.4f}"
+    if best:
+        summary += (
+            f"; best val acc {best['acc']:.3f}, mIoU(pos) {best['mIoU_pos']:.3f}"
+            f" at m={best['margin']} -> {out / 'best'}"
+        )
+    err_console.print(summary)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command to the top-level app."""
+    """Add `gres train` to the top-level app."""
+    app.command("train")(train)

@@ -1,0 +1,1 @@
+"""GRSer training: group sampler, losses, the loop with checkpoints and resume."""

@@ -1,0 +1,244 @@
+"""The training loop: AdamW, warm-up + cosine/poly decay, clipping, accumulation, autocast,
+atomic checkpoints, bit-for-bit resume, JSONL log, periodic validation, best-model export.
+
+Layout of OUT:
+    OUT/train_config.json     the resolved TrainConfig
+    OUT/log.jsonl             one record per logged step and per validation
+    OUT/checkpoint/           last checkpoint: a model folder + trainer_state.pt (atomic)
+    OUT/best/                 the best model by validation (Hub-ready: config, weights, card)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from grd_tools.fsutil import atomic_output_dir, atomic_write_text
+from gres_cli.errors import GresError
+from gres_cli.model.config import GRSerConfig
+from gres_cli.model.grser import GRSer, presence
+from gres_cli.training.config import TrainConfig
+from gres_cli.training.data import GroupData
+from gres_cli.training.losses import LossWeights, grser_losses
+
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    last_loss: float
+    best: dict[str, float] | None
+    out: Path
+
+
+def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / max(cfg.warmup_steps, 1)
+        t = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+        t = min(max(t, 0.0), 1.0)
+        if cfg.schedule == "poly":
+            return (1 - t) ** 0.9
+        return 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
+
+
+def build_model(cfg: TrainConfig) -> GRSer:
+    if cfg.init_from:
+        return GRSer.from_pretrained(cfg.init_from)
+    spec = dict(cfg.model)
+    name = spec.pop("preset", None)
+    config = GRSerConfig.preset(name, **spec) if name else GRSerConfig.from_dict(spec)
+    return GRSer(config)
+
+
+def _optimizer(model: GRSer, cfg: TrainConfig) -> torch.optim.Optimizer:
+    text = [p for n, p in model.named_parameters() if n.startswith("text_encoder.")]
+    rest = [p for n, p in model.named_parameters() if not n.startswith("text_encoder.")]
+    return torch.optim.AdamW(
+        [{"params": rest}, {"params": text, "lr": cfg.text_lr or cfg.lr}],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
+
+
+@torch.no_grad()
+def evaluate_groups(model: GRSer, data: GroupData, margins: list[float]) -> dict[str, Any]:
+    """Present/absent accuracy per margin m, and mean IoU over positives (input resolution).
+
+    Every expression is run on its whole group (the paper's all-pairs computation).
+    """
+    was = model.training
+    model.eval()
+    d_pos, d_neg, truth, ious = [], [], [], []
+    for gi, text, masks in data.items:
+        idx = data.group_images[gi]
+        pix = torch.stack([data.normalise(data.images[i]) for i in idx]).to(model.device)
+        out = model(pix, [text])
+        pred = (torch.sigmoid(out.mask_logits[0]) > 0.5).cpu()
+        for k, m in enumerate(masks):
+            d_pos.append(float(out.d_pos[0, k]))
+            d_neg.append(float(out.d_neg[0, k]))
+            truth.append(m is not None)
+            if m is not None:
+                inter = (pred[k] & m).sum().item()
+                union = (pred[k] | m).sum().item()
+                ious.append((inter / union if union else 1.0, len(d_pos) - 1))
+    model.train(was)
+    dp, dn, t = torch.tensor(d_pos), torch.tensor(d_neg), torch.tensor(truth)
+    by_margin = {m: float((presence(dp, dn, m) == t).float().mean()) for m in margins}
+    best_m = max(by_margin, key=lambda m: (by_margin[m], -abs(m))) + 0.0  # no -0.0
+    decided = presence(dp, dn, best_m)
+    # IoU of the final output: a positive called absent has IoU 0
+    miou = float(np.mean([iou if decided[i] else 0.0 for iou, i in ious])) if ious else 0.0
+    return {"acc": by_margin[best_m], "margin": best_m, "mIoU_pos": miou, "pairs": len(truth)}
+
+
+def _save_checkpoint(out: Path, model: GRSer, opt, sched, step: int) -> None:
+    with atomic_output_dir(out / "checkpoint", overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        torch.save(
+            {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
+            tmp / STATE_FILE,
+        )
+
+
+def train(
+    dataset: str | Path,
+    out: str | Path,
+    cfg: TrainConfig,
+    resume: bool = False,
+    max_steps: int | None = None,
+    device: str = "cpu",
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train GRSer on a GRD dataset folder; see the module docstring for what lands in OUT."""
+    from grd_tools.format import load
+
+    out = Path(out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    ckpt = out / "checkpoint"
+    if resume and not (ckpt / STATE_FILE).is_file():
+        raise GresError(f"{out}: no checkpoint to resume from")
+    if not resume and ckpt.exists():
+        raise GresError(f"{out}: holds a checkpoint; pass --resume to continue or pick a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    torch.manual_seed(cfg.seed)
+    model = GRSer.from_pretrained(ckpt) if resume else build_model(cfg)
+    model.to(device).train()
+    ds = load(dataset)
+    train_data = GroupData(ds, cfg.train_split, model.config.image_size)
+    val_data = None
+    if cfg.val_split and any(g.split == cfg.val_split for g in ds.groups):
+        val_data = GroupData(ds, cfg.val_split, model.config.image_size)
+    opt = _optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    start = 0
+    if resume:
+        state = torch.load(ckpt / STATE_FILE, weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    weights = LossWeights(
+        cfg.mask_weight,
+        cfg.dice_weight,
+        cfg.triplet_weight,
+        cfg.prototype_weight,
+        cfg.mirror_weight,
+        cfg.triplet_margin,
+        cfg.positive_class_weight,
+        cfg.negative_class_weight,
+    )
+    end = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
+    use_amp = device.startswith("cuda") and cfg.precision in ("bf16", "fp16")
+    amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16")
+    best = None
+    best_path = out / "best" / "metrics.json"
+    if best_path.is_file():
+        best = json.loads(best_path.read_text())
+    margins = [round(x, 3) for x in np.arange(-0.5, 0.501, 0.05)]
+    last = float("nan")
+    log = (out / "log.jsonl").open("a", encoding="utf-8")
+    try:
+        for step in range(start, end):
+            t0 = time.perf_counter()
+            # each step's randomness is a pure function of (seed, step): resume is exact
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            terms_sum: dict[str, float] = {}
+            for micro in range(cfg.accumulate):
+                rng = np.random.default_rng([cfg.seed, step, micro])
+                batch = train_data.batch(
+                    rng,
+                    cfg.groups_per_step,
+                    cfg.images_per_group,
+                    cfg.min_positives,
+                    cfg.min_negatives,
+                    cfg.flip,
+                )
+                with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
+                    result = model(
+                        batch.pixel_values.to(device), batch.texts, batch.image_mask.to(device)
+                    )
+                    terms = grser_losses(
+                        result,
+                        batch.masks.to(device),
+                        batch.present.to(device),
+                        batch.image_mask.to(device),
+                        weights,
+                        model.config.normalize_embeddings,
+                    )
+                scaler.scale(terms["total"] / cfg.accumulate).backward()
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + float(v.detach()) / cfg.accumulate
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            sched.step()
+            last = terms_sum["total"]
+            done = step + 1
+            if not math.isfinite(last):
+                raise GresError(f"step {done}: loss is {last}; lower --lr or check the data")
+            if done % cfg.log_every == 0 or done == end:
+                rec = {"step": done, "lr": sched.get_last_lr()[0], "sec": time.perf_counter() - t0}
+                log.write(json.dumps({**rec, **terms_sum}) + "\n")
+                log.flush()
+            if on_step is not None:
+                on_step(done, terms_sum)
+            if val_data is not None and (done % cfg.val_every == 0 or done == end):
+                metrics = evaluate_groups(model, val_data, margins)
+                log.write(json.dumps({"step": done, "val": metrics}) + "\n")
+                log.flush()
+                score = metrics["acc"] + metrics["mIoU_pos"]
+                if best is None or score > best["acc"] + best["mIoU_pos"]:
+                    best = {**metrics, "step": done}
+                    model.config.margin = metrics["margin"]
+                    model.config.extra["metrics"] = {
+                        "val accuracy": metrics["acc"],
+                        "val mIoU (positives)": metrics["mIoU_pos"],
+                        "margin m": metrics["margin"],
+                        "step": done,
+                    }
+                    with atomic_output_dir(out / "best", overwrite=True) as tmp:
+                        model.save_pretrained(tmp)
+                        atomic_write_text(tmp / "metrics.json", json.dumps(best, indent=2))
+            if done % cfg.checkpoint_every == 0 or done == end:
+                _save_checkpoint(out, model, opt, sched, done)
+    finally:
+        log.close()
+    return TrainResult(end, last, best, out)
