@@ -1,0 +1,189 @@
+"""The group-wise inference engine behind `gres segment`.
+
+Two passes per group keep the cost per image flat however large the folder, and memory bounded
+by the batch, not the folder:
+  1. every image is encoded once; only its prototype p_n and hierarchizer scores are kept;
+  2. the top-K experts of the WHOLE folder are chosen, and each image is encoded again and
+     decoded against those K prototypes.
+For a group of at most K images this equals the paper's all-pairs computation (tested).
+A DataLoader decodes images ahead of the model (workers, pinned memory on CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from grd_tools.errors import GRDError
+from grd_tools.imageio import open_image
+from gres_cli.errors import GresError
+from gres_cli.inference.inputs import ImageGroup
+from gres_cli.model.grser import ExpertScores, GRSer, presence
+from gres_cli.model.preprocess import image_to_tensor, masks_to_original
+
+
+class DecodedImages(Dataset):
+    """Decodes image i: (i, tensor, (width, height), error, photo or None)."""
+
+    def __init__(self, paths: list[Path], size: int, keep_photo: bool = False) -> None:
+        self.paths, self.size, self.keep_photo = paths, size, keep_photo
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, tuple[int, int], str, Any]:
+        try:
+            img = open_image(self.paths[i])
+        except GRDError as e:
+            return i, torch.zeros(3, self.size, self.size), (0, 0), str(e), None
+        except Exception as e:  # any decoder failure is this image's error, never the run's
+            return i, torch.zeros(3, self.size, self.size), (0, 0), f"{self.paths[i]}: {e}", None
+        return i, image_to_tensor(img, self.size), img.size, "", img if self.keep_photo else None
+
+
+def _collate(items: list) -> tuple[list[int], torch.Tensor, list, list[str], list]:
+    idx, tensors, sizes, errors, photos = zip(*items, strict=True)
+    return list(idx), torch.stack(tensors), list(sizes), list(errors), list(photos)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GresError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GresError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+@dataclass
+class ImageResult:
+    index: int
+    path: Path
+    error: str | None
+    present: bool = False
+    d_pos: float = float("nan")
+    d_neg: float = float("nan")
+    mask: np.ndarray | None = None  # bool, original size (the decoder's mask, before presence)
+    size: tuple[int, int] = (0, 0)
+    photo: Image.Image | None = None
+
+
+class Segmenter:
+    """Runs a GRSer over groups of image files with the two-pass group-wise step."""
+
+    def __init__(
+        self,
+        model: GRSer,
+        device: str = "auto",
+        precision: str = "fp32",
+        batch_size: int = 16,
+        workers: int = 0,
+        experts: int | None = None,
+        margin: float | None = None,
+        threshold: float = 0.5,
+    ) -> None:
+        self.device = resolve_device(device)
+        if precision not in ("fp32", "bf16", "fp16"):
+            raise GresError(f"--precision {precision!r}: expected fp32, bf16 or fp16")
+        if precision != "fp32" and self.device.type != "cuda":
+            raise GresError(
+                f"--precision {precision} needs a CUDA device (this run: {self.device})"
+            )
+        if batch_size < 1:
+            raise GresError("--batch-size must be >= 1")
+        self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.batch_size, self.workers = batch_size, workers
+        self.experts = experts or model.config.experts
+        self.margin = model.config.margin if margin is None else margin
+        self.threshold = threshold
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _batches(self, paths: list[Path], keep_photo: bool = False) -> Iterator[tuple]:
+        loader = DataLoader(
+            DecodedImages(paths, self.model.config.image_size, keep_photo),
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            collate_fn=_collate,
+            pin_memory=self.device.type == "cuda",
+        )
+        for idx, pixels, sizes, errors, photos in loader:
+            yield idx, pixels.to(self.device, non_blocking=True), sizes, errors, photos
+
+    @torch.inference_mode()
+    def run_group(
+        self,
+        group: ImageGroup,
+        expression: str,
+        skip: set[int] | None = None,
+        keep_photo: bool = False,
+        on_result: Callable[[ImageResult], None] | None = None,
+    ) -> list[ImageResult]:
+        """Segment `expression` in every image of `group` (indices in `skip` are not decoded
+        again in pass 2 and get no result)."""
+        skip = skip or set()
+        text = self.model.encode_text([expression])
+        results: list[ImageResult] = []
+        scores, ok = [], []
+        # pass 1: prototypes and hierarchizer scores of every readable image
+        for idx, pixels, _, errors, _ in self._batches(group.images):
+            good = [k for k, e in enumerate(errors) if not e]
+            for k, err in enumerate(errors):
+                if err and idx[k] not in skip:
+                    res = ImageResult(idx[k], group.images[idx[k]], err)
+                    results.append(res)
+                    if on_result:
+                        on_result(res)
+            if good:
+                with self._autocast():
+                    s = self.model.expert_scores(pixels[good], text)
+                scores.append(ExpertScores(s.prototypes.float(), s.s_pos.float(), s.s_neg.float()))
+                ok += [idx[k] for k in good]
+        if not ok:
+            return results
+        merged = ExpertScores.cat(scores)
+        experts = merged.prototypes[self.model.select_experts(merged, self.experts)]
+        # pass 2: decode every image against the folder's top-K experts
+        todo = [i for i in ok if i not in skip]
+        paths = [group.images[i] for i in todo]
+        for idx, pixels, sizes, _, photos in self._batches(paths, keep_photo):
+            with self._autocast():
+                out = self.model.query(pixels, text, experts.to(pixels.dtype))
+            masks = masks_to_original(out.mask_logits[0].float(), sizes, self.threshold)
+            decided = presence(out.d_pos[0].float(), out.d_neg[0].float(), self.margin)
+            for k, i in enumerate(idx):
+                res = ImageResult(
+                    todo[i],
+                    paths[i],
+                    None,
+                    bool(decided[k]),
+                    float(out.d_pos[0, k]),
+                    float(out.d_neg[0, k]),
+                    masks[k],
+                    sizes[k],
+                    photos[k],
+                )
+                results.append(res)
+                if on_result:
+                    on_result(res)
+        return results

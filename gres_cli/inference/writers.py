@@ -1,0 +1,116 @@
+"""Outputs of `gres segment`: mask files, overlays and JSONL records, written atomically.
+
+`OUT/records.jsonl` lists every finished image (one JSON record per line, flushed as images
+finish); a re-run reads it and skips those images unless --overwrite, so an interrupted run
+resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from grd_tools.fsutil import atomic_write_bytes
+
+RECORDS = "records.jsonl"
+FORMATS = ("png", "npy", "rle", "none")
+
+
+def mask_stats(mask: np.ndarray) -> tuple[int, list[int] | None]:
+    """(area, [x, y, w, h]) of a boolean mask; bbox None when empty."""
+    area = int(mask.sum())
+    if area == 0:
+        return 0, None
+    ys, xs = np.nonzero(mask)
+    x0, y0 = int(xs.min()), int(ys.min())
+    return area, [x0, y0, int(xs.max()) - x0 + 1, int(ys.max()) - y0 + 1]
+
+
+def encode_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO RLE (compressed counts as a string), decodable by pycocotools."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+
+
+class OutputWriter:
+    """Writes one image's outputs under OUT/<group>/ and appends its record."""
+
+    def __init__(self, out: Path, fmt: str, overlay: bool, all_masks: bool = False) -> None:
+        self.out, self.fmt, self.overlay = out, fmt, overlay
+        self.all_masks = all_masks
+        out.mkdir(parents=True, exist_ok=True)
+        self._records: TextIO = (out / RECORDS).open("a", encoding="utf-8")
+
+    def finished(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Records of images already done, keyed by (image, expression)."""
+        done = {}
+        path = self.out / RECORDS
+        for line in path.read_text("utf-8").splitlines() if path.exists() else []:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a crash: that image is redone
+                continue
+            if rec.get("error") is None:
+                done[(rec["image"], rec["expression"])] = rec
+        return done
+
+    def mask_path(self, group: str, image: Path) -> Path:
+        suffix = ".npy" if self.fmt == "npy" else ".png"
+        return self.out / group / f"{image.stem}{suffix}"
+
+    def write(
+        self,
+        record: dict[str, Any],
+        image: Path,
+        mask: np.ndarray | None,
+        photo: Image.Image | None = None,
+    ) -> dict[str, Any]:
+        group = record["group"]
+        if (
+            mask is not None
+            and self.fmt in ("png", "npy")
+            and (record["present"] or self.all_masks)
+        ):
+            target = self.mask_path(group, image)
+            buf = io.BytesIO()
+            if self.fmt == "png":
+                Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), mode="L").save(buf, "PNG")
+            else:
+                np.save(buf, mask)
+            atomic_write_bytes(target, buf.getvalue())
+            record["mask"] = str(target)
+        if mask is not None and self.fmt == "rle" and record["present"]:
+            record["rle"] = encode_rle(mask)
+        if self.overlay and photo is not None and mask is not None:
+            target = self.out / group / f"{image.stem}.overlay.jpg"
+            buf = io.BytesIO()
+            draw_overlay(photo, mask, record).save(buf, "JPEG", quality=90)
+            atomic_write_bytes(target, buf.getvalue())
+            record["overlay"] = str(target)
+        self._records.write(json.dumps(record) + "\n")
+        self._records.flush()
+        return record
+
+    def close(self) -> None:
+        self._records.close()
+
+
+def draw_overlay(photo: Image.Image, mask: np.ndarray, record: dict[str, Any]) -> Image.Image:
+    """The photo with the mask tinted red and the expression and decision written on it."""
+    base = np.asarray(photo.convert("RGB"), dtype=np.float32)
+    tint = np.array([255, 40, 40], np.float32)
+    base[mask] = 0.5 * base[mask] + 0.5 * tint
+    img = Image.fromarray(base.astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    verdict = "present" if record["present"] else "absent"
+    text = f"{record['expression']}: {verdict} (score {record['score']:+.2f})"
+    draw.rectangle([0, 0, min(img.width, 8 + 6 * len(text)), 14], fill=(0, 0, 0))
+    draw.text((3, 2), text, fill=(255, 255, 255))
+    return img

@@ -1,0 +1,210 @@
+"""`gres segment` end to end: real photos, bad inputs, outputs, resume, two-pass equivalence."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gres_cli.inference.engine import Segmenter
+from gres_cli.inference.inputs import ImageGroup
+from gres_cli.model.config import GRSerConfig
+from gres_cli.model.grser import GRSer
+from gres_cli.model.preprocess import masks_to_original, preprocess
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4, margin=-5.0)
+    GRSer(config).save_pretrained(folder)  # margin -5: every image "present", masks written
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("in") / "my photos é"
+    folder.mkdir()
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.jpg")
+    # an RGBA PNG, a palette image and a 16-bit greyscale image: all decoded to RGB
+    Image.fromarray(data.camera()).convert("RGBA").save(folder / "camera rgba.png")
+    Image.fromarray(data.camera()).convert("P").save(folder / "camera-p.png")
+    Image.fromarray(data.camera().astype(np.uint16) * 200).save(folder / "camera16.png")
+    return folder
+
+
+def gres(*args: str, stdin: str | None = None, cwd: Path | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "gres_cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=cwd,
+    )
+
+
+def _records(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_folder_of_real_photos_gives_records_and_masks_at_original_size(
+    model_dir: Path, photos: Path, tmp_path: Path
+):
+    out = tmp_path / "out"
+    proc = gres("segment", str(photos), "the cat", "--model", str(model_dir), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    recs = _records(proc.stdout)
+    assert len(recs) == 7
+    keys = {"image", "group", "expression", "present", "d_pos", "d_neg", "margin", "score"}
+    keys |= {"mask", "area", "bbox", "width", "height", "error"}
+    for r in recs:
+        assert keys <= set(r) and r["error"] is None and r["present"] is True
+        with Image.open(r["image"]) as im:
+            assert (r["width"], r["height"]) == im.size
+        mask = np.asarray(Image.open(r["mask"]))
+        assert mask.shape == (r["height"], r["width"])
+        assert set(np.unique(mask)) <= {0, 255}
+        assert int((mask > 0).sum()) == r["area"]
+        assert r["score"] == pytest.approx(r["d_neg"] - r["d_pos"], abs=1e-5)
+
+
+def test_bad_images_get_an_error_record_and_exit_1(model_dir: Path, tmp_path: Path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(folder / "good.jpg")
+    Image.new("RGB", (1, 1)).save(folder / "one-pixel.png")
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.png").write_text("not an image")
+    good = (folder / "good.jpg").read_bytes()
+    (folder / "truncated.jpg").write_bytes(good[: len(good) // 2])
+    Image.new("1", (10000, 10000)).save(folder / "bomb.png")  # 100 M pixels: refused
+    proc = gres(
+        "segment",
+        str(folder),
+        "the red thing",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert proc.returncode == 1, proc.stderr
+    by_name = {Path(r["image"]).name: r for r in _records(proc.stdout)}
+    assert by_name["good.jpg"]["error"] is None and by_name["one-pixel.png"]["error"] is None
+    for bad in ("empty.jpg", "notes.png", "truncated.jpg", "bomb.png"):
+        assert by_name[bad]["error"], bad
+    assert "decompression-bomb" in by_name["bomb.png"]["error"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_rerun_skips_finished_images_and_overwrite_redoes_them(
+    model_dir: Path, photos: Path, tmp_path: Path
+):
+    out = tmp_path / "out"
+    args = ("segment", str(photos), "the cat", "--model", str(model_dir), "--out", str(out))
+    first = gres(*args)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
+    second = gres(*args)
+    assert second.returncode == 0
+    assert _records(second.stdout) == _records(first.stdout)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == mtimes
+    third = gres(*args, "--overwrite")
+    assert third.returncode == 0 and len(_records(third.stdout)) == 7
+
+
+def test_stdin_paths_and_rle_format(model_dir: Path, photos: Path, tmp_path: Path):
+    from pycocotools import mask as mask_utils
+
+    paths = "\n".join(str(p) for p in sorted(photos.glob("*.jpg")))
+    proc = gres(
+        "segment",
+        "-",
+        "the cat",
+        "--model",
+        str(model_dir),
+        "--format",
+        "rle",
+        "--out",
+        str(tmp_path / "o"),
+        stdin=paths,
+    )
+    assert proc.returncode == 0, proc.stderr
+    recs = _records(proc.stdout)
+    assert len(recs) == 4
+    for r in recs:
+        rle = {"size": r["rle"]["size"], "counts": r["rle"]["counts"].encode()}
+        assert int(mask_utils.decode(rle).sum()) == r["area"]
+        assert mask_utils.decode(rle).shape == (r["height"], r["width"])
+
+
+def test_usage_errors_exit_2_before_any_work(model_dir: Path, tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = gres("segment", str(empty), "x", "--model", str(model_dir), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "no images found" in proc.stderr
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "img" / "a.png")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = gres(
+        "segment",
+        str(tmp_path / "img"),
+        "x",
+        "--model",
+        "no/such-model",
+        "--out",
+        str(blocker / "o"),
+    )
+    assert proc.returncode == 2 and "not writable" in proc.stderr
+    proc = gres(
+        "segment",
+        str(tmp_path / "img"),
+        "x",
+        "--model",
+        str(model_dir),
+        "--precision",
+        "fp16",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert proc.returncode == 2 and "needs a CUDA device" in proc.stderr
+
+
+@torch.no_grad()
+def test_engine_equals_all_pairs_for_small_folders(model_dir: Path, photos: Path):
+    model = GRSer.from_pretrained(model_dir)
+    model.config.margin = 0.0
+    paths = sorted(photos.glob("*.jpg"))  # 4 images = K
+    engine = Segmenter(model, device="cpu", batch_size=3)
+    results = sorted(engine.run_group(ImageGroup("g", paths), "the cat"), key=lambda r: r.index)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    out = model(preprocess(images, 64), "the cat")
+    masks = masks_to_original(out.mask_logits[0], [im.size for im in images])
+    for k, r in enumerate(results):
+        assert r.d_pos == pytest.approx(float(out.d_pos[0, k]), abs=1e-4)
+        assert r.d_neg == pytest.approx(float(out.d_neg[0, k]), abs=1e-4)
+        assert (r.mask != masks[k]).mean() < 1e-3
+
+
+def test_large_folder_uses_top_k_of_the_whole_folder(model_dir: Path, tmp_path: Path):
+    rng = np.random.default_rng(0)
+    for i in range(11):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+            tmp_path / f"{i:02d}.png"
+        )
+    model = GRSer.from_pretrained(model_dir)
+    engine = Segmenter(model, device="cpu", batch_size=4)
+    results = engine.run_group(ImageGroup("g", sorted(tmp_path.glob("*.png"))), "the cat")
+    assert sorted(r.index for r in results) == list(range(11))
+    assert all(r.mask.shape == (48, 64) for r in results)
