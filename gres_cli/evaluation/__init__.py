@@ -1,0 +1,1 @@
+"""`gres eval`: score a model or saved predictions on a GRD dataset split."""
