@@ -63,7 +63,7 @@ class GRSerOutput:
     heatmaps: Tensor  # B x N x K x h x w, ordered expert heatmaps
     language_heatmap: Tensor  # B x N x h x w, M_l
     embedding: Tensor  # B x N x D, emb(z_n)
-    pixel_embedding: Tensor  # B x N x D x h x w, mean over h x w = embedding (before norm)
+    pixel_embedding: Tensor  # B x N x D x h x w, e_n; attention-pooled -> embedding
     text_pos: Tensor  # B x D, L in the shared space
     text_neg: Tensor  # B x D, L_anti in the shared space
     expert_order: Tensor  # B x K', indices into the group, most reliable first
@@ -148,8 +148,7 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         k = self.config.experts
         if heatmaps.shape[1] < k:
             heatmaps = F.pad(heatmaps, (0, 0, 0, 0, 0, k - heatmaps.shape[1]))
-        logits, pixel_embedding = self.decoder(maps, heatmaps, out_size)
-        emb = pixel_embedding.mean(dim=(-2, -1))
+        logits, pixel_embedding, emb = self.decoder(maps, heatmaps, out_size)
         if self.config.normalize_embeddings:
             emb = F.normalize(emb, dim=-1)
         t_pos = self.hierarchizer.embed_text(text.sentence)
