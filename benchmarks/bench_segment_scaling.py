@@ -1,0 +1,62 @@
+"""Seconds per image of the two-pass engine as the folder grows, side by side with the naive
+all-pairs forward (every image's heatmaps against every other image: O(N^2)).
+
+    python benchmarks/bench_segment_scaling.py [--sizes 16,64,256,1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from gres_cli.inference.engine import Segmenter
+from gres_cli.inference.inputs import ImageGroup
+from gres_cli.model.config import GRSerConfig
+from gres_cli.model.grser import GRSer
+from gres_cli.model.preprocess import preprocess
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="16,64,256,1024")
+    parser.add_argument("--naive-max", type=int, default=256, help="largest N for all-pairs")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    torch.manual_seed(0)
+    model = GRSer(GRSerConfig.preset("grser-tiny")).eval()
+    engine = Segmenter(model, device="cpu", batch_size=32)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(max(sizes)):
+            p = Path(tmp) / f"{i:05d}.png"
+            Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(p)
+            paths.append(p)
+        print(f"{'N':>6} {'two-pass s/img':>15} {'all-pairs s/img':>16} {'ratio':>7}")
+        base = None
+        for n in sizes:
+            t = time.perf_counter()
+            engine.run_group(ImageGroup("g", paths[:n]), "the small red circle")
+            ours = (time.perf_counter() - t) / n
+            base = base or ours
+            naive = float("nan")
+            if n <= args.naive_max:
+                images = [Image.open(p).convert("RGB") for p in paths[:n]]
+                t = time.perf_counter()
+                with torch.inference_mode():
+                    model(preprocess(images, 96), "the small red circle")
+                naive = (time.perf_counter() - t) / n
+            print(
+                f"{n:>6} {ours:>15.4f} {naive:>16.4f} {naive / ours:>7.2f}"
+                f"   (two-pass vs N={sizes[0]}: {ours / base:.2f}x)"
+            )
+
+
+if __name__ == "__main__":
+    main()
