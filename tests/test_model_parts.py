@@ -169,7 +169,24 @@ def test_negation_token_is_one_trainable_token(tiny: GRSer):
     assert tiny.text_encoder.bert.get_input_embeddings().weight.shape[0] > no_id
 
 
-def test_base_preset_builds_without_downloads():
+def test_base_preset_is_the_paper_architecture():
     config = GRSerConfig.preset("grser-base")
     assert config.image_size == 480 and config.swin_embed_dim == 128
     assert config.stage_dims == [128, 256, 512, 1024]
+    assert config.swin_pretrained and config.text_model == "bert-base-uncased"
+    # the same architecture with random weights (no download): Swin-B + a BERT-base-sized encoder
+    offline = GRSerConfig.preset(
+        "grser-base",
+        swin_pretrained=None,
+        text_model=None,
+        text_config={"model_type": "bert"},  # BERT-base sizes: 12 layers, 768-d
+        image_size=96,
+        swin_window_size=3,
+    )
+    model = GRSer(offline).eval()
+    params = model.num_parameters()
+    assert 85e6 < params["image_encoder"] < 100e6  # Swin-B (87.8 M) + PWAMs and gates
+    assert model.text_encoder.dim == 768 and model.text_encoder.bert.config.num_hidden_layers == 12
+    with torch.no_grad():
+        out = model(torch.randn(1, 2, 3, 96, 96), "the red umbrella")
+    assert out.mask_logits.shape == (1, 2, 96, 96)
