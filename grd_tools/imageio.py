@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,13 +29,13 @@ class ImageReadError(GRDError):
     """An image or mask file that cannot be read (missing, corrupt, truncated, too large)."""
 
 
-def _open(path: str | os.PathLike[str]) -> Image.Image:
+@contextlib.contextmanager
+def _guarded(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn every way Pillow can fail on a file into one ImageReadError naming it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(path)
-            img.load()
-        return img
+            yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageReadError(
             f"{path}: refused, too many pixels (decompression-bomb guard): {e}"
@@ -43,30 +44,26 @@ def _open(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageReadError(f"{path}: no such file") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise ImageReadError(f"{path}: cannot read image ({e})") from None
+
+
+def _open(path: str | os.PathLike[str]) -> Image.Image:
+    with _guarded(path):
+        img = Image.open(path)
+        img.load()
+    return img
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only (no pixel decoding)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                w, h = img.size
-                try:
-                    # a PNG's getexif() decodes the whole image to look for an eXIf chunk after
-                    # the pixels; one before them is already in `info`
-                    lazy_png = img.format == "PNG" and "exif" not in img.info
-                    orientation = 1 if lazy_png else img.getexif().get(0x0112, 1)
-                except Exception:  # broken EXIF blocks are common; orientation then defaults
-                    orientation = 1
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(
-            f"{path}: refused, too many pixels (decompression-bomb guard): {e}"
-        ) from None
-    except FileNotFoundError:
-        raise ImageReadError(f"{path}: no such file") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ImageReadError(f"{path}: cannot read image ({e})") from None
+    with _guarded(path), Image.open(path) as img:
+        w, h = img.size
+        try:
+            # a PNG's getexif() decodes the whole image to look for an eXIf chunk after the
+            # pixels; one before them is already in `info`
+            lazy_png = img.format == "PNG" and "exif" not in img.info
+            orientation = 1 if lazy_png else img.getexif().get(0x0112, 1)
+        except Exception:  # broken EXIF blocks are common; orientation then defaults
+            orientation = 1
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 

@@ -90,62 +90,29 @@ def segment(
     if margin is not None and margin != margin:
         fail("--margin must be a number")
 
-    run(
-        groups,
-        expression,
-        model,
-        revision,
-        margin,
-        out,
-        fmt,
-        overlay,
-        jsonl,
-        experts,
-        device,
-        precision,
-        batch_size,
-        workers,
-        overwrite,
-        threshold,
-    )
-
-
-def run(
-    groups,
-    expression,
-    model_id,
-    revision,
-    margin,
-    out,
-    fmt,
-    overlay,
-    jsonl,
-    experts,
-    device,
-    precision,
-    batch_size,
-    workers,
-    overwrite,
-    threshold,
-) -> None:
-    """Load the model, run the engine over the groups, stream records, summarise."""
-    import json
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
     from gres_cli.inference.engine import Segmenter
-    from gres_cli.inference.writers import OutputWriter, mask_stats
+    from gres_cli.inference.writers import OutputWriter
     from gres_cli.model.grser import GRSer
 
     with user_errors():
-        net = GRSer.from_pretrained(model_id, revision=revision)
+        net = GRSer.from_pretrained(model, revision=revision)
         engine = Segmenter(net, device, precision, batch_size, workers, experts, margin, threshold)
     sink = None
     if jsonl == "-" or (jsonl is None and not sys.stdout.isatty()):
         sink = sys.stdout
     elif jsonl is not None:
-        sink = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 (closed below)
-    writer = OutputWriter(out, fmt, overlay)
+        sink = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 (closed in run)
+    run(groups, expression, engine, OutputWriter(out, fmt, overlay), sink, overwrite)
+
+
+def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
+    """Load the model, run the engine over the groups, stream records, summarise."""
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from gres_cli.inference.writers import mask_stats
+
     done = {} if overwrite else writer.finished()
     counts = {"present": 0, "absent": 0, "failed": 0, "skipped": 0}
     total = sum(len(g.images) for g in groups)
@@ -218,7 +185,7 @@ def run(
                     emit(rec)
                     progress.advance(task)
 
-                engine.run_group(group, expression, skip, overlay, on_result)
+                engine.run_group(group, expression, skip, writer.overlay, on_result)
     except KeyboardInterrupt:
         err_console.print(
             "interrupted: finished images are saved; run the same command again to resume"
@@ -237,7 +204,7 @@ def run(
             table.add_row(k, str(v))
         processed = counts["present"] + counts["absent"]
         table.add_row("time", f"{seconds:.1f} s ({processed / max(seconds, 1e-9):.1f} images/s)")
-        table.add_row("outputs", str(out))
+        table.add_row("outputs", str(writer.out))
         err_console.print(table)
     raise typer.Exit(EXIT_FAULTS if counts["failed"] else EXIT_OK)
 
