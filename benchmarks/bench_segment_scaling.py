@@ -38,6 +38,9 @@ def main() -> None:
             p = Path(tmp) / f"{i:05d}.png"
             Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(p)
             paths.append(p)
+        engine.run_group(ImageGroup("warm-up", paths[:8]), "the small red circle")
+        with torch.inference_mode():
+            model(preprocess([Image.open(p).convert("RGB") for p in paths[:8]], 96), "warm-up")
         print(f"{'N':>6} {'two-pass s/img':>15} {'all-pairs s/img':>16} {'ratio':>7}")
         base = None
         for n in sizes:

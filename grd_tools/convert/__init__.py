@@ -85,6 +85,16 @@ def convert(
     if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
         raise GRDError(f"{dst}: DST may not be SRC or lie inside it (SRC is never modified)")
     reader = read_grd if from_ == "grd" else _module(from_).read
+    try:
+        _run(reader, src, dst, to, from_, overwrite, options)
+    except OSError as e:  # a missing/unreadable file inside SRC: one line, DST never appears
+        raise GRDError(f"{e.filename or src}: {e.strerror or e}") from None
+    return dst
+
+
+def _run(
+    reader: Any, src: Path, dst: Path, to: str, from_: str, overwrite: bool, options: Any
+) -> None:
     with atomic_output_dir(dst, overwrite=overwrite) as out:
         if to == "grd":
             reader(src, out, **options)
@@ -97,7 +107,6 @@ def convert(
                 with tempfile.TemporaryDirectory(prefix=".grd-convert-", dir=out.parent) as tmp:
                     reader(src, Path(tmp), **options)
                     writer(load(tmp), out, **options)
-    return dst
 
 
 __all__ = ["READABLE", "WRITABLE", "GRDDataset", "convert", "detect_format", "read_grd"]
