@@ -41,7 +41,7 @@ class GRSerConfig:
     query_stage: int = 1  # which encoder stage gives V_n (0-based; 1 = stride 8)
     embed_dim: int = 64  # D, the shared embedding space of prototypes, z_n, L and L_anti
     fusion_dim: int = 64  # key/value width of the pixel-word attention (PWAM)
-    fusion_coords: bool = True  # give PWAM the pixel coordinates (Swin has no absolute position)
+    fusion_coords: bool = False  # give PWAM pixel coordinates (Swin has no absolute position)
     decoder_dim: int = 32  # hidden width of the mask decoder (LAVT: 512)
     experts: int = 4  # K, ordered expert heatmaps stacked into z_n
     margin: float = 0.0  # default m of the presence rule d_pos + m < d_neg

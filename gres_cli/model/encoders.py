@@ -209,8 +209,9 @@ class PWAM(nn.Module):
         V = GELU(conv1x1([X, P]))
         A = softmax_T(q([X, P]) . k(W) / sqrt(d)) v(W)       (pixels attend over words)
         F = GELU(conv1x1(V * out(A)))
-    P is our addition (`fusion_coords`): Swin has only window-relative positions, so words like
-    "left" or "bottom" had nothing to match (measured: 64% false positives on position phrases).
+    P is optional (`fusion_coords`, off by default as in LAVT): Swin has only window-relative
+    positions, so words like "left" or "bottom" have little to match; see docs/model.md for why
+    it stays off.
     """
 
     def __init__(self, dim: int, text_dim: int, key_dim: int, coords: bool = True) -> None:
