@@ -190,3 +190,15 @@ def test_base_preset_is_the_paper_architecture():
     with torch.no_grad():
         out = model(torch.randn(1, 2, 3, 96, 96), "the red umbrella")
     assert out.mask_logits.shape == (1, 2, 96, 96)
+
+
+def test_coordinate_option_builds_and_round_trips(tmp_path):
+    torch.manual_seed(0)
+    config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4, fusion_coords=True)
+    model = GRSer(config).eval()
+    assert model.image_encoder.fusions[0].vis[0].in_channels == config.stage_dims[0] + 2
+    model.save_pretrained(tmp_path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = model(x, "the red circle"), GRSer.from_pretrained(tmp_path)(x, "the red circle")
+    assert torch.equal(a.mask_logits, b.mask_logits)
