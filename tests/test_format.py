@@ -75,3 +75,19 @@ def test_atomic_output_dir_refuses_existing_unless_overwrite(tmp_path: Path):
     with atomic_output_dir(dst, overwrite=True) as tmp:
         (tmp / "new.txt").write_text("new")
     assert sorted(p.name for p in dst.iterdir()) == ["new.txt"]
+
+
+def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path):
+    import os
+
+    from grd_tools.fsutil import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        with atomic_output_dir(tmp_path / "d") as tmp:
+            (tmp / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
