@@ -34,6 +34,7 @@ def model_card(
         "",
         "```python",
         "from gres_cli import GRSer",
+        "",
         'model = GRSer.from_pretrained("<this repo or folder>")',
         'preds = model.predict(images, "the red umbrella")',
         "```",
