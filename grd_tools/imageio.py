@@ -46,9 +46,12 @@ def _guarded(path: str | os.PathLike[str]) -> Iterator[None]:
         raise ImageReadError(f"{path}: cannot read image ({e})") from None
 
 
-def _open(path: str | os.PathLike[str]) -> Image.Image:
+def _open(path: str | os.PathLike[str], draft: int | None = None) -> Image.Image:
     with _guarded(path):
         img = Image.open(path)
+        if draft is not None and img.format == "JPEG":
+            # JPEG can decode at 1/2, 1/4, 1/8 scale for free; never below `draft` pixels
+            img.draft("RGB", (draft, draft))
         img.load()
     return img
 
@@ -67,9 +70,13 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Decode an image as RGB with EXIF orientation applied. Raises ImageReadError."""
-    img = _open(path)
+def open_image(path: str | os.PathLike[str], draft: int | None = None) -> Image.Image:
+    """Decode an image as RGB with EXIF orientation applied. Raises ImageReadError.
+
+    `draft`: the caller only needs about this many pixels a side (a model input), so a JPEG may
+    be decoded at a reduced scale; use `image_size(path)` for the original size.
+    """
+    img = _open(path, draft)
     with contextlib.suppress(Exception):  # a corrupt EXIF block must not lose the image
         img = ImageOps.exif_transpose(img)
     if img.mode == "RGB":

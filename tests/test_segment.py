@@ -182,10 +182,14 @@ def test_usage_errors_exit_2_before_any_work(model_dir: Path, tmp_path: Path):
 
 
 @torch.no_grad()
-def test_engine_equals_all_pairs_for_small_folders(model_dir: Path, photos: Path):
+def test_engine_equals_all_pairs_for_small_folders(model_dir: Path, photos: Path, tmp_path: Path):
     model = GRSer.from_pretrained(model_dir)
     model.config.margin = 0.0
-    paths = sorted(photos.glob("*.jpg"))  # 4 images = K
+    # PNG copies: the engine decodes JPEGs at reduced scale (draft), a decode-level choice
+    paths = []
+    for p in sorted(photos.glob("*.jpg")):  # 4 images = K
+        Image.open(p).save(tmp_path / f"{p.stem}.png")
+        paths.append(tmp_path / f"{p.stem}.png")
     engine = Segmenter(model, device="cpu", batch_size=3)
     results = sorted(engine.run_group(ImageGroup("g", paths), "the cat"), key=lambda r: r.index)
     images = [Image.open(p).convert("RGB") for p in paths]

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from grd_tools.errors import GRDError
-from grd_tools.imageio import open_image
+from grd_tools.imageio import image_size, open_image
 from gres_cli.errors import GresError
 from gres_cli.inference.inputs import ImageGroup
 from gres_cli.model.grser import ExpertScores, GRSer, presence
@@ -41,12 +41,17 @@ class DecodedImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, tuple[int, int], str, Any]:
         try:
-            img = open_image(self.paths[i])
+            if self.keep_photo:
+                img = open_image(self.paths[i])
+                size = img.size
+            else:  # only the model input is needed: decode JPEGs at a reduced scale
+                img = open_image(self.paths[i], draft=self.size)
+                size = image_size(self.paths[i])
         except GRDError as e:
             return i, torch.zeros(3, self.size, self.size), (0, 0), str(e), None
         except Exception as e:  # any decoder failure is this image's error, never the run's
             return i, torch.zeros(3, self.size, self.size), (0, 0), f"{self.paths[i]}: {e}", None
-        return i, image_to_tensor(img, self.size), img.size, "", img if self.keep_photo else None
+        return i, image_to_tensor(img, self.size), size, "", img if self.keep_photo else None
 
 
 def _collate(items: list) -> tuple[list[int], torch.Tensor, list, list[str], list]:
@@ -96,8 +101,12 @@ class Segmenter:
         experts: int | None = None,
         margin: float | None = None,
         threshold: float = 0.5,
+        cache_bytes: int = 1 << 30,
     ) -> None:
         self.device = resolve_device(device)
+        # pass 1 keeps decoded tensors for pass 2 up to this many bytes per group; past it,
+        # pass 2 decodes again, so memory stays bounded however large the folder
+        self.cache_bytes = cache_bytes
         if precision not in ("fp32", "bf16", "fp16"):
             raise GresError(f"--precision {precision!r}: expected fp32, bf16 or fp16")
         if precision != "fp32" and self.device.type != "cuda":
@@ -130,6 +139,15 @@ class Segmenter:
         for idx, pixels, sizes, errors, photos in loader:
             yield idx, pixels.to(self.device, non_blocking=True), sizes, errors, photos
 
+    def _cached_batches(
+        self, todo: list[int], cache: dict[int, tuple[torch.Tensor, tuple[int, int]]]
+    ) -> Iterator[tuple]:
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            pixels = torch.stack([cache[i][0] for i in chunk])
+            sizes = [cache[i][1] for i in chunk]
+            yield list(range(start, start + len(chunk))), pixels, sizes, [], [None] * len(chunk)
+
     @torch.inference_mode()
     def run_group(
         self,
@@ -145,8 +163,10 @@ class Segmenter:
         text = self.model.encode_text([expression])
         results: list[ImageResult] = []
         scores, ok = [], []
+        cache: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
+        budget = 0 if keep_photo else self.cache_bytes
         # pass 1: prototypes and hierarchizer scores of every readable image
-        for idx, pixels, _, errors, _ in self._batches(group.images):
+        for idx, pixels, sizes, errors, _ in self._batches(group.images):
             good = [k for k, e in enumerate(errors) if not e]
             for k, err in enumerate(errors):
                 if err and idx[k] not in skip:
@@ -159,6 +179,10 @@ class Segmenter:
                     s = self.model.expert_scores(pixels[good], text)
                 scores.append(ExpertScores(s.prototypes.float(), s.s_pos.float(), s.s_neg.float()))
                 ok += [idx[k] for k in good]
+                for k in good:
+                    if idx[k] not in skip and budget >= pixels[k].nbytes:
+                        budget -= pixels[k].nbytes
+                        cache[idx[k]] = (pixels[k], sizes[k])
         if not ok:
             return results
         merged = ExpertScores.cat(scores)
@@ -166,7 +190,11 @@ class Segmenter:
         # pass 2: decode every image against the folder's top-K experts
         todo = [i for i in ok if i not in skip]
         paths = [group.images[i] for i in todo]
-        for idx, pixels, sizes, _, photos in self._batches(paths, keep_photo):
+        if all(i in cache for i in todo):
+            batches = self._cached_batches(todo, cache)
+        else:
+            batches = self._batches(paths, keep_photo)
+        for idx, pixels, sizes, _, photos in batches:
             with self._autocast():
                 out = self.model.query(pixels, text, experts.to(pixels.dtype))
             masks = masks_to_original(out.mask_logits[0].float(), sizes, self.threshold)
