@@ -105,6 +105,10 @@ def test_forward_shapes(tiny: GRSer):
     assert out.d_pos.shape == out.d_neg.shape == (2, 3)
     assert out.heatmaps.shape[:3] == (2, 3, tiny.config.experts)
     assert out.expert_order.shape == (2, 3)  # N < K: every image is an expert
+    with torch.no_grad():
+        as_list = tiny(list(x[0]), "the red circle")
+        as_tensor = tiny(x[0], "the red circle")
+    assert torch.equal(as_list.mask_logits, as_tensor.mask_logits)
 
 
 @torch.no_grad()

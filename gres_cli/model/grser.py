@@ -160,13 +160,15 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
     # ---- the paper's all-pairs group computation --------------------------------------------
     def forward(
         self,
-        pixel_values: Tensor,
+        pixel_values: Tensor | list[Tensor],
         texts: list[str] | str | TextFeatures,
         image_mask: Tensor | None = None,
     ) -> GRSerOutput:
         """pixel_values: B x N x 3 x H x W (or N x 3 x H x W for one group); texts: B
         expressions (or one for all); image_mask: B x N bool, True for real images of padded
-        groups (padding never serves as an expert)."""
+        groups (padding never serves as an expert). A list of 3 x H x W tensors is one group."""
+        if isinstance(pixel_values, (list, tuple)):
+            pixel_values = torch.stack(list(pixel_values))
         if pixel_values.dim() == 4:
             pixel_values = pixel_values.unsqueeze(0)
             image_mask = None if image_mask is None else image_mask.reshape(1, -1)
