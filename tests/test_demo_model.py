@@ -63,3 +63,35 @@ def test_demo_model_beats_chance_on_held_out_groups(tmp_path: Path):
     # measured when the model was shipped (see README); chance is about 0.5 on both
     assert metrics["acc"] >= 0.65
     assert metrics["mIoU"] >= 0.55
+
+
+def test_margin_sweep_reuses_one_pass_and_calibrates(tmp_path: Path):
+    report = tmp_path / "r.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gres_cli",
+            "eval",
+            str(DATA),
+            "--model",
+            str(DEMO),
+            "--device",
+            "cpu",
+            "--margins",
+            "-0.5,0,0.2,5",
+            "--calibrate",
+            "acc",
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    sweep = r["margin_sweep"]
+    assert sweep["0.2"] == r["metrics"]  # the model's own m (0.2) scored both ways
+    assert sweep["5.0"]["recall"] == 0.0  # a huge margin calls everything absent
+    best = max(sweep, key=lambda m: sweep[m]["acc"])
+    assert r["calibrated"]["acc"] == sweep[best]["acc"]

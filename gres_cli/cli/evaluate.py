@@ -27,6 +27,14 @@ def evaluate(
     report: Annotated[Path | None, typer.Option(help="Write every number as JSON here.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per model batch.")] = 16,
+    margins: Annotated[
+        str | None,
+        typer.Option(help="With --model: also score these margins, e.g. -0.2,0,0.2 (one pass)."),
+    ] = None,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(help="With --margins: print the m that maximises this metric (e.g. acc)."),
+    ] = None,
 ) -> None:
     """Score GRES predictions: IoU metrics with negatives counted, and the present/absent decision.
 
@@ -47,6 +55,16 @@ def evaluate(
 
     if (model is None) == (predictions is None):
         fail("pass exactly one of --model or --predictions")
+    sweep: list[float] = []
+    if margins is not None:
+        if model is None:
+            fail("--margins needs --model (saved predictions hold decisions, not masks for all m)")
+        try:
+            sweep = sorted({float(x) for x in margins.split(",") if x.strip()})
+        except ValueError:
+            fail(f"--margins {margins!r}: expected numbers like -0.2,0,0.2")
+    if calibrate is not None and not sweep:
+        fail("--calibrate needs --margins")
     with user_errors():
         ds = load(dataset)
         if split is None:
@@ -66,8 +84,8 @@ def evaluate(
             meter, missing = score_predictions(ds, source, split)
             settings["predictions"] = str(predictions)
         else:
-            meter, used = score_model(
-                ds, model, split, margin, device=device, batch_size=batch_size
+            meter, used, sweeps = score_model(
+                ds, model, split, margin, sweep, device=device, batch_size=batch_size
             )
             settings.update({"model": model, "margin": used})
     metrics = meter.compute()
@@ -78,6 +96,14 @@ def evaluate(
         "missing": missing,
         "groups": meter.per_group(),
     }
+    if sweep:
+        curve = {str(m): sweeps[m].compute() for m in sweep}
+        result["margin_sweep"] = curve
+        if calibrate is not None:
+            if calibrate not in metrics:
+                fail(f"--calibrate {calibrate!r}: not a metric ({', '.join(metrics)})")
+            best = max(sweep, key=lambda m: (curve[str(m)][calibrate], -abs(m)))
+            result["calibrated"] = {"metric": calibrate, "margin": best, **curve[str(best)]}
     if report is not None:
         from grd_tools.fsutil import atomic_write_text
 
@@ -92,6 +118,22 @@ def evaluate(
     err_console.print(table)
     if missing:
         err_console.print(f"{len(missing)} pairs had no prediction (counted as empty)")
+    if sweep:
+        table = Table(title="margin sweep (one forward pass)")
+        for col in ("m", "acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc"):
+            table.add_column(col, justify="right")
+        for m in sweep:
+            row = result["margin_sweep"][str(m)]
+            table.add_row(
+                f"{m:g}",
+                *(f"{row[k]:.4f}" for k in ("acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc")),
+            )
+        err_console.print(table)
+        if "calibrated" in result:
+            c = result["calibrated"]
+            err_console.print(
+                f"calibrated: --margin {c['margin']:g} maximises {calibrate} ({c[calibrate]:.4f})"
+            )
     if report is None and not err_console.is_terminal:
         typer.echo(json.dumps(result))
 

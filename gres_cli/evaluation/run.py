@@ -122,15 +122,25 @@ def _pairs(dataset: GRDDataset, split: str | None) -> Iterator[Pair]:
 
 
 def score_model(
-    dataset: GRDDataset, model_id: str, split: str | None, margin: float | None, **engine: Any
-) -> tuple[GRESMeter, float]:
-    """Run the model over every (group, expression) of the split and score it."""
+    dataset: GRDDataset,
+    model_id: str,
+    split: str | None,
+    margin: float | None,
+    sweep: list[float] | None = None,
+    **engine: Any,
+) -> tuple[GRESMeter, float, dict[float, GRESMeter]]:
+    """Run the model over every (group, expression) of the split and score it.
+
+    One forward pass serves every margin of `sweep`: m only changes the decision
+    d_pos + m < d_neg, so each margin gets its own streaming meter fed from the same outputs.
+    """
     from gres_cli.inference.engine import Segmenter
     from gres_cli.inference.inputs import ImageGroup
     from gres_cli.model.grser import GRSer
 
     seg = Segmenter(GRSer.from_pretrained(model_id), margin=margin, **engine)
     meter = GRESMeter()
+    sweeps = {m: GRESMeter() for m in sweep or []}
     list(_pairs(dataset, split))  # refuse an empty split up front
     for group in dataset.groups:
         if split is not None and group.split != split:
@@ -140,12 +150,10 @@ def score_model(
             results = {r.index: r for r in seg.run_group(ImageGroup(group.id, paths), expr.text)}
             for k, img in enumerate(group.images):
                 shape = (img.height, img.width)
-                pair = Pair(group, expr, img, expr.targets.get(img.id))
+                gt = _gt(dataset, Pair(group, expr, img, expr.targets.get(img.id)), shape)
                 r = results.get(k)
-                if r is None or r.error:
-                    pred, present = np.zeros(shape, bool), False
-                else:
-                    present = r.present
-                    pred = r.mask if present else np.zeros_like(r.mask)
-                meter.update(pred, _gt(dataset, pair, shape), present, group=group.id)
-    return meter, seg.margin
+                for m, target in [(seg.margin, meter), *sweeps.items()]:
+                    present = r is not None and not r.error and r.d_pos + m < r.d_neg
+                    pred = r.mask if present else np.zeros(shape, bool)
+                    target.update(pred, gt, present, group=group.id)
+    return meter, seg.margin, sweeps
