@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -67,7 +68,8 @@ def train(
             TimeRemainingColumn(),
         )
         try:
-            with Progress(*columns, console=err_console) as bar:
+            quiet = os.environ.get("RANK", "0") != "0"  # under torchrun only rank 0 reports
+            with Progress(*columns, console=err_console, disable=quiet) as bar:
                 task = bar.add_task("train", total=total, losses="")
 
                 def on_step(step: int, terms: dict[str, float]) -> None:
@@ -90,7 +92,8 @@ def train(
             f"; best val acc {best['acc']:.3f}, mIoU(pos) {best['mIoU_pos']:.3f}"
             f" at m={best['margin']} -> {out / 'best'}"
         )
-    err_console.print(summary)
+    if os.environ.get("RANK", "0") == "0":
+        err_console.print(summary)
 
 
 def register(app: typer.Typer) -> None:

@@ -122,9 +122,16 @@ def train(
     device: str = "cpu",
     on_step: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train GRSer on a GRD dataset folder; see the module docstring for what lands in OUT."""
+    """Train GRSer on a GRD dataset folder; see the module docstring for what lands in OUT.
+
+    Under `torchrun` (WORLD_SIZE > 1) the same call trains with DistributedDataParallel: each
+    rank draws its own groups (its rank joins the step's seed), gradients are averaged, and only
+    rank 0 writes (log, checkpoints, best model, validation).
+    """
     from grd_tools.format import load
 
+    world, rank, device = _distributed_setup(device)
+    main = rank == 0
     out = Path(out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -133,12 +140,19 @@ def train(
         raise GresError(f"{out}: no checkpoint to resume from")
     if not resume and ckpt.exists():
         raise GresError(f"{out}: holds a checkpoint; pass --resume to continue or pick a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     torch.manual_seed(cfg.seed)
     model = GRSer.from_pretrained(ckpt) if resume else build_model(cfg)
     model.to(device).train()
+    net: torch.nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # the BERT pooler is never used: DDP must not wait for its gradients
+        net = DistributedDataParallel(model, find_unused_parameters=True)
     ds = load(dataset)
     train_data = GroupData(ds, cfg.train_split, model.config.image_size)
     val_data = None
@@ -172,7 +186,7 @@ def train(
         best = json.loads(best_path.read_text())
     margins = [round(x, 3) for x in np.arange(-0.5, 0.501, 0.05)]
     last = float("nan")
-    log = (out / "log.jsonl").open("a", encoding="utf-8")
+    log = (out / "log.jsonl").open("a", encoding="utf-8") if main else None
     try:
         for step in range(start, end):
             t0 = time.perf_counter()
@@ -180,7 +194,8 @@ def train(
             torch.manual_seed(cfg.seed * 1_000_003 + step)
             terms_sum: dict[str, float] = {}
             for micro in range(cfg.accumulate):
-                rng = np.random.default_rng([cfg.seed, step, micro])
+                key = [cfg.seed, step, micro] + ([rank] if world > 1 else [])
+                rng = np.random.default_rng(key)
                 batch = train_data.batch(
                     rng,
                     cfg.groups_per_step,
@@ -190,7 +205,7 @@ def train(
                     cfg.flip,
                 )
                 with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
-                    result = model(
+                    result = net(
                         batch.pixel_values.to(device), batch.texts, batch.image_mask.to(device)
                     )
                     terms = grser_losses(
@@ -214,12 +229,14 @@ def train(
             done = step + 1
             if not math.isfinite(last):
                 raise GresError(f"step {done}: loss is {last}; lower --lr or check the data")
+            if on_step is not None and main:
+                on_step(done, terms_sum)
+            if not main:
+                continue
             if done % cfg.log_every == 0 or done == end:
                 rec = {"step": done, "lr": sched.get_last_lr()[0], "sec": time.perf_counter() - t0}
                 log.write(json.dumps({**rec, **terms_sum}) + "\n")
                 log.flush()
-            if on_step is not None:
-                on_step(done, terms_sum)
             if val_data is not None and (done % cfg.val_every == 0 or done == end):
                 metrics = evaluate_groups(model, val_data, margins)
                 log.write(json.dumps({"step": done, "val": metrics}) + "\n")
@@ -240,5 +257,29 @@ def train(
             if done % cfg.checkpoint_every == 0 or done == end:
                 _save_checkpoint(out, model, opt, sched, done)
     finally:
-        log.close()
+        if log is not None:
+            log.close()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
     return TrainResult(end, last, best, out)
+
+
+def _distributed_setup(device: str) -> tuple[int, int, str]:
+    """(world size, rank, device) from torchrun's environment; starts the process group."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist
+
+        cuda = device.startswith("cuda")
+        if cuda:
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo")
+    return world, rank, device
