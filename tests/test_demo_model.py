@@ -67,6 +67,7 @@ def test_demo_model_beats_chance_on_held_out_groups(tmp_path: Path):
 
 def test_margin_sweep_reuses_one_pass_and_calibrates(tmp_path: Path):
     report = tmp_path / "r.json"
+    own = json.loads((DEMO / "config.json").read_text())["margin"]
     proc = subprocess.run(
         [
             sys.executable,
@@ -79,7 +80,7 @@ def test_margin_sweep_reuses_one_pass_and_calibrates(tmp_path: Path):
             "--device",
             "cpu",
             "--margins",
-            "-0.5,0,0.2,5",
+            f"-0.5,0,{own},5",
             "--calibrate",
             "acc",
             "--report",
@@ -91,7 +92,7 @@ def test_margin_sweep_reuses_one_pass_and_calibrates(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     r = json.loads(report.read_text())
     sweep = r["margin_sweep"]
-    assert sweep["0.2"] == r["metrics"]  # the model's own m (0.2) scored both ways
+    assert sweep[str(float(own))] == r["metrics"]  # the model's own m, scored both ways
     assert sweep["5.0"]["recall"] == 0.0  # a huge margin calls everything absent
     best = max(sweep, key=lambda m: sweep[m]["acc"])
     assert r["calibrated"]["acc"] == sweep[best]["acc"]
