@@ -100,7 +100,6 @@ def write(dataset: GRDDataset, dst: Path, **_: Any) -> None:
 
 
 def read(src: Path, dst: Path, **_: Any) -> None:
-    from pycocotools import mask as mask_utils
 
     path = src / ANNOTATIONS
     try:
@@ -151,29 +150,10 @@ def read(src: Path, dst: Path, **_: Any) -> None:
         ann = anns.get(int(r["ann_id"]))
         if ann is None:
             raise GRDError(f"{path}: ref names annotation {r['ann_id']}, which does not exist")
-        seg = ann["segmentation"]
         try:
-            if isinstance(seg, list):  # polygons
-                rle = mask_utils.merge(mask_utils.frPyObjects(seg, img["height"], img["width"]))
-            else:
-                rle = (
-                    seg
-                    if isinstance(seg["counts"], str)
-                    else mask_utils.frPyObjects(seg, *seg["size"])
-                )
-                rle = {
-                    "size": rle["size"],
-                    "counts": rle["counts"].encode()
-                    if isinstance(rle["counts"], str)
-                    else rle["counts"],
-                }
-            m = mask_utils.decode(rle)
-        except Exception as err:  # pycocotools raises bare Exceptions/ValueErrors
-            raise GRDError(
-                f"{path}: annotation {ann['id']}: mask does not decode ({err})"
-            ) from None
-        if m.shape != (int(img["height"]), int(img["width"])):
-            raise GRDError(f"{path}: annotation {ann['id']}: mask size {m.shape} != image size")
+            m = decode_segmentation(ann["segmentation"], int(img["height"]), int(img["width"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise GRDError(f"{path}: annotation {ann['id']}: {err}") from None
         key = img_key[int(r["image_id"])]
         rel = ann.get("mask_file") or f"masks/{gid}/{eid}/{key}.png"
         write_mask(resolve_inside(dst, rel), m)
@@ -188,3 +168,43 @@ def read(src: Path, dst: Path, **_: Any) -> None:
         ),
         dst,
     )
+
+
+def decode_segmentation(seg: Any, height: int, width: int) -> np.ndarray:
+    """Decode a COCO `segmentation` to a bool (height, width) mask; a list of parts is unioned.
+
+    Accepts polygons (`[[x1, y1, ...], ...]`), an RLE dict whose `counts` is compressed
+    (str or bytes) or uncompressed (a list of run lengths), and a list of RLE dicts (D³ stores
+    one per instance part). Raises ValueError when it does not decode or has another size.
+    """
+    from pycocotools import mask as mask_utils  # pycocotools does not import torch
+
+    def rle_of(part: Any) -> Any:
+        counts = part["counts"]
+        if isinstance(counts, list):  # uncompressed RLE
+            return mask_utils.frPyObjects(part, *part["size"])
+        return {
+            "size": list(part["size"]),
+            "counts": counts.encode() if isinstance(counts, str) else counts,
+        }
+
+    try:
+        if isinstance(seg, dict):
+            rles = [rle_of(seg)]
+        elif seg and all(isinstance(p, dict) for p in seg):
+            rles = [rle_of(p) for p in seg]
+        else:  # polygons; parts with fewer than 3 points cannot be drawn
+            polys = [list(map(float, p)) for p in seg if len(p) >= 6 and len(p) % 2 == 0]
+            if not polys:
+                raise ValueError("no polygon with 3 or more points")
+            rles = mask_utils.frPyObjects(polys, height, width)
+        m = mask_utils.decode(rles)
+    except (ValueError, KeyError, TypeError):
+        raise
+    except Exception as err:  # pycocotools raises bare Exceptions
+        raise ValueError(f"mask does not decode ({err})") from None
+    if m.ndim == 3:
+        m = m.any(axis=2)
+    if m.shape != (height, width):
+        raise ValueError(f"mask size {m.shape[1]}x{m.shape[0]} != image size {width}x{height}")
+    return m.astype(bool)

@@ -28,17 +28,46 @@ def convert(
     expression: Annotated[
         str | None, typer.Option(help="cosod: the expression text (default: the group name).")
     ] = None,
-    inter_group: Annotated[bool, typer.Option(help="d3: inter-group expressions.")] = False,
-    group_by: Annotated[str, typer.Option(help="refcoco: group by image or category.")] = "image",
-    refs: Annotated[str | None, typer.Option(help="refcoco: which refs file to read.")] = None,
+    inter_group: Annotated[
+        bool,
+        typer.Option(
+            help="d3: ask every sentence of the dataset in every group (D³'s inter-group "
+            "setting) instead of each group's own sentences."
+        ),
+    ] = False,
+    group_by: Annotated[
+        str,
+        typer.Option(
+            help="refcoco: one group per **image** (single-image RES as is) or per **category** "
+            "(chunks of --group-size images sharing a COCO category)."
+        ),
+    ] = "image",
+    group_size: Annotated[
+        int, typer.Option(min=1, help="refcoco with --group-by category: images per group.")
+    ] = 10,
+    refs: Annotated[
+        str | None,
+        typer.Option(
+            help="refcoco: the refs file inside SRC, e.g. 'refs(google).p' "
+            "(needed when SRC holds several)."
+        ),
+    ] = None,
+    images: Annotated[
+        Path | None,
+        typer.Option(help="refcoco: folder of the COCO train2014 images (default SRC/images)."),
+    ] = None,
 ) -> None:
     """Convert a dataset between GRD and another format, through the GRD layout.
 
     Formats: **coco** (instances JSON, RLE masks, plus a `refs` list), **hf** (a `datasets`
-    folder), **cosod** (`Image/<group>/`, `GroundTruth/<group>/`). GRES here is *group-wise*
-    RES, not the generalized RES of gRefCOCO. See docs/formats.md.
+    folder), **cosod** (`Image/<group>/`, `GroundTruth/<group>/`); read only: **d3** (the D³
+    release: `d3_images/` + `d3_pkl/`) and **refcoco** (RefCOCO/+/g or gRefCOCO: `instances.json`
+    + a refs file). GRES here is *group-wise* RES, not the generalized RES of gRefCOCO.
+    See docs/formats.md.
 
-    Example: `gres grd convert my-grd my-coco --to coco`
+    Examples: `gres grd convert my-grd my-coco --to coco`;
+    `gres grd convert d3/ d3-grd --from d3`;
+    `gres grd convert refcoco/ refcoco-grd --from refcoco --images coco/train2014`
     """
     import contextlib
 
@@ -56,6 +85,8 @@ def convert(
             expression=expression,
             inter_group=inter_group,
             group_by=group_by,
+            group_size=group_size,
             refs=refs,
+            images=images,
         )
     typer.echo(str(out))
