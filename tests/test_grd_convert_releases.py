@@ -312,9 +312,7 @@ def test_refcoco_group_by_image(refcoco_release: Path, tmp_path: Path) -> None:
 
 
 def test_refcoco_group_by_category(refcoco_release: Path, tmp_path: Path) -> None:
-    out = convert(
-        refcoco_release, tmp_path / "grd", to="grd", from_="refcoco", group_by="category"
-    )
+    out = convert(refcoco_release, tmp_path / "grd", to="grd", from_="refcoco", group_by="category")
     ds = load(out)
     assert sorted((g.id, g.split) for g in ds.groups) == [
         ("dog-0000", "train"),
