@@ -35,12 +35,38 @@ def evaluate(
         str | None,
         typer.Option(help="With --margins: print the m that maximises this metric (e.g. acc)."),
     ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="Scoring convention: gres (default), lisa, lavt, rela or cris "
+            "(resolution, empty-target IoU, precision rule; see docs/evaluation.md)."
+        ),
+    ] = "gres",
+    cosod_reference: Annotated[
+        str,
+        typer.Option(
+            help="Co-SOD metric conventions: pysodmetrics (default) or eval-co-sod "
+            "(the CoCA authors' toolbox; differs on empty ground truth and constant maps)."
+        ),
+    ] = "pysodmetrics",
+    plots: Annotated[
+        Path | None,
+        typer.Option(help="Write PNG plots here (IoU histogram, precision curve, confusion, ...)."),
+    ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            help="Refuse predictions whose size differs from the image (default: resize)."
+        ),
+    ] = False,
 ) -> None:
-    """Score GRES predictions: IoU metrics with negatives counted, and the present/absent decision.
+    """Score GRES predictions: IoU metrics with negatives counted, the present/absent decision,
+    and (protocol gres) the co-salient metrics Sm, Em, Fm, MAE.
 
     Protocol `gres`: original resolution; an empty prediction on an absent target has IoU 1, any
     pixel on it IoU 0; oIoU = cIoU (cumulative), mIoU = gIoU (mean per pair), prec@0.5-0.9,
-    N-acc/T-acc (gRefCOCO's names), acc/precision/recall/f1 of the decision.
+    N-acc/T-acc (gRefCOCO's names), acc/precision/recall/f1 of the decision. Other protocols
+    reproduce LAVT, ReLA, CRIS and LISA's conventions. All values in [0, 1].
 
     Example: `gres eval data/synth --model examples/demo-model --split test --report r.json`
     """
@@ -48,10 +74,18 @@ def evaluate(
     from gres_cli.evaluation.run import (
         FolderPredictions,
         JsonlPredictions,
+        Scorer,
         dataset_hash,
         score_model,
         score_predictions,
     )
+    from gres_cli.metrics.cosod import REFERENCES
+    from gres_cli.metrics.masks import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        fail(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
+    if cosod_reference not in REFERENCES:
+        fail(f"--cosod-reference {cosod_reference!r}: choose from {', '.join(REFERENCES)}")
 
     if (model is None) == (predictions is None):
         fail("pass exactly one of --model or --predictions")
@@ -69,7 +103,11 @@ def evaluate(
         ds = load(dataset)
         if split is None:
             split = "test" if any(g.split == "test" for g in ds.groups) else None
-        settings = {"protocol": "gres", "resolution": "original", "split": split}
+        scorer = Scorer(protocol, cosod_reference, strict)
+        resolution = scorer.masks.protocol.resolution
+        settings = {"protocol": protocol, "resolution": resolution, "split": split}
+        if scorer.cosod is not None:
+            settings["cosod_reference"] = cosod_reference
         settings["dataset"] = str(dataset)
         settings["dataset_sha256"] = dataset_hash(dataset)
         missing: list[str] = []
@@ -81,19 +119,21 @@ def evaluate(
                 if predictions.is_dir()
                 else JsonlPredictions(predictions)
             )
-            meter, missing = score_predictions(ds, source, split)
+            scorer, missing = score_predictions(ds, source, split, scorer)
             settings["predictions"] = str(predictions)
         else:
-            meter, used, sweeps = score_model(
-                ds, model, split, margin, sweep, device=device, batch_size=batch_size
+            scorer, used, sweeps = score_model(
+                ds, model, split, margin, sweep, scorer, device=device, batch_size=batch_size
             )
             settings.update({"model": model, "margin": used})
-    metrics = meter.compute()
+    meter = scorer.masks
+    metrics = scorer.metrics()
     result = {
         "metrics": metrics,
         "settings": settings,
         "pairs": meter.pairs,
         "missing": missing,
+        "warnings": scorer.warnings,
         "groups": meter.per_group(),
     }
     if sweep:
@@ -108,9 +148,24 @@ def evaluate(
         from grd_tools.fsutil import atomic_write_text
 
         atomic_write_text(report, json.dumps(result, indent=2) + "\n")
+    if plots is not None:
+        from gres_cli.evaluation.plots import write_plots
+
+        with user_errors():
+            written = write_plots(
+                plots,
+                f"{dataset.name}: {meter.pairs} pairs, protocol {protocol} ({resolution})",
+                meter.iou_histogram(),
+                meter.confusion(),
+                result.get("margin_sweep"),
+                scorer.cosod.curves() if scorer.cosod is not None else None,
+            )
+        err_console.print(f"plots: {', '.join(str(p) for p in written)}")
     from rich.table import Table
 
-    table = Table(title=f"gres eval ({meter.pairs} pairs, protocol gres, original resolution)")
+    table = Table(
+        title=f"gres eval ({meter.pairs} pairs, protocol {protocol}, {resolution} resolution)"
+    )
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
@@ -118,6 +173,10 @@ def evaluate(
     err_console.print(table)
     if missing:
         err_console.print(f"{len(missing)} pairs had no prediction (counted as empty)")
+    for line in scorer.warnings[:5]:
+        err_console.print(f"[yellow]warning:[/] {line}", soft_wrap=True)
+    if len(scorer.warnings) > 5:
+        err_console.print(f"... {len(scorer.warnings) - 5} more warnings (see --report)")
     if sweep:
         table = Table(title="margin sweep (one forward pass)")
         for col in ("m", "acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc"):

@@ -1,5 +1,7 @@
 """Scoring a GRD split, from saved predictions (JSONL of `gres segment`, or a mask folder) or
-by running a model. The `gres` protocol: original resolution, negatives counted."""
+by running a model, under a named protocol (gres_cli.metrics.masks.PROTOCOLS). Under the
+default `gres` protocol the co-salient metrics are scored too, on grey levels where the
+predictions have them (a folder of grey PNGs, or the model's probabilities)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from grd_tools.format import MANIFEST, GRDDataset, Pair
 from grd_tools.imageio import read_mask
 from grd_tools.paths import resolve_inside
 from gres_cli.errors import GresError
+from gres_cli.metrics.cosod import CoSODMeter
 from gres_cli.metrics.masks import GRESMeter
 
 
@@ -22,15 +25,79 @@ def dataset_hash(root: Path) -> str:
     return hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
 
 
-def _gt(dataset: GRDDataset, pair: Pair, shape: tuple[int, int]) -> np.ndarray | None:
-    if pair.mask is None:
-        return None
-    mask = read_mask(resolve_inside(dataset.root, pair.mask)) > 0
-    if mask.shape != shape:
-        raise GresError(
-            f"{pair.mask}: mask {mask.shape[::-1]} differs from its image {shape[::-1]}"
+class Scorer:
+    """One pair at a time into the protocol's mask meter and, under `gres`, the co-SOD meter.
+
+    Also collects the warnings a user must see: non-binary ground truth, predictions of the
+    wrong size (resized nearest, or refused when `strict`)."""
+
+    def __init__(
+        self, protocol: str = "gres", cosod_reference: str = "pysodmetrics", strict: bool = False
+    ) -> None:
+        try:
+            self.masks = GRESMeter(protocol)
+            self.cosod = CoSODMeter(cosod_reference) if protocol == "gres" else None
+        except ValueError as e:
+            raise GresError(str(e)) from None
+        self.strict = strict
+        self.warnings: list[str] = []
+
+    def ground_truth(self, dataset: GRDDataset, pair: Pair) -> np.ndarray | None:
+        """The pair's target mask (bool, image size) or None when absent."""
+        if pair.mask is None:
+            return None
+        raw = read_mask(resolve_inside(dataset.root, pair.mask))
+        shape = (pair.image.height, pair.image.width)
+        if raw.shape != shape:
+            raise GresError(
+                f"{pair.mask}: mask {raw.shape[::-1]} differs from its image {shape[::-1]}"
+            )
+        if np.any((raw != 0) & (raw != 255) & (raw != 1)):
+            self._warn(f"{pair.mask}: ground truth is not binary (thresholded at 128)")
+            return raw >= 128
+        return raw > 0
+
+    def fit(self, pred: np.ndarray, shape: tuple[int, int], where: str) -> np.ndarray:
+        """`pred` at the ground truth's (h, w): resized nearest with a warning, or refused."""
+        if pred.shape == shape:
+            return pred
+        message = f"{where}: prediction {pred.shape[::-1]} differs from its image {shape[::-1]}"
+        if self.strict:
+            raise GresError(message + " (--strict)")
+        self._warn(message + " (resized, nearest)")
+        from PIL import Image
+
+        img = Image.fromarray(pred if pred.dtype == np.uint8 else pred.astype(np.uint8) * 255)
+        out = np.asarray(img.resize(shape[::-1], Image.NEAREST))
+        return out if pred.dtype == np.uint8 else out > 127
+
+    def update(
+        self,
+        pred: np.ndarray,
+        gt: np.ndarray | None,
+        present: bool,
+        group: str,
+        saliency: np.ndarray | None = None,
+    ) -> None:
+        """Add one pair: bool `pred` and `gt` (None = absent) at image size; `saliency` the
+        grey-level map (uint8) when the predictions have one."""
+        proto = self.masks.protocol
+        self.masks.update(
+            proto.resize(pred), None if gt is None else proto.resize(gt), present, group
         )
-    return mask
+        if self.cosod is not None:
+            grey = saliency if saliency is not None else pred.astype(np.uint8) * 255
+            self.cosod.update(grey, np.zeros(pred.shape, bool) if gt is None else gt)
+
+    def metrics(self) -> dict[str, float]:
+        out = self.masks.compute()
+        if self.cosod is not None:
+            out.update(self.cosod.compute())
+        return out
+
+    def _warn(self, message: str) -> None:
+        if len(self.warnings) < 1000:  # enough to see the pattern; memory stays bounded
+            self.warnings.append(message)
 
 
 class JsonlPredictions:
@@ -54,15 +121,17 @@ class JsonlPredictions:
             self.by_path[key] = rec
             self.by_stem[(rec.get("group", ""), Path(rec["image"]).stem, rec["expression"])] = rec
 
-    def mask(self, dataset: GRDDataset, pair: Pair, shape: tuple[int, int]) -> tuple[Any, bool]:
-        """(predicted bool mask or None if missing, present decision)."""
+    def mask(
+        self, dataset: GRDDataset, pair: Pair, shape: tuple[int, int]
+    ) -> tuple[Any, bool, Any]:
+        """(predicted bool mask or None if missing, present decision, grey levels or None)."""
         image = str(resolve_inside(dataset.root, pair.image.file).resolve())
         text = pair.expression.text
         rec = self.by_path.get((image, text)) or self.by_stem.get(
             (pair.group.id, Path(pair.image.file).stem, text)
         )
         if rec is None or rec.get("error"):
-            return None, False
+            return None, False, None
         if rec.get("rle"):
             from pycocotools import mask as mask_utils
 
@@ -72,17 +141,20 @@ class JsonlPredictions:
             pred = read_mask(rec["mask"]) > 0
         else:
             pred = np.zeros(shape, bool)
-        return pred, bool(rec.get("present"))
+        return pred, bool(rec.get("present")), None
 
 
 class FolderPredictions:
-    """Masks in the co-salient layout: DIR/<group>/<stem>.png or DIR/<group>/<expr>/<stem>.png
-    (grey levels thresholded at 128; a missing file is a missing prediction)."""
+    """Maps in the co-salient layout: DIR/<group>/<stem>.png or DIR/<group>/<expr>/<stem>.png
+    (grey levels kept for the co-SOD metrics, thresholded at 128 for the masks; a missing file
+    is a missing prediction)."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def mask(self, dataset: GRDDataset, pair: Pair, shape: tuple[int, int]) -> tuple[Any, bool]:
+    def mask(
+        self, dataset: GRDDataset, pair: Pair, shape: tuple[int, int]
+    ) -> tuple[Any, bool, Any]:
         stem = Path(pair.image.file).stem
         for rel in (
             f"{pair.group.id}/{pair.expression.id}/{stem}.png",
@@ -90,28 +162,36 @@ class FolderPredictions:
         ):
             path = self.root / rel
             if path.is_file():
-                pred = read_mask(path) >= 128
-                return pred, bool(pred.any())
-        return None, False
+                grey = read_mask(path)
+                pred = grey >= 128
+                return pred, bool(pred.any()), grey
+        return None, False, None
 
 
 def score_predictions(
-    dataset: GRDDataset, source: JsonlPredictions | FolderPredictions, split: str | None
-) -> tuple[GRESMeter, list[str]]:
-    meter, missing = GRESMeter(), []
+    dataset: GRDDataset,
+    source: JsonlPredictions | FolderPredictions,
+    split: str | None,
+    scorer: Scorer | None = None,
+) -> tuple[Scorer, list[str]]:
+    """Score saved predictions; returns the scorer and the pairs that had no prediction."""
+    scorer = scorer or Scorer()
+    missing: list[str] = []
     for pair in _pairs(dataset, split):
         shape = (pair.image.height, pair.image.width)
-        gt = _gt(dataset, pair, shape)
-        pred, present = source.mask(dataset, pair, shape)
+        gt = scorer.ground_truth(dataset, pair)
+        pred, present, grey = source.mask(dataset, pair, shape)
+        where = f"{pair.group.id}/{Path(pair.image.file).name} | {pair.expression.text}"
         if pred is None:
-            missing.append(f"{pair.group.id}/{pair.image.id} | {pair.expression.text}")
-            pred = np.zeros(shape, bool)
-        if pred.shape != shape:  # resized with nearest, as the issue asks
-            from PIL import Image
-
-            pred = np.asarray(Image.fromarray(pred).resize(shape[::-1], Image.NEAREST))
-        meter.update(pred, gt, present, group=pair.group.id)
-    return meter, missing
+            missing.append(where)
+            pred, grey = np.zeros(shape, bool), None
+        if grey is not None:  # a grey map: resize it, threshold again
+            grey = scorer.fit(grey, shape, where)
+            pred = grey >= 128
+        else:
+            pred = scorer.fit(pred, shape, where)
+        scorer.update(pred, gt, present, pair.group.id, grey)
+    return scorer, missing
 
 
 def _pairs(dataset: GRDDataset, split: str | None) -> Iterator[Pair]:
@@ -127,8 +207,9 @@ def score_model(
     split: str | None,
     margin: float | None,
     sweep: list[float] | None = None,
+    scorer: Scorer | None = None,
     **engine: Any,
-) -> tuple[GRESMeter, float, dict[float, GRESMeter]]:
+) -> tuple[Scorer, float, dict[float, GRESMeter]]:
     """Run the model over every (group, expression) of the split and score it.
 
     One forward pass serves every margin of `sweep`: m only changes the decision
@@ -138,9 +219,15 @@ def score_model(
     from gres_cli.inference.inputs import ImageGroup
     from gres_cli.model.grser import GRSer
 
-    seg = Segmenter(GRSer.from_pretrained(model_id), margin=margin, **engine)
-    meter = GRESMeter()
-    sweeps = {m: GRESMeter() for m in sweep or []}
+    scorer = scorer or Scorer()
+    seg = Segmenter(
+        GRSer.from_pretrained(model_id),
+        margin=margin,
+        keep_saliency=scorer.cosod is not None,
+        **engine,
+    )
+    protocol = scorer.masks.protocol
+    sweeps = {m: GRESMeter(protocol) for m in sweep or []}
     list(_pairs(dataset, split))  # refuse an empty split up front
     for group in dataset.groups:
         if split is not None and group.split != split:
@@ -150,10 +237,21 @@ def score_model(
             results = {r.index: r for r in seg.run_group(ImageGroup(group.id, paths), expr.text)}
             for k, img in enumerate(group.images):
                 shape = (img.height, img.width)
-                gt = _gt(dataset, Pair(group, expr, img, expr.targets.get(img.id)), shape)
+                gt = scorer.ground_truth(dataset, Pair(group, expr, img, expr.targets.get(img.id)))
                 r = results.get(k)
-                for m, target in [(seg.margin, meter), *sweeps.items()]:
-                    present = r is not None and not r.error and r.d_pos + m < r.d_neg
-                    pred = r.mask if present else np.zeros(shape, bool)
-                    target.update(pred, gt, present, group=group.id)
-    return meter, seg.margin, sweeps
+                ok = r is not None and not r.error
+                present = ok and r.d_pos + seg.margin < r.d_neg
+                empty = np.zeros(shape, bool)
+                scorer.update(
+                    r.mask if present else empty,
+                    gt,
+                    present,
+                    group.id,
+                    r.saliency if present else None,
+                )
+                gt_r = None if gt is None or not sweeps else protocol.resize(gt)
+                for m, meter in sweeps.items():
+                    present = ok and r.d_pos + m < r.d_neg
+                    pred = protocol.resize(r.mask if present else empty)
+                    meter.update(pred, gt_r, present, group=group.id)
+    return scorer, seg.margin, sweeps

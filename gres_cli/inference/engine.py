@@ -27,7 +27,7 @@ from grd_tools.imageio import image_size, open_image
 from gres_cli.errors import GresError
 from gres_cli.inference.inputs import ImageGroup
 from gres_cli.model.grser import ExpertScores, GRSer, presence
-from gres_cli.model.preprocess import image_to_tensor, masks_to_original
+from gres_cli.model.preprocess import image_to_tensor, probabilities_to_original
 
 
 class DecodedImages(Dataset):
@@ -86,6 +86,7 @@ class ImageResult:
     mask: np.ndarray | None = None  # bool, original size (the decoder's mask, before presence)
     size: tuple[int, int] = (0, 0)
     photo: Image.Image | None = None
+    saliency: np.ndarray | None = None  # uint8 probability x 255, original size, when kept
 
 
 class Segmenter:
@@ -102,6 +103,7 @@ class Segmenter:
         margin: float | None = None,
         threshold: float = 0.5,
         cache_bytes: int = 1 << 30,
+        keep_saliency: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         # pass 1 keeps decoded tensors for pass 2 up to this many bytes per group; past it,
@@ -121,6 +123,7 @@ class Segmenter:
         self.experts = experts or model.config.experts
         self.margin = model.config.margin if margin is None else margin
         self.threshold = threshold
+        self.keep_saliency = keep_saliency  # grey-level maps for the co-SOD metrics
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -197,7 +200,7 @@ class Segmenter:
         for idx, pixels, sizes, _, photos in batches:
             with self._autocast():
                 out = self.model.query(pixels, text, experts.to(pixels.dtype))
-            masks = masks_to_original(out.mask_logits[0].float(), sizes, self.threshold)
+            probs = probabilities_to_original(out.mask_logits[0].float(), sizes)
             decided = presence(out.d_pos[0].float(), out.d_neg[0].float(), self.margin)
             for k, i in enumerate(idx):
                 res = ImageResult(
@@ -207,9 +210,10 @@ class Segmenter:
                     bool(decided[k]),
                     float(out.d_pos[0, k]),
                     float(out.d_neg[0, k]),
-                    masks[k],
+                    (probs[k] > self.threshold).cpu().numpy(),
                     sizes[k],
                     photos[k],
+                    (probs[k] * 255).round().byte().cpu().numpy() if self.keep_saliency else None,
                 )
                 results.append(res)
                 if on_result:

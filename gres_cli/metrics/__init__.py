@@ -1,5 +1,6 @@
-"""Metrics as pure functions over numpy arrays (no torch): RES/GRES mask metrics."""
+"""Metrics: pure functions and streaming meters over numpy arrays (no torch)."""
 
-from gres_cli.metrics.masks import PRECISION_THRESHOLDS, GRESMeter, pair_iou
+from gres_cli.metrics.cosod import CoSODMeter
+from gres_cli.metrics.masks import PRECISION_THRESHOLDS, PROTOCOLS, GRESMeter, Protocol, pair_iou
 
-__all__ = ["PRECISION_THRESHOLDS", "GRESMeter", "pair_iou"]
+__all__ = ["PRECISION_THRESHOLDS", "PROTOCOLS", "CoSODMeter", "GRESMeter", "Protocol", "pair_iou"]

@@ -26,17 +26,21 @@ def preprocess(images: list[Image.Image], size: int) -> Tensor:
     return torch.stack([image_to_tensor(im, size) for im in images])
 
 
-def masks_to_original(
-    mask_logits: Tensor, sizes: list[tuple[int, int]], threshold: float = 0.5
-) -> list[np.ndarray]:
-    """N x h x w logits -> N bool masks at their (width, height): sigmoid, bilinear, > t."""
-    out = []
-    for logit, (w, h) in zip(mask_logits, sizes, strict=True):
-        prob = F.interpolate(
+def probabilities_to_original(mask_logits: Tensor, sizes: list[tuple[int, int]]) -> list[Tensor]:
+    """N x h x w logits -> N probability maps at their (width, height): sigmoid, bilinear."""
+    return [
+        F.interpolate(
             torch.sigmoid(logit.float())[None, None],
             size=(h, w),
             mode="bilinear",
             align_corners=False,
         )[0, 0]
-        out.append((prob > threshold).cpu().numpy())
-    return out
+        for logit, (w, h) in zip(mask_logits, sizes, strict=True)
+    ]
+
+
+def masks_to_original(
+    mask_logits: Tensor, sizes: list[tuple[int, int]], threshold: float = 0.5
+) -> list[np.ndarray]:
+    """N x h x w logits -> N bool masks at their (width, height): sigmoid, bilinear, > t."""
+    return [(p > threshold).cpu().numpy() for p in probabilities_to_original(mask_logits, sizes)]
