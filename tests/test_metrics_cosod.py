@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from gres_cli.metrics import GRESMeter
-from gres_cli.metrics.cosod import CoSODMeter, e_measure_curve, prepare, s_measure
+from gres_cli.metrics.cosod import CoSODMeter, e_measure_curve, level_counts, s_measure
 
 COSOD_KEYS = ("Sm", "Em_max", "Em_mean", "Fm_max", "Fm_mean", "MAE")
 
@@ -99,17 +99,21 @@ def test_cosod_hand_worked() -> None:
     assert r["Em_max"] == pytest.approx(4 / 3)
     # an absent target, nothing predicted: S = 1 - mean(P) = 1; F = 0 (no recall possible)
     empty = np.zeros((2, 2), np.uint8)
-    p, g, _ = prepare(empty, empty)
-    assert s_measure(p, g) == 1.0
-    curve = e_measure_curve(p, g)  # thresholds ascending: t = 0 calls every pixel salient
+    c = level_counts(empty, empty)
+    assert s_measure(c) == 1.0
+    curve = e_measure_curve(c)  # thresholds ascending: t = 0 calls every pixel salient
     assert curve[0] == 0.0 and np.allclose(curve[1:], 4 / 3)
     # the eval-co-sod toolbox gives an all-zero ground truth Eφ = 0.25 HW / (HW - 1) always
-    p2, g2, _ = prepare(empty, empty, "eval-co-sod")
-    assert np.allclose(e_measure_curve(p2, g2, "eval-co-sod"), 0.25 * 4 / 3)
+    c2 = level_counts(empty, empty, "eval-co-sod")
+    assert np.allclose(e_measure_curve(c2, "eval-co-sod"), 0.25 * 4 / 3)
     # a constant non-zero map: pysodmetrics keeps it (S = 1 - 0.7), eval-co-sod zeroes it (S = 1)
     grey = np.full((2, 2), 179, np.uint8)
-    assert s_measure(*prepare(grey, empty)[:2]) == pytest.approx(1 - 179 / 255)
-    assert s_measure(*prepare(grey, empty, "eval-co-sod")[:2], "eval-co-sod") == 1.0
+    assert s_measure(level_counts(grey, empty)) == pytest.approx(1 - 179 / 255)
+    assert s_measure(level_counts(grey, empty, "eval-co-sod"), "eval-co-sod") == 1.0
+    # bool and float maps are grey levels too: a bool mask is 0/255, a float map is rounded
+    box = gt > 0
+    assert s_measure(level_counts(box, box)) == s_measure(level_counts(gt, gt))
+    assert s_measure(level_counts(box * 0.5, box)) == s_measure(level_counts(gt // 2 + 1, gt))
 
 
 def eval_co_sod_reference(cases: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
