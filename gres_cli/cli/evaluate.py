@@ -14,6 +14,9 @@ from gres_cli.cli.common import err_console, fail, user_errors
 def evaluate(
     dataset: Annotated[Path, typer.Argument(help="GRD dataset folder.")],
     model: Annotated[str | None, typer.Option(help="Hub repo id or model folder to run.")] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="With a Hub --model: branch, tag or commit to load.")
+    ] = None,
     predictions: Annotated[
         Path | None,
         typer.Option(help="`gres segment` JSONL file, or a folder of masks <group>/<stem>.png."),
@@ -123,9 +126,17 @@ def evaluate(
             settings["predictions"] = str(predictions)
         else:
             scorer, used, sweeps = score_model(
-                ds, model, split, margin, sweep, scorer, device=device, batch_size=batch_size
+                ds,
+                model,
+                split,
+                margin,
+                sweep,
+                scorer,
+                revision=revision,
+                device=device,
+                batch_size=batch_size,
             )
-            settings.update({"model": model, "margin": used})
+            settings.update({"model": model, "revision": revision, "margin": used})
     meter = scorer.masks
     metrics = scorer.metrics()
     result = {

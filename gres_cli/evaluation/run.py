@@ -208,6 +208,7 @@ def score_model(
     margin: float | None,
     sweep: list[float] | None = None,
     scorer: Scorer | None = None,
+    revision: str | None = None,
     **engine: Any,
 ) -> tuple[Scorer, float, dict[float, GRESMeter]]:
     """Run the model over every (group, expression) of the split and score it.
@@ -221,7 +222,7 @@ def score_model(
 
     scorer = scorer or Scorer()
     seg = Segmenter(
-        GRSer.from_pretrained(model_id),
+        GRSer.from_pretrained(model_id, revision=revision),
         margin=margin,
         keep_saliency=scorer.cosod is not None,
         **engine,
