@@ -344,3 +344,18 @@ def test_eval_warns_on_non_binary_ground_truth(grd_dataset: Path, tmp_path: Path
     proc = _eval(str(grd_dataset), "--predictions", str(preds), "--report", str(report))
     assert proc.returncode == 0, proc.stderr
     assert any("not binary" in w for w in json.loads(report.read_text())["warnings"])
+
+
+def test_eval_reads_a_cosod_folder_directly(grd_dataset: Path, tmp_path: Path) -> None:
+    """A CoSOD benchmark folder is scored as is (converted on the fly), against grey-level
+    predictions in its own layout: the ground truth itself scores perfectly."""
+    from grd_tools.convert import convert
+
+    cosod = convert(grd_dataset, tmp_path / "cosod", to="cosod")
+    report = tmp_path / "r.json"
+    proc = _eval(str(cosod), "--predictions", str(cosod / "GroundTruth"), "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(report.read_text())
+    assert r["settings"]["dataset_format"] == "cosod" and r["missing"] == []
+    assert r["metrics"]["mIoU"] == 1.0 and r["metrics"]["MAE"] == 0.0
+    assert r["pairs"] == sum(1 for _ in (cosod / "GroundTruth").rglob("*.png"))

@@ -12,7 +12,13 @@ from gres_cli.cli.common import err_console, fail, user_errors
 
 
 def evaluate(
-    dataset: Annotated[Path, typer.Argument(help="GRD dataset folder.")],
+    dataset: Annotated[
+        Path,
+        typer.Argument(
+            help="GRD dataset folder, or a folder `gres grd convert` reads (coco, hf, cosod, "
+            "d3, refcoco), converted on the fly."
+        ),
+    ],
     model: Annotated[str | None, typer.Option(help="Hub repo id or model folder to run.")] = None,
     revision: Annotated[
         str | None, typer.Option(help="With a Hub --model: branch, tag or commit to load.")
@@ -73,12 +79,12 @@ def evaluate(
 
     Example: `gres eval data/synth --model examples/demo-model --split test --report r.json`
     """
-    from grd_tools.format import load
     from gres_cli.evaluation.run import (
         FolderPredictions,
         JsonlPredictions,
         Scorer,
         dataset_hash,
+        open_dataset,
         score_model,
         score_predictions,
     )
@@ -102,8 +108,7 @@ def evaluate(
             fail(f"--margins {margins!r}: expected numbers like -0.2,0,0.2")
     if calibrate is not None and not sweep:
         fail("--calibrate needs --margins")
-    with user_errors():
-        ds = load(dataset)
+    with user_errors(), open_dataset(dataset) as (ds, source_format):
         if split is None:
             split = "test" if any(g.split == "test" for g in ds.groups) else None
         scorer = Scorer(protocol, cosod_reference, strict)
@@ -112,7 +117,8 @@ def evaluate(
         if scorer.cosod is not None:
             settings["cosod_reference"] = cosod_reference
         settings["dataset"] = str(dataset)
-        settings["dataset_sha256"] = dataset_hash(dataset)
+        settings["dataset_format"] = source_format
+        settings["dataset_sha256"] = dataset_hash(ds.root)
         missing: list[str] = []
         if predictions is not None:
             if not predictions.exists():

@@ -5,8 +5,10 @@ predictions have them (a folder of grey PNGs, or the model's probabilities)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,23 @@ from gres_cli.metrics.masks import GRESMeter
 
 def dataset_hash(root: Path) -> str:
     return hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def open_dataset(path: Path) -> Iterator[tuple[GRDDataset, str]]:
+    """Yield (dataset, source format). A folder in another format `gres grd convert` reads
+    (coco, hf, cosod, d3, refcoco) is converted into a temporary GRD folder first (images
+    hard-linked where possible), removed afterwards."""
+    from grd_tools.convert import convert, detect_format
+    from grd_tools.format import load
+
+    if (path / MANIFEST).is_file() or not path.is_dir():
+        yield load(path), "grd"
+        return
+    fmt = detect_format(path)
+    with tempfile.TemporaryDirectory(prefix="gres-eval-") as tmp:
+        out = convert(path, Path(tmp) / "grd", to="grd", from_=fmt)
+        yield load(out), fmt
 
 
 class Scorer:
