@@ -102,3 +102,45 @@ def test_shards_split_groups_and_share_one_output(model_dir: Path, tmp_path: Pat
     assert groups[0].isdisjoint(groups[1]) and groups[0] | groups[1] == {"g0", "g1", "g2", "g3"}
     merged = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
     assert len(merged) == 12
+
+
+def test_torchrun_processes_take_disjoint_shares(model_dir: Path, tmp_path: Path):
+    """`torchrun --nproc-per-node 2 -m gres_cli segment ...`: no --shard needed, each process
+    takes its $RANK's share of the groups, and the records merge into one --out."""
+    for g in range(4):
+        _photos(tmp_path / "in" / f"g{g}", 2, seed=g)
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29531",
+            "-m",
+            "gres_cli",
+            "segment",
+            str(tmp_path / "in"),
+            "the thing",
+            "--recursive",
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--jsonl",
+            str(tmp_path / "all.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    merged = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+    images = sorted(r["image"] for r in merged)
+    assert images == sorted(str(p) for p in (tmp_path / "in").rglob("*.png"))  # each once
+    assert {r["group"] for r in merged} == {"g0", "g1", "g2", "g3"}
+    assert len((tmp_path / "all.jsonl").read_text().splitlines()) == 8

@@ -75,6 +75,22 @@ def test_resume_continues_bit_for_bit(synth: Path, tmp_path: Path):
     assert (best / "model.safetensors").is_file() and (best / "README.md").is_file()
 
 
+def test_tensorboard_events_mirror_the_jsonl_log(synth: Path, tmp_path: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(synth, tmp_path / "tb", _cfg(steps=3, val_every=3, checkpoint_every=3))
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/total", "train/mask", "train/triplet", "train/lr", "val/acc"} <= tags
+    log = [json.loads(x) for x in (tmp_path / "tb" / "log.jsonl").read_text().splitlines()]
+    totals = [r["total"] for r in log if "total" in r]
+    assert [e.value for e in events.Scalars("train/total")] == pytest.approx(totals)
+    off = tmp_path / "off"
+    train(synth, off, _cfg(steps=1, val_split=None, checkpoint_every=1, tensorboard=False))
+    assert not (off / "tensorboard").exists() and (off / "log.jsonl").is_file()
+
+
 def test_existing_run_needs_resume(synth: Path, tmp_path: Path):
     cfg = _cfg(steps=1, val_split=None, checkpoint_every=1)
     train(synth, tmp_path / "r", cfg)

@@ -12,6 +12,7 @@ A DataLoader decodes images ahead of the model (workers, pinned memory on CUDA).
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,11 @@ def _collate(items: list) -> tuple[list[int], torch.Tensor, list, list[str], lis
 
 
 def resolve_device(name: str) -> torch.device:
+    """auto: CUDA, else MPS, else CPU. Under torchrun, `auto` and a bare `cuda` mean this
+    process's own GPU, cuda:$LOCAL_RANK."""
+    local = os.environ.get("LOCAL_RANK")
+    if name in ("auto", "cuda") and local is not None and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(local) % torch.cuda.device_count()}")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

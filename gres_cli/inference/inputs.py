@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,8 +75,13 @@ def discover(
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:
-    """'i/P' -> (i, P); None -> (0, 1)."""
+    """'i/P' -> (i, P). None -> this process's share under torchrun ($RANK/$WORLD_SIZE), else
+    (0, 1): every process of `torchrun --nproc-per-node P -m gres_cli segment ...` takes a
+    disjoint share of the groups, and all write into the same --out."""
     if shard is None:
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if world > 1:
+            return int(os.environ.get("RANK", "0")), world
         return 0, 1
     try:
         i, p = (int(x) for x in shard.split("/"))

@@ -31,6 +31,7 @@ class TrainConfig:
     accumulate: int = 1
     mask_weight: float = 1.0
     dice_weight: float = 1.0
+    dice_negatives: bool = False  # Dice on negative images too (Σp / (Σp + 1)); ours, not LAVT's
     triplet_weight: float = 1.0
     prototype_weight: float = 0.5
     mirror_weight: float = 0.5
@@ -46,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
     threads: int | None = None
+    tensorboard: bool | None = None  # None: log TensorBoard events when the package is installed
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

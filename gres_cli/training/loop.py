@@ -4,6 +4,7 @@ atomic checkpoints, bit-for-bit resume, JSONL log, periodic validation, best-mod
 Layout of OUT:
     OUT/train_config.json     the resolved TrainConfig
     OUT/log.jsonl             one record per logged step and per validation
+    OUT/tensorboard/          the same scalars as TensorBoard events (when it is installed)
     OUT/checkpoint/           last checkpoint: a model folder + trainer_state.pt (atomic)
     OUT/best/                 the best model by validation (Hub-ready: config, weights, card)
 """
@@ -113,6 +114,47 @@ def _save_checkpoint(out: Path, model: GRSer, opt, sched, step: int) -> None:
         )
 
 
+class RunLog:
+    """OUT/log.jsonl (one JSON record per line) and, when the `tensorboard` package is
+    installed (or `tensorboard: true` asks for it), the same scalars as TensorBoard events in
+    OUT/tensorboard/: `train/<term>` per logged step, `val/<metric>` per validation."""
+
+    def __init__(self, out: Path, tensorboard: bool | None = None) -> None:
+        self.jsonl = (out / "log.jsonl").open("a", encoding="utf-8")
+        self.board = None
+        if tensorboard is False:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            if tensorboard:
+                self.jsonl.close()
+                raise GresError(
+                    "tensorboard: true needs the tensorboard package: "
+                    "pip install 'gres[tensorboard]'"
+                ) from None
+            return
+        self.board = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.jsonl.write(json.dumps(record) + "\n")
+        self.jsonl.flush()
+        if self.board is None:
+            return
+        step = int(record["step"])
+        values = record.get("val", record)
+        prefix = "val" if "val" in record else "train"
+        for key, value in values.items():
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.board.add_scalar(f"{prefix}/{key}", value, step)
+        self.board.flush()
+
+    def close(self) -> None:
+        self.jsonl.close()
+        if self.board is not None:
+            self.board.close()
+
+
 def train(
     dataset: str | Path,
     out: str | Path,
@@ -175,6 +217,7 @@ def train(
         cfg.triplet_margin,
         cfg.positive_class_weight,
         cfg.negative_class_weight,
+        cfg.dice_negatives,
     )
     end = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
     use_amp = device.startswith("cuda") and cfg.precision in ("bf16", "fp16")
@@ -186,7 +229,7 @@ def train(
         best = json.loads(best_path.read_text())
     margins = [round(x, 3) for x in np.arange(-0.5, 0.501, 0.05)]
     last = float("nan")
-    log = (out / "log.jsonl").open("a", encoding="utf-8") if main else None
+    log = RunLog(out, cfg.tensorboard) if main else None
     try:
         for step in range(start, end):
             t0 = time.perf_counter()
@@ -235,12 +278,10 @@ def train(
                 continue
             if done % cfg.log_every == 0 or done == end:
                 rec = {"step": done, "lr": sched.get_last_lr()[0], "sec": time.perf_counter() - t0}
-                log.write(json.dumps({**rec, **terms_sum}) + "\n")
-                log.flush()
+                log.write({**rec, **terms_sum})
             if val_data is not None and (done % cfg.val_every == 0 or done == end):
                 metrics = evaluate_groups(model, val_data, margins)
-                log.write(json.dumps({"step": done, "val": metrics}) + "\n")
-                log.flush()
+                log.write({"step": done, "val": metrics})
                 score = metrics["acc"] + metrics["mIoU_pos"]
                 if best is None or score > best["acc"] + best["mIoU_pos"]:
                     best = {**metrics, "step": done}

@@ -1,7 +1,9 @@
 """GRSer's training losses (METHOD.md, "Training"), with the paper's symbols.
 
 - Mask loss on every image: weighted binary cross-entropy (LAVT's class weights [0.9, 1.1]) plus
-  optional Dice on positives; a negative image's target is the empty mask.
+  optional Dice on positives; a negative image's target is the empty mask. With
+  `dice_negatives`, the smoothed Dice covers negatives too, where it reads Σp / (Σp + 1): a
+  per-pixel mean BCE barely notices a small false object on a negative image, this term does.
 - Triplet loss on emb(z_n): positive image: max(0, ||e - L|| - ||e - L_anti|| + alpha);
   negative image: L and L_anti swapped. This is what makes d_pos + m < d_neg a decision.
 - Prototype loss: the same triplet on the hierarchizer's s_pos/s_neg, so that prototypes of
@@ -32,6 +34,7 @@ class LossWeights:
     alpha: float = 0.3
     positive_class: float = 1.1
     negative_class: float = 0.9
+    dice_negatives: bool = False
 
 
 def _triplet(d_pos: Tensor, d_neg: Tensor, present: Tensor, alpha: float) -> Tensor:
@@ -60,7 +63,8 @@ def grser_losses(
     inter = (prob * masks).sum(dim=(-2, -1))
     dice = 1 - (2 * inter + 1) / (prob.sum(dim=(-2, -1)) + masks.sum(dim=(-2, -1)) + 1)
     pos = (present & valid).float()
-    dice_loss = (dice * pos).sum() / pos.sum().clamp(min=1.0)
+    dice_on = v if w.dice_negatives else pos
+    dice_loss = (dice * dice_on).sum() / dice_on.sum().clamp(min=1.0)
 
     triplet = (_triplet(out.d_pos, out.d_neg, present, w.alpha) * v).sum() / count
     prototype = (_triplet(out.s_pos, out.s_neg, present, w.alpha) * v).sum() / count
