@@ -25,7 +25,10 @@ def evaluate(
     ] = None,
     predictions: Annotated[
         Path | None,
-        typer.Option(help="`gres segment` JSONL file, or a folder of masks <group>/<stem>.png."),
+        typer.Option(
+            help="`gres segment` JSONL file, or a folder of (grey-level) masks "
+            "`<group>/<stem>.png`."
+        ),
     ] = None,
     split: Annotated[
         str | None, typer.Option(help="Split to score (default: test if present, else all).")
