@@ -148,9 +148,11 @@ def test_padded_images_change_nothing(tiny: GRSer):
     torch.testing.assert_close(b.d_pos[:, :3], a.d_pos, atol=1e-4, rtol=1e-4)
 
 
-def test_gradients_reach_every_parameter():
+@pytest.mark.parametrize("film", [False, True])
+def test_gradients_reach_every_parameter(film: bool):
     torch.manual_seed(0)
-    model = GRSer(GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4)).train()
+    config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4, decoder_film=film)
+    model = GRSer(config).train()
     out = model(torch.randn(2, 3, 3, 64, 64), ["the red circle", "the blue square"])
     target = torch.rand_like(out.mask_logits).round()
     loss = torch.nn.functional.binary_cross_entropy_with_logits(out.mask_logits, target)
@@ -164,6 +166,31 @@ def test_gradients_reach_every_parameter():
         if n not in unused and (p.grad is None or not p.grad.any())
     ]
     assert missing == []
+
+
+def test_decoder_film_starts_as_the_paper_decoder(tmp_path):
+    """FiLM's gamma and beta start at zero: the same weights give the same outputs with and
+    without it, and a saved FiLM model loads back exactly."""
+    torch.manual_seed(0)
+    plain = GRSer(GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4)).eval()
+    film_cfg = GRSerConfig.preset(
+        "grser-tiny", image_size=64, swin_window_size=4, decoder_film=True
+    )
+    film = GRSer(film_cfg).eval()
+    missing, unexpected = film.load_state_dict(plain.state_dict(), strict=False)
+    assert unexpected == [] and all(k.startswith("decoder.film.") for k in missing) and missing
+    x = torch.randn(1, 3, 3, 64, 64)
+    with torch.no_grad():
+        a, b = plain(x, ["the red circle"]), film(x, ["the red circle"])
+    assert torch.equal(a.mask_logits, b.mask_logits) and torch.equal(a.d_pos, b.d_pos)
+    torch.nn.init.normal_(film.decoder.film[0].weight)
+    film.save_pretrained(tmp_path / "m")
+    back = GRSer.from_pretrained(tmp_path / "m").eval()
+    assert back.config.decoder_film
+    with torch.no_grad():
+        c, d = film(x, ["the red circle"]), back(x, ["the red circle"])
+    assert torch.equal(c.mask_logits, d.mask_logits)
+    assert not torch.equal(c.mask_logits, a.mask_logits)  # FiLM now changes the decoder
 
 
 def test_negation_token_is_one_trainable_token(tiny: GRSer):

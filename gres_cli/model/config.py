@@ -43,6 +43,7 @@ class GRSerConfig:
     fusion_dim: int = 64  # key/value width of the pixel-word attention (PWAM)
     fusion_coords: bool = False  # give PWAM pixel coordinates (Swin has no absolute position)
     decoder_dim: int = 32  # hidden width of the mask decoder (LAVT: 512)
+    decoder_film: bool = False  # ours: FiLM each decoder block by L (LAVT's decoder has no text)
     experts: int = 4  # K, ordered expert heatmaps stacked into z_n
     margin: float = 0.0  # default m of the presence rule d_pos + m < d_neg
     normalize_embeddings: bool = True  # L2-normalise vectors in the shared space

@@ -10,6 +10,11 @@ with a learned 1x1 score a and the mask logit as a prior, so the embedding looks
 decoder sees the target. Measured on the synthetic task: a 1x1 MLP on z_n itself, mean-pooled,
 gave every image of a group the same embedding (presence AUC 0.49 after 1,000 steps) while the
 mask head already reached 0.57 IoU on held-out positives; the information was in the decoder.
+
+`decoder_film` (ours, off by default and in every preset): LAVT's decoder sees the expression
+only through the fused encoder maps. With FiLM each decoder block's output is modulated by the
+sentence feature L, x <- x * (1 + gamma(L)) + beta(L), with gamma and beta linear in L and
+initialised to zero (the block starts as LAVT's).
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
 
 class MaskDecoder(nn.Module):
     def __init__(
-        self, stage_dims: list[int], query_stage: int, experts: int, hidden: int, embed_dim: int
+        self,
+        stage_dims: list[int],
+        query_stage: int,
+        experts: int,
+        hidden: int,
+        embed_dim: int,
+        film_dim: int | None = None,
     ) -> None:
         super().__init__()
         self.query_stage = query_stage
@@ -41,6 +52,12 @@ class MaskDecoder(nn.Module):
                 nn.Sequential(_conv_bn_relu(cin + skip, hidden), _conv_bn_relu(hidden, hidden))
             )
             cin = hidden
+        self.film = None
+        if film_dim is not None:
+            self.film = nn.ModuleList(nn.Linear(film_dim, 2 * hidden) for _ in self.blocks)
+            for layer in self.film:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self.head = nn.Conv2d(cin, 1, 1)
         self.embed = nn.Sequential(
             nn.Conv2d(cin, embed_dim, 1), nn.GELU(), nn.Conv2d(embed_dim, embed_dim, 1)
@@ -48,9 +65,14 @@ class MaskDecoder(nn.Module):
         self.attend = nn.Conv2d(cin, 1, 1)
 
     def forward(
-        self, maps: list[Tensor], heatmaps: Tensor, out_size: tuple[int, int]
+        self,
+        maps: list[Tensor],
+        heatmaps: Tensor,
+        out_size: tuple[int, int],
+        sentence: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """maps: F_1..F_4 (M x C_i x H_i x W_i); heatmaps: M x K x H_q x W_q (ordered experts).
+        """maps: F_1..F_4 (M x C_i x H_i x W_i); heatmaps: M x K x H_q x W_q (ordered experts);
+        sentence: M x C_t, the sentence feature L of each image's expression (used with FiLM).
 
         Returns mask logits M x H x W (at out_size), the per-pixel embedding e_n
         (M x D x H/4 x W/4) and its attention-pooled embedding emb(z_n) (M x D).
@@ -59,9 +81,12 @@ class MaskDecoder(nn.Module):
         maps = list(maps)
         maps[self.query_stage] = maps[self.query_stage] + self.triphasic(z)
         x = maps[-1]
-        for block, skip in zip(self.blocks, reversed(maps[:-1]), strict=True):
+        for j, (block, skip) in enumerate(zip(self.blocks, reversed(maps[:-1]), strict=True)):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = block(torch.cat([x, skip], dim=1))
+            if self.film is not None:
+                gamma, beta = self.film[j](sentence)[:, :, None, None].chunk(2, dim=1)
+                x = x * (1 + gamma) + beta
         coarse = self.head(x)  # M x 1 x H/4 x W/4
         pixel_embedding = self.embed(x)
         weights = (self.attend(x) + coarse).flatten(1).softmax(dim=-1)  # M x HW

@@ -113,6 +113,7 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
             config.experts,
             config.decoder_dim,
             config.embed_dim,
+            self.text_encoder.dim if config.decoder_film else None,
         )
 
     @property
@@ -148,7 +149,7 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         k = self.config.experts
         if heatmaps.shape[1] < k:
             heatmaps = F.pad(heatmaps, (0, 0, 0, 0, 0, k - heatmaps.shape[1]))
-        logits, pixel_embedding, emb = self.decoder(maps, heatmaps, out_size)
+        logits, pixel_embedding, emb = self.decoder(maps, heatmaps, out_size, text.sentence)
         if self.config.normalize_embeddings:
             emb = F.normalize(emb, dim=-1)
         t_pos = self.hierarchizer.embed_text(text.sentence)
