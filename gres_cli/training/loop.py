@@ -24,6 +24,7 @@ import torch
 
 from grd_tools.fsutil import atomic_output_dir, atomic_write_text
 from gres_cli.errors import GresError
+from gres_cli.metrics.masks import GRESMeter
 from gres_cli.model.config import GRSerConfig
 from gres_cli.model.grser import GRSer, presence
 from gres_cli.training.config import TrainConfig
@@ -75,34 +76,40 @@ def _optimizer(model: GRSer, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def evaluate_groups(model: GRSer, data: GroupData, margins: list[float]) -> dict[str, Any]:
-    """Present/absent accuracy per margin m, and mean IoU over positives (input resolution).
+    """`gres eval`'s metrics (GRESMeter, protocol gres, at input resolution) at the margin m
+    that maximises present/absent accuracy, plus `mIoU_pos` (mean IoU over positives, a
+    positive called absent scoring 0) and the chosen `margin`.
 
-    Every expression is run on its whole group (the paper's all-pairs computation).
+    Every expression is run on its whole group (the paper's all-pairs computation); one forward
+    pass feeds one streaming meter per candidate margin.
     """
     was = model.training
     model.eval()
-    d_pos, d_neg, truth, ious = [], [], [], []
+    meters = {m: GRESMeter() for m in margins}
+    positive_ious: dict[float, list[float]] = {m: [] for m in margins}
     for gi, text, masks in data.items:
         idx = data.group_images[gi]
         pix = torch.stack([data.normalise(data.images[i]) for i in idx]).to(model.device)
         out = model(pix, [text])
-        pred = (torch.sigmoid(out.mask_logits[0]) > 0.5).cpu()
+        pred = (torch.sigmoid(out.mask_logits[0]) > 0.5).cpu().numpy()
         for k, m in enumerate(masks):
-            d_pos.append(float(out.d_pos[0, k]))
-            d_neg.append(float(out.d_neg[0, k]))
-            truth.append(m is not None)
-            if m is not None:
-                inter = (pred[k] & m).sum().item()
-                union = (pred[k] | m).sum().item()
-                ious.append((inter / union if union else 1.0, len(d_pos) - 1))
+            gt = None if m is None else m.numpy()
+            for margin, meter in meters.items():
+                present = bool(presence(out.d_pos[0, k], out.d_neg[0, k], margin))
+                mask = pred[k] if present else np.zeros_like(pred[k])
+                iou = meter.update(mask, gt, present, group=str(gi))
+                if gt is not None:
+                    positive_ious[margin].append(iou)
     model.train(was)
-    dp, dn, t = torch.tensor(d_pos), torch.tensor(d_neg), torch.tensor(truth)
-    by_margin = {m: float((presence(dp, dn, m) == t).float().mean()) for m in margins}
-    best_m = max(by_margin, key=lambda m: (by_margin[m], -abs(m))) + 0.0  # no -0.0
-    decided = presence(dp, dn, best_m)
-    # IoU of the final output: a positive called absent has IoU 0
-    miou = float(np.mean([iou if decided[i] else 0.0 for iou, i in ious])) if ious else 0.0
-    return {"acc": by_margin[best_m], "margin": best_m, "mIoU_pos": miou, "pairs": len(truth)}
+    scores = {m: meter.compute() for m, meter in meters.items()}
+    best_m = max(margins, key=lambda m: (scores[m]["acc"], -abs(m))) + 0.0  # no -0.0
+    ious = positive_ious[best_m]
+    return {
+        **scores[best_m],
+        "margin": best_m,
+        "mIoU_pos": float(np.mean(ious)) if ious else 0.0,
+        "pairs": meters[best_m].pairs,
+    }
 
 
 def _save_checkpoint(out: Path, model: GRSer, opt, sched, step: int) -> None:
