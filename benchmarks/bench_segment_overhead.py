@@ -52,12 +52,16 @@ def main() -> None:
         text = model.encode_text(["the cat"])
         t = time.perf_counter()
         with torch.inference_mode():
+            # the engine's algorithm on pre-decoded tensors: pass 1 keeps the encoder output,
+            # pass 2 reuses it
+            chunks = pixels.split(args.batch_size)
+            encoded = [model.encode(c, text) for c in chunks]
             scores = ExpertScores.cat(
-                [model.expert_scores(c, text) for c in pixels.split(args.batch_size)]
+                [model.expert_scores(c, text, e) for c, e in zip(chunks, encoded, strict=True)]
             )
             experts = scores.prototypes[model.select_experts(scores)]
-            for c in pixels.split(args.batch_size):
-                model.query(c, text, experts)
+            for c, e in zip(chunks, encoded, strict=True):
+                model.query(c, text, experts, e)
         pure = time.perf_counter() - t
     print(
         f"{args.images} JPEGs 640x480, workers={args.workers}: end-to-end {end_to_end:.2f} s, "

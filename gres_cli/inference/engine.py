@@ -27,7 +27,7 @@ from grd_tools.errors import GRDError
 from grd_tools.imageio import image_size, open_image
 from gres_cli.errors import GresError
 from gres_cli.inference.inputs import ImageGroup
-from gres_cli.model.grser import ExpertScores, GRSer, presence
+from gres_cli.model.grser import Encoded, ExpertScores, GRSer, presence
 from gres_cli.model.preprocess import image_to_tensor, probabilities_to_original
 
 
@@ -146,16 +146,16 @@ class Segmenter:
             pin_memory=self.device.type == "cuda",
         )
         for idx, pixels, sizes, errors, photos in loader:
-            yield idx, pixels.to(self.device, non_blocking=True), sizes, errors, photos
+            yield idx, pixels.to(self.device, non_blocking=True), sizes, errors, photos, None
 
-    def _cached_batches(
-        self, todo: list[int], cache: dict[int, tuple[torch.Tensor, tuple[int, int]]]
-    ) -> Iterator[tuple]:
+    def _cached_batches(self, todo: list[int], cache: dict[int, tuple]) -> Iterator[tuple]:
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             pixels = torch.stack([cache[i][0] for i in chunk])
             sizes = [cache[i][1] for i in chunk]
-            yield list(range(start, start + len(chunk))), pixels, sizes, [], [None] * len(chunk)
+            encoded = Encoded.cat([cache[i][2] for i in chunk])
+            idx = list(range(start, start + len(chunk)))
+            yield idx, pixels, sizes, [], [None] * len(chunk), encoded
 
     @torch.inference_mode()
     def run_group(
@@ -172,10 +172,10 @@ class Segmenter:
         text = self.model.encode_text([expression])
         results: list[ImageResult] = []
         scores, ok = [], []
-        cache: dict[int, tuple[torch.Tensor, tuple[int, int]]] = {}
+        cache: dict[int, tuple[torch.Tensor, tuple[int, int], Encoded]] = {}
         budget = 0 if keep_photo else self.cache_bytes
         # pass 1: prototypes and hierarchizer scores of every readable image
-        for idx, pixels, sizes, errors, _ in self._batches(group.images):
+        for idx, pixels, sizes, errors, _, _ in self._batches(group.images):
             good = [k for k, e in enumerate(errors) if not e]
             for k, err in enumerate(errors):
                 if err and idx[k] not in skip:
@@ -185,13 +185,18 @@ class Segmenter:
                         on_result(res)
             if good:
                 with self._autocast():
-                    s = self.model.expert_scores(pixels[good], text)
+                    enc = self.model.encode(pixels[good], text)
+                    s = self.model.expert_scores(pixels[good], text, enc)
                 scores.append(ExpertScores(s.prototypes.float(), s.s_pos.float(), s.s_neg.float()))
                 ok += [idx[k] for k in good]
-                for k in good:
-                    if idx[k] not in skip and budget >= pixels[k].nbytes:
-                        budget -= pixels[k].nbytes
-                        cache[idx[k]] = (pixels[k], sizes[k])
+                for j, k in enumerate(good):
+                    # pass 2 reuses this image's encoder output (it does not depend on the
+                    # experts) while the budget lasts; past it, pass 2 decodes and encodes again
+                    item = enc.item(j)
+                    cost = pixels[k].nbytes + item.nbytes
+                    if idx[k] not in skip and budget >= cost:
+                        budget -= cost
+                        cache[idx[k]] = (pixels[k], sizes[k], item)
         if not ok:
             return results
         merged = ExpertScores.cat(scores)
@@ -203,9 +208,9 @@ class Segmenter:
             batches = self._cached_batches(todo, cache)
         else:
             batches = self._batches(paths, keep_photo)
-        for idx, pixels, sizes, _, photos in batches:
+        for idx, pixels, sizes, _, photos, encoded in batches:
             with self._autocast():
-                out = self.model.query(pixels, text, experts.to(pixels.dtype))
+                out = self.model.query(pixels, text, experts.to(pixels.dtype), encoded)
             probs = probabilities_to_original(out.mask_logits[0].float(), sizes)
             decided = presence(out.d_pos[0].float(), out.d_neg[0].float(), self.margin)
             for k, i in enumerate(idx):

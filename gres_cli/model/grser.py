@@ -54,6 +54,34 @@ class ExpertScores:
 
 
 @dataclass
+class Encoded:
+    """The image side of M images for one text: fused maps F_1..F_4, M_l and prototypes p.
+
+    The encoder does not depend on the experts, so pass 1's `Encoded` can serve pass 2."""
+
+    maps: list[Tensor]  # F_i: M x C_i x H_i x W_i
+    language_heatmap: Tensor  # M_l: M x h x w
+    prototypes: Tensor  # p: M x C_v
+
+    def item(self, i: int) -> Encoded:
+        return Encoded([m[i : i + 1] for m in self.maps], self.language_heatmap[i : i + 1],
+                       self.prototypes[i : i + 1])  # fmt: skip
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.maps, self.language_heatmap, self.prototypes]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    @classmethod
+    def cat(cls, parts: list[Encoded]) -> Encoded:
+        return cls(
+            [torch.cat([p.maps[k] for p in parts]) for k in range(len(parts[0].maps))],
+            torch.cat([p.language_heatmap for p in parts]),
+            torch.cat([p.prototypes for p in parts]),
+        )
+
+
+@dataclass
 class GRSerOutput:
     """Model outputs for B groups of N images (shapes in the field comments)."""
 
@@ -208,23 +236,38 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         )
 
     # ---- the two-pass API: cost per image flat in the folder size ----------------------------
-    def expert_scores(self, pixel_values: Tensor, text: TextFeatures) -> ExpertScores:
-        """Pass 1: prototypes and hierarchizer scores of M images (M x 3 x H x W), one text."""
-        text1 = text.expand(pixel_values.shape[0])
-        _, _, protos = self._encode(pixel_values, text1)
-        s_pos, s_neg = self.hierarchizer.scores(protos, text1.sentence[0], text1.anti[0])
-        return ExpertScores(protos, s_pos, s_neg)
+    def encode(self, pixel_values: Tensor, text: TextFeatures) -> Encoded:
+        """The image encoder with language fusion, M_l and prototypes of M images, one text."""
+        maps, m_l, protos = self._encode(pixel_values, text.expand(pixel_values.shape[0]))
+        return Encoded(maps, m_l, protos)
+
+    def expert_scores(
+        self, pixel_values: Tensor, text: TextFeatures, encoded: Encoded | None = None
+    ) -> ExpertScores:
+        """Pass 1: prototypes and hierarchizer scores of M images (M x 3 x H x W), one text
+        (from `encoded` when given)."""
+        enc = encoded if encoded is not None else self.encode(pixel_values, text)
+        s_pos, s_neg = self.hierarchizer.scores(enc.prototypes, text.sentence[0], text.anti[0])
+        return ExpertScores(enc.prototypes, s_pos, s_neg)
 
     def select_experts(self, scores: ExpertScores, k: int | None = None) -> Tensor:
         """Indices of the top-k experts (hierarchizer order); k defaults to the config's K."""
         k = self.config.experts if k is None else k
         return expert_order(scores.s_pos, scores.s_neg)[:k]
 
-    def query(self, pixel_values: Tensor, text: TextFeatures, experts: Tensor) -> GRSerOutput:
-        """Pass 2: decode M images against given expert prototypes (K' x C_v, ordered)."""
+    def query(
+        self,
+        pixel_values: Tensor,
+        text: TextFeatures,
+        experts: Tensor,
+        encoded: Encoded | None = None,
+    ) -> GRSerOutput:
+        """Pass 2: decode M images against given expert prototypes (K' x C_v, ordered);
+        `encoded` (pass 1's encoder output for these images) skips the encoder."""
         m = pixel_values.shape[0]
         text1 = text.expand(m)
-        maps, m_l, protos = self._encode(pixel_values, text1)
+        enc = encoded if encoded is not None else self.encode(pixel_values, text)
+        maps, m_l, protos = enc.maps, enc.language_heatmap, enc.prototypes
         s_pos, s_neg = self.hierarchizer.scores(protos, text1.sentence[0], text1.anti[0])
         v = maps[self.config.query_stage]
         heat = self.tqm.visual_heatmaps(v.unsqueeze(0), experts.unsqueeze(0))[0]
