@@ -182,7 +182,10 @@ def test_usage_errors_exit_2_before_any_work(model_dir: Path, tmp_path: Path):
 
 
 @torch.no_grad()
-def test_engine_equals_all_pairs_for_small_folders(model_dir: Path, photos: Path, tmp_path: Path):
+@pytest.mark.parametrize("cache_bytes", [1 << 30, 0])  # pass 2 reuses pass 1 / encodes again
+def test_engine_equals_all_pairs_for_small_folders(
+    model_dir: Path, photos: Path, tmp_path: Path, cache_bytes: int
+):
     model = GRSer.from_pretrained(model_dir)
     model.config.margin = 0.0
     # PNG copies: the engine decodes JPEGs at reduced scale (draft), a decode-level choice
@@ -190,7 +193,7 @@ def test_engine_equals_all_pairs_for_small_folders(model_dir: Path, photos: Path
     for p in sorted(photos.glob("*.jpg")):  # 4 images = K
         Image.open(p).save(tmp_path / f"{p.stem}.png")
         paths.append(tmp_path / f"{p.stem}.png")
-    engine = Segmenter(model, device="cpu", batch_size=3)
+    engine = Segmenter(model, device="cpu", batch_size=3, cache_bytes=cache_bytes)
     results = sorted(engine.run_group(ImageGroup("g", paths), "the cat"), key=lambda r: r.index)
     images = [Image.open(p).convert("RGB") for p in paths]
     out = model(preprocess(images, 64), "the cat")
