@@ -20,7 +20,7 @@ from grd_tools.imageio import read_mask
 from grd_tools.paths import resolve_inside
 from gres_cli.errors import GresError
 from gres_cli.metrics.cosod import CoSODMeter
-from gres_cli.metrics.masks import GRESMeter
+from gres_cli.metrics.masks import GRESMeter, resize_nearest
 
 
 def dataset_hash(root: Path) -> str:
@@ -84,11 +84,7 @@ class Scorer:
         if self.strict:
             raise GresError(message + " (--strict)")
         self._warn(message + " (resized, nearest)")
-        from PIL import Image
-
-        img = Image.fromarray(pred if pred.dtype == np.uint8 else pred.astype(np.uint8) * 255)
-        out = np.asarray(img.resize(shape[::-1], Image.NEAREST))
-        return out if pred.dtype == np.uint8 else out > 127
+        return resize_nearest(pred, shape)
 
     def update(
         self,
@@ -237,7 +233,7 @@ def score_model(
     """
     from gres_cli.inference.engine import Segmenter
     from gres_cli.inference.inputs import ImageGroup
-    from gres_cli.model.grser import GRSer
+    from gres_cli.model.grser import GRSer, presence
 
     scorer = scorer or Scorer()
     seg = Segmenter(
@@ -260,7 +256,7 @@ def score_model(
                 gt = scorer.ground_truth(dataset, Pair(group, expr, img, expr.targets.get(img.id)))
                 r = results.get(k)
                 ok = r is not None and not r.error
-                present = ok and r.d_pos + seg.margin < r.d_neg
+                present = ok and presence(r.d_pos, r.d_neg, seg.margin)
                 empty = np.zeros(shape, bool)
                 scorer.update(
                     r.mask if present else empty,
@@ -271,7 +267,7 @@ def score_model(
                 )
                 gt_r = None if gt is None or not sweeps else protocol.resize(gt)
                 for m, meter in sweeps.items():
-                    present = ok and r.d_pos + m < r.d_neg
+                    present = ok and presence(r.d_pos, r.d_neg, m)
                     pred = protocol.resize(r.mask if present else empty)
                     meter.update(pred, gt_r, present, group=group.id)
     return scorer, seg.margin, sweeps

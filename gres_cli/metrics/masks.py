@@ -52,12 +52,20 @@ class Protocol:
 
     def resize(self, mask: np.ndarray) -> np.ndarray:
         """The mask at the protocol's resolution (nearest neighbour), bool."""
-        if self.size is None or mask.shape == (self.size, self.size):
-            return np.asarray(mask, dtype=bool)
-        from PIL import Image
+        mask = np.asarray(mask, dtype=bool)
+        return mask if self.size is None else resize_nearest(mask, (self.size, self.size))
 
-        img = Image.fromarray(np.asarray(mask, dtype=np.uint8) * 255)
-        return np.asarray(img.resize((self.size, self.size), Image.NEAREST)) > 127
+
+def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A bool mask or uint8 grey map at (h, w), nearest neighbour, same dtype."""
+    if mask.shape == shape:
+        return mask
+    from PIL import Image
+
+    grey = mask.dtype == np.uint8
+    img = Image.fromarray(mask if grey else mask.astype(np.uint8) * 255)
+    out = np.asarray(img.resize(shape[::-1], Image.NEAREST))
+    return out if grey else out > 127
 
 
 PROTOCOLS = {

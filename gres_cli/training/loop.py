@@ -94,10 +94,11 @@ def evaluate_groups(model: GRSer, data: GroupData, margins: list[float]) -> dict
         pred = (torch.sigmoid(out.mask_logits[0]) > 0.5).cpu().numpy()
         for k, m in enumerate(masks):
             gt = None if m is None else m.numpy()
+            d_pos, d_neg = float(out.d_pos[0, k]), float(out.d_neg[0, k])
             for margin, meter in meters.items():
-                present = bool(presence(out.d_pos[0, k], out.d_neg[0, k], margin))
+                present = presence(d_pos, d_neg, margin)
                 mask = pred[k] if present else np.zeros_like(pred[k])
-                iou = meter.update(mask, gt, present, group=str(gi))
+                iou = meter.update(mask, gt, present)
                 if gt is not None:
                     positive_ious[margin].append(iou)
     model.train(was)
