@@ -100,7 +100,6 @@ def write(dataset: GRDDataset, dst: Path, **_: Any) -> None:
 
 
 def read(src: Path, dst: Path, **_: Any) -> None:
-
     path = src / ANNOTATIONS
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))

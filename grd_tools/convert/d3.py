@@ -69,7 +69,8 @@ def read(src: Path, dst: Path, inter_group: bool = False, **_: Any) -> None:
         for gid in sorted(t["groups"]):
             field = f"groups.pkl[{gid}]"
             g = t["groups"][gid]
-            sids = every_sentence if inter_group else [int(s) for s in g["inner_sent_id"]]
+            own = [int(s) for s in g["inner_sent_id"]]
+            sids = every_sentence if inter_group else own
             images = []
             for iid in g["img_id"]:
                 field = f"images.pkl[{iid}]"
@@ -99,7 +100,7 @@ def read(src: Path, dst: Path, inter_group: bool = False, **_: Any) -> None:
                 meta = {"d3_sent_id": sid, "is_negative": bool(sent.get("is_negative", False))}
                 if sent.get("raw_sent_zh"):
                     meta["text_zh"] = safe_pickle.plain(sent["raw_sent_zh"])
-                if inter_group and sid not in {int(s) for s in g["inner_sent_id"]}:
+                if inter_group and sid not in own:
                     meta["inter_group"] = True
                 text = safe_pickle.plain(sent["raw_sent"])
                 expressions.append(Expression(str(sid), text, targets, meta))
@@ -126,15 +127,13 @@ def read(src: Path, dst: Path, inter_group: bool = False, **_: Any) -> None:
 
 
 def _merge(parts: list[Any], img: ImageRecord, where: str) -> Any:
-    """Union of one sentence's instance masks on one image (each an RLE or a list of RLEs)."""
-    mask = None
-    for seg in parts:
-        try:
-            m = decode_segmentation(_plain_rle(seg), img.height, img.width)
-        except ValueError as e:
-            raise GRDError(f"{PICKLE_DIR}/annotations.pkl: {where}: {e}") from None
-        mask = m if mask is None else mask | m
-    return mask
+    """Union of one sentence's instance masks on one image (each an RLE or a list of RLEs):
+    one list of RLE parts, which `decode_segmentation` unions."""
+    rles = [r for seg in parts for r in (seg if isinstance(seg, (list, tuple)) else [seg])]
+    try:
+        return decode_segmentation(_plain_rle(rles), img.height, img.width)
+    except ValueError as e:
+        raise GRDError(f"{PICKLE_DIR}/annotations.pkl: {where}: {e}") from None
 
 
 def _plain_rle(seg: Any) -> Any:
