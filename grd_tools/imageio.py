@@ -1,8 +1,8 @@
 """Reading and writing images and masks, with Pillow's decompression-bomb guard always on.
 
-Every image a dataset or a user hands us goes through `open_image`: EXIF orientation applied,
-converted to RGB from any mode (L, P, RGBA, CMYK, I;16), and refused with a clear error when
-Pillow considers it a decompression bomb.
+Every image a dataset or a user hands us goes through `open_image` (or `open_image_reduced` when
+only a model input is needed): EXIF orientation applied, converted to RGB from any mode (L, P,
+RGBA, CMYK, I;16), and refused with a clear error when Pillow considers it a decompression bomb.
 """
 
 from __future__ import annotations
@@ -46,37 +46,52 @@ def _guarded(path: str | os.PathLike[str]) -> Iterator[None]:
         raise ImageReadError(f"{path}: cannot read image ({e})") from None
 
 
-def _open(path: str | os.PathLike[str], draft: int | None = None) -> Image.Image:
+def _open(path: str | os.PathLike[str]) -> Image.Image:
     with _guarded(path):
         img = Image.open(path)
-        if draft is not None and img.format == "JPEG":
-            # JPEG can decode at 1/2, 1/4, 1/8 scale for free; never below `draft` pixels
-            img.draft("RGB", (draft, draft))
         img.load()
     return img
+
+
+def _oriented_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
+    """`size` (width, height) as seen after `img`'s EXIF orientation."""
+    try:
+        # a PNG's getexif() decodes the whole image to look for an eXIf chunk after the
+        # pixels; one before them is already in `info`
+        lazy_png = img.format == "PNG" and "exif" not in img.info
+        orientation = 1 if lazy_png else img.getexif().get(0x0112, 1)
+    except Exception:  # broken EXIF blocks are common; orientation then defaults
+        orientation = 1
+    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only (no pixel decoding)."""
     with _guarded(path), Image.open(path) as img:
-        w, h = img.size
-        try:
-            # a PNG's getexif() decodes the whole image to look for an eXIf chunk after the
-            # pixels; one before them is already in `info`
-            lazy_png = img.format == "PNG" and "exif" not in img.info
-            orientation = 1 if lazy_png else img.getexif().get(0x0112, 1)
-        except Exception:  # broken EXIF blocks are common; orientation then defaults
-            orientation = 1
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+        return _oriented_size(img, img.size)
 
 
-def open_image(path: str | os.PathLike[str], draft: int | None = None) -> Image.Image:
-    """Decode an image as RGB with EXIF orientation applied. Raises ImageReadError.
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image as RGB with EXIF orientation applied. Raises ImageReadError."""
+    return _to_rgb(_open(path))
 
-    `draft`: the caller only needs about this many pixels a side (a model input), so a JPEG may
-    be decoded at a reduced scale; use `image_size(path)` for the original size.
-    """
-    img = _open(path, draft)
+
+def open_image_reduced(
+    path: str | os.PathLike[str], pixels: int
+) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode an image for a model input of about `pixels` a side: a JPEG at a reduced scale
+    (never below `pixels`), RGB, EXIF orientation applied. Returns the image and the ORIGINAL
+    (width, height) after orientation, read from the same file handle. Raises ImageReadError."""
+    with _guarded(path):
+        img = Image.open(path)
+        full = _oriented_size(img, img.size)
+        if img.format == "JPEG":  # decodes at 1/2, 1/4 or 1/8 scale for free
+            img.draft("RGB", (pixels, pixels))
+        img.load()
+    return _to_rgb(img), full
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
     with contextlib.suppress(Exception):  # a corrupt EXIF block must not lose the image
         img = ImageOps.exif_transpose(img)
     if img.mode == "RGB":

@@ -16,7 +16,7 @@ from gres_cli.inference.engine import Segmenter
 from gres_cli.inference.inputs import ImageGroup
 from gres_cli.model.config import GRSerConfig
 from gres_cli.model.grser import GRSer
-from gres_cli.model.preprocess import masks_to_original, preprocess
+from gres_cli.model.preprocess import preprocess, probabilities_to_original
 
 
 @pytest.fixture(scope="module")
@@ -193,11 +193,12 @@ def test_engine_equals_all_pairs_for_small_folders(
     for p in sorted(photos.glob("*.jpg")):  # 4 images = K
         Image.open(p).save(tmp_path / f"{p.stem}.png")
         paths.append(tmp_path / f"{p.stem}.png")
-    engine = Segmenter(model, device="cpu", batch_size=3, cache_bytes=cache_bytes)
+    engine = Segmenter(model, "cpu", batch_size=3, cache_bytes=cache_bytes, all_masks=True)
     results = sorted(engine.run_group(ImageGroup("g", paths), "the cat"), key=lambda r: r.index)
     images = [Image.open(p).convert("RGB") for p in paths]
     out = model(preprocess(images, 64), "the cat")
-    masks = masks_to_original(out.mask_logits[0], [im.size for im in images])
+    probs = probabilities_to_original(out.mask_logits[0], [im.size for im in images])
+    masks = [(p > 0.5).numpy() for p in probs]
     for k, r in enumerate(results):
         assert r.d_pos == pytest.approx(float(out.d_pos[0, k]), abs=1e-4)
         assert r.d_neg == pytest.approx(float(out.d_neg[0, k]), abs=1e-4)
@@ -214,4 +215,48 @@ def test_large_folder_uses_top_k_of_the_whole_folder(model_dir: Path, tmp_path: 
     engine = Segmenter(model, device="cpu", batch_size=4)
     results = engine.run_group(ImageGroup("g", sorted(tmp_path.glob("*.png"))), "the cat")
     assert sorted(r.index for r in results) == list(range(11))
+    assert all(r.mask.shape == (48, 64) for r in results if r.present)
+    # masks are upsampled for present images only, unless asked for all (a margin sweep)
+    engine.margin = float(np.median([r.d_neg - r.d_pos for r in results]))
+    results = engine.run_group(ImageGroup("g", sorted(tmp_path.glob("*.png"))), "the cat")
+    assert {r.present for r in results} == {True, False}
+    assert all((r.mask is not None) == r.present for r in results)
+    engine.all_masks = True
+    results = engine.run_group(ImageGroup("g", sorted(tmp_path.glob("*.png"))), "the cat")
     assert all(r.mask.shape == (48, 64) for r in results)
+
+
+@torch.no_grad()
+def test_python_predict_agrees_with_the_engine(model_dir: Path, tmp_path: Path):
+    """GRSer.predict (in-memory API) makes the engine's decisions and masks: two passes with
+    the encoder output reused when the group exceeds one batch, one all-pairs forward within
+    a batch (equal to the two passes for at most K = 4 images)."""
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(7):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 255, (40 + i, 56, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    model = GRSer.from_pretrained(model_dir)
+    engine = Segmenter(model, "cpu", batch_size=3, all_masks=True)
+    runs = engine.run_group(ImageGroup("g", paths), "the cat")
+    engine.margin = float(np.median([r.d_neg - r.d_pos for r in runs]))  # some of each
+
+    def check(paths: list[Path], batch_size: int) -> None:
+        images = [Image.open(p).convert("RGB") for p in paths]
+        runs = engine.run_group(ImageGroup("g", paths), "the cat")
+        preds = model.predict(images, "the cat", margin=engine.margin, batch_size=batch_size)
+        assert {p.present for p in preds} == {True, False}
+        for pred, res, im in zip(preds, sorted(runs, key=lambda r: r.index), images, strict=True):
+            assert pred.present == res.present
+            assert pred.d_pos == pytest.approx(res.d_pos, abs=1e-4)
+            assert pred.score == pytest.approx(res.d_neg - res.d_pos, abs=1e-4)
+            assert pred.mask.shape == (im.height, im.width)
+            if pred.present:
+                assert (pred.mask != res.mask).mean() < 1e-3
+                assert pred.mask.any() == (pred.probability > 0.5)
+            else:
+                assert not pred.mask.any() and pred.probability == 0.0
+
+    check(paths, batch_size=3)  # 7 images: two passes
+    check(paths[:4], batch_size=16)  # one forward

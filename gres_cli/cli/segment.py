@@ -109,6 +109,7 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
     """Load the model, run the engine over the groups, stream records, summarise."""
     import json
 
+    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from gres_cli.inference.writers import mask_stats
@@ -165,7 +166,7 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
                         writer.write(rec, res.path, None)
                     else:
                         counts["present" if res.present else "absent"] += 1
-                        final = res.mask if res.present else res.mask & False
+                        final = res.mask if res.present else np.zeros(res.size[::-1], bool)
                         area, bbox = mask_stats(final)
                         rec = {
                             **base,

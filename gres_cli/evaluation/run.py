@@ -240,6 +240,7 @@ def score_model(
         GRSer.from_pretrained(model_id, revision=revision),
         margin=margin,
         keep_saliency=scorer.cosod is not None,
+        all_masks=bool(sweep),  # another margin may call present what this one calls absent
         **engine,
     )
     protocol = scorer.masks.protocol

@@ -24,15 +24,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from grd_tools.errors import GRDError
-from grd_tools.imageio import image_size, open_image
+from grd_tools.imageio import open_image, open_image_reduced
 from gres_cli.errors import GresError
 from gres_cli.inference.inputs import ImageGroup
 from gres_cli.model.grser import Encoded, ExpertScores, GRSer, presence
-from gres_cli.model.preprocess import image_to_tensor, probabilities_to_original
+from gres_cli.model.preprocess import image_to_pixels, normalize, probabilities_to_original
 
 
 class DecodedImages(Dataset):
-    """Decodes image i: (i, tensor, (width, height), error, photo or None)."""
+    """Decodes image i: (i, uint8 pixels, original (width, height), error, photo or None)."""
 
     def __init__(self, paths: list[Path], size: int, keep_photo: bool = False) -> None:
         self.paths, self.size, self.keep_photo = paths, size, keep_photo
@@ -41,18 +41,18 @@ class DecodedImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, tuple[int, int], str, Any]:
+        blank = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
         try:
             if self.keep_photo:
                 img = open_image(self.paths[i])
                 size = img.size
             else:  # only the model input is needed: decode JPEGs at a reduced scale
-                img = open_image(self.paths[i], draft=self.size)
-                size = image_size(self.paths[i])
+                img, size = open_image_reduced(self.paths[i], self.size)
         except GRDError as e:
-            return i, torch.zeros(3, self.size, self.size), (0, 0), str(e), None
+            return i, blank, (0, 0), str(e), None
         except Exception as e:  # any decoder failure is this image's error, never the run's
-            return i, torch.zeros(3, self.size, self.size), (0, 0), f"{self.paths[i]}: {e}", None
-        return i, image_to_tensor(img, self.size), size, "", img if self.keep_photo else None
+            return i, blank, (0, 0), f"{self.paths[i]}: {e}", None
+        return i, image_to_pixels(img, self.size), size, "", img if self.keep_photo else None
 
 
 def _collate(items: list) -> tuple[list[int], torch.Tensor, list, list[str], list]:
@@ -89,10 +89,12 @@ class ImageResult:
     present: bool = False
     d_pos: float = float("nan")
     d_neg: float = float("nan")
-    mask: np.ndarray | None = None  # bool, original size (the decoder's mask, before presence)
+    # the decoder's mask (bool, original size, before presence); computed for present images
+    # only, unless the Segmenter keeps all masks: upsampling is most of the work past the model
+    mask: np.ndarray | None = None
     size: tuple[int, int] = (0, 0)
     photo: Image.Image | None = None
-    saliency: np.ndarray | None = None  # uint8 probability x 255, original size, when kept
+    saliency: np.ndarray | None = None  # uint8 probability x 255, original size, with the mask
 
 
 class Segmenter:
@@ -110,6 +112,7 @@ class Segmenter:
         threshold: float = 0.5,
         cache_bytes: int = 1 << 30,
         keep_saliency: bool = False,
+        all_masks: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         # pass 1 keeps decoded tensors for pass 2 up to this many bytes per group; past it,
@@ -130,6 +133,7 @@ class Segmenter:
         self.margin = model.config.margin if margin is None else margin
         self.threshold = threshold
         self.keep_saliency = keep_saliency  # grey-level maps for the co-SOD metrics
+        self.all_masks = all_masks  # masks of absent images too (a margin sweep needs them)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -146,6 +150,7 @@ class Segmenter:
             pin_memory=self.device.type == "cuda",
         )
         for idx, pixels, sizes, errors, photos in loader:
+            # bytes travel to the device; normalised there
             yield idx, pixels.to(self.device, non_blocking=True), sizes, errors, photos, None
 
     def _cached_batches(self, todo: list[int], cache: dict[int, tuple]) -> Iterator[tuple]:
@@ -175,7 +180,7 @@ class Segmenter:
         cache: dict[int, tuple[torch.Tensor, tuple[int, int], Encoded]] = {}
         budget = 0 if keep_photo else self.cache_bytes
         # pass 1: prototypes and hierarchizer scores of every readable image
-        for idx, pixels, sizes, errors, _, _ in self._batches(group.images):
+        for idx, raw, sizes, errors, _, _ in self._batches(group.images):
             good = [k for k, e in enumerate(errors) if not e]
             for k, err in enumerate(errors):
                 if err and idx[k] not in skip:
@@ -184,19 +189,20 @@ class Segmenter:
                     if on_result:
                         on_result(res)
             if good:
+                pixels = normalize(raw[good])
                 with self._autocast():
-                    enc = self.model.encode(pixels[good], text)
-                    s = self.model.expert_scores(pixels[good], text, enc)
+                    enc = self.model.encode(pixels, text)
+                    s = self.model.expert_scores(pixels, text, enc)
                 scores.append(ExpertScores(s.prototypes.float(), s.s_pos.float(), s.s_neg.float()))
                 ok += [idx[k] for k in good]
                 for j, k in enumerate(good):
                     # pass 2 reuses this image's encoder output (it does not depend on the
                     # experts) while the budget lasts; past it, pass 2 decodes and encodes again
                     item = enc.item(j)
-                    cost = pixels[k].nbytes + item.nbytes
+                    cost = raw[k].nbytes + item.nbytes
                     if idx[k] not in skip and budget >= cost:
                         budget -= cost
-                        cache[idx[k]] = (pixels[k], sizes[k], item)
+                        cache[idx[k]] = (raw[k], sizes[k], item)
         if not ok:
             return results
         merged = ExpertScores.cat(scores)
@@ -208,24 +214,24 @@ class Segmenter:
             batches = self._cached_batches(todo, cache)
         else:
             batches = self._batches(paths, keep_photo)
-        for idx, pixels, sizes, _, photos, encoded in batches:
+        for idx, raw, sizes, _, photos, encoded in batches:
+            pixels = normalize(raw)
             with self._autocast():
                 out = self.model.query(pixels, text, experts.to(pixels.dtype), encoded)
-            probs = probabilities_to_original(out.mask_logits[0].float(), sizes)
-            decided = presence(out.d_pos[0].float(), out.d_neg[0].float(), self.margin)
-            for k, i in enumerate(idx):
+            d_pos, d_neg = out.d_pos[0].float(), out.d_neg[0].float()
+            decided = presence(d_pos, d_neg, self.margin).tolist()
+            keep = [k for k in range(len(idx)) if decided[k] or self.all_masks]
+            maps = probabilities_to_original(out.mask_logits[0][keep], [sizes[k] for k in keep])
+            probs = dict(zip(keep, maps, strict=True))
+            for k, (i, dp, dn) in enumerate(zip(idx, d_pos.tolist(), d_neg.tolist(), strict=True)):
+                prob = probs.get(k)
                 res = ImageResult(
-                    todo[i],
-                    paths[i],
-                    None,
-                    bool(decided[k]),
-                    float(out.d_pos[0, k]),
-                    float(out.d_neg[0, k]),
-                    (probs[k] > self.threshold).cpu().numpy(),
-                    sizes[k],
-                    photos[k],
-                    (probs[k] * 255).round().byte().cpu().numpy() if self.keep_saliency else None,
+                    todo[i], paths[i], None, decided[k], dp, dn, size=sizes[k], photo=photos[k]
                 )
+                if prob is not None:
+                    res.mask = (prob > self.threshold).cpu().numpy()
+                    if self.keep_saliency:
+                        res.saliency = (prob * 255).round().byte().cpu().numpy()
                 results.append(res)
                 if on_result:
                     on_result(res)

@@ -42,9 +42,8 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 class OutputWriter:
     """Writes one image's outputs under OUT/<group>/ and appends its record."""
 
-    def __init__(self, out: Path, fmt: str, overlay: bool, all_masks: bool = False) -> None:
+    def __init__(self, out: Path, fmt: str, overlay: bool) -> None:
         self.out, self.fmt, self.overlay = out, fmt, overlay
-        self.all_masks = all_masks
         out.mkdir(parents=True, exist_ok=True)
         self._records: TextIO = (out / RECORDS).open("a", encoding="utf-8")
 
@@ -73,11 +72,7 @@ class OutputWriter:
         photo: Image.Image | None = None,
     ) -> dict[str, Any]:
         group = record["group"]
-        if (
-            mask is not None
-            and self.fmt in ("png", "npy")
-            and (record["present"] or self.all_masks)
-        ):
+        if mask is not None and self.fmt in ("png", "npy") and record["present"]:
             target = self.mask_path(group, image)
             buf = io.BytesIO()
             if self.fmt == "png":

@@ -31,7 +31,7 @@ from gres_cli.model.config import GRSerConfig
 from gres_cli.model.decoder import MaskDecoder
 from gres_cli.model.encoders import ImageEncoder, TextEncoder, TextFeatures
 from gres_cli.model.hierarchizer import HeatmapHierarchizer, expert_order
-from gres_cli.model.preprocess import masks_to_original, preprocess
+from gres_cli.model.preprocess import preprocess, probabilities_to_original
 from gres_cli.model.tqm import TriphasicQueryModule
 
 
@@ -301,7 +301,9 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         """Segment `text` in a group of PIL images; masks at each image's original size.
 
         Groups larger than `batch_size` run the two-pass path (same result as all-pairs when
-        the group has at most K images; top-K experts of the whole group otherwise).
+        the group has at most K images; top-K experts of the whole group otherwise), keeping
+        pass 1's encoder output for pass 2. For folders too large for memory, use the engine
+        behind `gres segment` (`gres_cli.inference.engine.Segmenter`).
         """
         was_training = self.training
         self.eval()
@@ -312,33 +314,32 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
             out = self.forward(pixels, features)
             logits, d_pos, d_neg = out.mask_logits[0], out.d_pos[0], out.d_neg[0]
         else:
-            scores = [self.expert_scores(c, features) for c in pixels.split(batch_size)]
-            merged = ExpertScores.cat(scores)
+            chunks = pixels.split(batch_size)
+            encoded = [self.encode(c, features) for c in chunks]
+            merged = ExpertScores.cat(
+                [self.expert_scores(c, features, e) for c, e in zip(chunks, encoded, strict=True)]
+            )
             experts = merged.prototypes[self.select_experts(merged)]
-            outs = [self.query(c, features, experts) for c in pixels.split(batch_size)]
+            outs = [
+                self.query(c, features, experts, e) for c, e in zip(chunks, encoded, strict=True)
+            ]
             logits = torch.cat([o.mask_logits[0] for o in outs])
             d_pos = torch.cat([o.d_pos[0] for o in outs])
             d_neg = torch.cat([o.d_neg[0] for o in outs])
         self.train(was_training)
-        present = presence(d_pos, d_neg, margin)
-        masks = masks_to_original(logits, [im.size for im in images], threshold)
+        present = presence(d_pos, d_neg, margin).tolist()
+        shown = [i for i, p in enumerate(present) if p]  # only these need masks at full size
+        probs = probabilities_to_original(logits[shown], [images[i].size for i in shown])
+        maps = dict(zip(shown, probs, strict=True))
         preds = []
         for i, im in enumerate(images):
-            mask = masks[i] if bool(present[i]) else np.zeros((im.size[1], im.size[0]), bool)
-            prob = 0.0
-            if mask.any():
-                full = (
-                    F.interpolate(
-                        torch.sigmoid(logits[i].float())[None, None],
-                        size=mask.shape,
-                        mode="bilinear",
-                    )[0, 0]
-                    .cpu()
-                    .numpy()
-                )
-                prob = float(full[mask].mean())
+            mask, prob = np.zeros((im.size[1], im.size[0]), bool), 0.0
+            if i in maps:
+                inside = maps[i] > threshold
+                mask = inside.cpu().numpy()
+                prob = float(maps[i][inside].mean()) if mask.any() else 0.0
             dp, dn = float(d_pos[i]), float(d_neg[i])
-            preds.append(Prediction(bool(present[i]), dp, dn, dn - dp, mask, prob))
+            preds.append(Prediction(present[i], dp, dn, dn - dp, mask, prob))
         return preds
 
     # ---- model folders and the Hub --------------------------------------------------------------

@@ -20,7 +20,7 @@ from grd_tools.format import GRDDataset
 from grd_tools.imageio import open_image, read_mask
 from grd_tools.paths import resolve_inside
 from gres_cli.errors import GresError
-from gres_cli.model.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from gres_cli.model.preprocess import image_to_pixels, normalize
 
 _SIDE_WORDS = re.compile(r"\b(left|right|leftmost|rightmost)\b", re.IGNORECASE)
 
@@ -51,10 +51,8 @@ class GroupData:
         for gi, g in enumerate(groups):
             idx = []
             for img in g.images:
-                pic = open_image(resolve_inside(root, img.file)).resize(
-                    (size, size), Image.BILINEAR
-                )
-                self.images.append(torch.from_numpy(np.asarray(pic).copy()).permute(2, 0, 1))
+                pic = open_image(resolve_inside(root, img.file))
+                self.images.append(image_to_pixels(pic, size))
                 idx.append(len(self.images) - 1)
             self.group_images.append(idx)
             for e in g.expressions:
@@ -68,14 +66,9 @@ class GroupData:
                     m = m.resize((size, size), Image.NEAREST)
                     masks.append(torch.from_numpy(np.asarray(m) > 0))
                 self.items.append((gi, e.text, masks))
-        self._mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def normalise(self, images: Tensor) -> Tensor:
-        return (images.float() / 255.0 - self._mean) / self._std
 
     def batch(
         self,
@@ -98,7 +91,7 @@ class GroupData:
             chosen = self._choose(rng, item_masks, n, min_pos, min_neg)
             do_flip = flip and not _SIDE_WORDS.search(text) and rng.random() < 0.5
             for ni, k in enumerate(chosen):
-                img = self.normalise(self.images[self.group_images[gi][k]])
+                img = normalize(self.images[self.group_images[gi][k]])
                 m = item_masks[k]
                 mask = m.float() if m is not None else torch.zeros(s, s)
                 if do_flip:

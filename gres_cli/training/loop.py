@@ -27,6 +27,7 @@ from gres_cli.errors import GresError
 from gres_cli.metrics.masks import GRESMeter
 from gres_cli.model.config import GRSerConfig
 from gres_cli.model.grser import GRSer, presence
+from gres_cli.model.preprocess import normalize
 from gres_cli.training.config import TrainConfig
 from gres_cli.training.data import GroupData
 from gres_cli.training.losses import LossWeights, grser_losses
@@ -89,7 +90,7 @@ def evaluate_groups(model: GRSer, data: GroupData, margins: list[float]) -> dict
     positive_ious: dict[float, list[float]] = {m: [] for m in margins}
     for gi, text, masks in data.items:
         idx = data.group_images[gi]
-        pix = torch.stack([data.normalise(data.images[i]) for i in idx]).to(model.device)
+        pix = normalize(torch.stack([data.images[i] for i in idx]).to(model.device))
         out = model(pix, [text])
         pred = (torch.sigmoid(out.mask_logits[0]) > 0.5).cpu().numpy()
         for k, m in enumerate(masks):
