@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gres_cli.inference.engine import Segmenter
+from gres_cli.inference.engine import Job, Segmenter
 from gres_cli.inference.inputs import ImageGroup
 from gres_cli.model.config import GRSerConfig
 from gres_cli.model.grser import GRSer
@@ -260,3 +260,64 @@ def test_python_predict_agrees_with_the_engine(model_dir: Path, tmp_path: Path):
 
     check(paths, batch_size=3)  # 7 images: two passes
     check(paths[:4], batch_size=16)  # one forward
+
+
+def _noise_images(folder: Path, count: int, seed: int) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"{i:02d}.png")
+        Image.fromarray(rng.integers(0, 255, (40, 48 + i, 3), dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+@torch.no_grad()
+def test_one_run_over_many_jobs_equals_one_run_per_job(model_dir: Path, tmp_path: Path):
+    """One loader streams every job's images (batches span jobs); each job still gets exactly
+    its own two passes, whether its images stay cached, partly cached or are decoded again."""
+    model = GRSer.from_pretrained(model_dir)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.jpg").write_bytes(b"not an image")
+    five = _noise_images(tmp_path / "five", 5, 0)
+    jobs = [
+        Job(ImageGroup("five", five), "the cat"),
+        Job(ImageGroup("broken", [broken / "a.jpg"]), "the cat"),
+        Job(ImageGroup("empty", []), "the cat"),
+        Job(ImageGroup("seven", _noise_images(tmp_path / "seven", 7, 1)), "a dog", {2}),
+        Job(ImageGroup("five again", five), "a bird"),  # as eval asks: same images, new text
+    ]
+    engine = Segmenter(model, "cpu", batch_size=3, all_masks=True)
+    expected = [
+        sorted(engine.run_group(j.group, j.expression, j.skip), key=lambda r: r.index) for j in jobs
+    ]
+    assert [r.index for r in expected[3]] == [0, 1, 3, 4, 5, 6]  # skipped: no result
+    assert expected[1][0].error and not expected[2]
+    one_image = engine.model.encode(torch.zeros(1, 3, 64, 64), model.encode_text(["x"])).item(0)
+    fits_three = 3 * (one_image.nbytes + 3 * 64 * 64)
+    # every image cached / three per job / none; and the loader's worker processes
+    for budget, workers in ((1 << 30, 0), (fits_three, 0), (0, 0), (1 << 30, 2)):
+        engine.cache_bytes, engine.workers = budget, workers
+        got = list(engine.run(jobs))
+        assert [r.job for r in got] == sorted(r.job for r in got)  # job by job, in order
+        for j, want in enumerate(expected):
+            mine = sorted((r for r in got if r.job == j), key=lambda r: r.index)
+            assert [r.index for r in mine] == [r.index for r in want]
+            for a, b in zip(mine, want, strict=True):
+                assert (a.error is None) == (b.error is None)
+                if a.error is None:
+                    assert a.d_pos == pytest.approx(b.d_pos, abs=1e-5)
+                    assert a.d_neg == pytest.approx(b.d_neg, abs=1e-5)
+                    assert (a.mask != b.mask).mean() < 1e-3
+
+
+def test_image_unreadable_by_pass_two_is_an_error_result(model_dir: Path, tmp_path: Path):
+    paths = _noise_images(tmp_path / "g", 3, 0)
+    engine = Segmenter(GRSer.from_pretrained(model_dir), "cpu", batch_size=1, cache_bytes=0)
+    results = engine.run([Job(ImageGroup("g", paths), "the cat")])
+    first = next(results)  # pass 2 has begun: the other images are decoded again one by one
+    paths[2].write_bytes(b"truncated")
+    rest = list(results)
+    assert first.error is None and rest[0].error is None
+    assert rest[1].index == 2 and "cannot read image" in rest[1].error

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -109,10 +109,9 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
     """Load the model, run the engine over the groups, stream records, summarise."""
     import json
 
-    import numpy as np
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from gres_cli.inference.writers import mask_stats
+    from gres_cli.inference.engine import Job
 
     done = {} if overwrite else writer.finished()
     counts = {"present": 0, "absent": 0, "failed": 0, "skipped": 0}
@@ -135,6 +134,7 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
     try:
         with progress:
             task = progress.add_task("segment", total=total)
+            jobs = []
             for group in groups:
                 skip = set()
                 for i, p in enumerate(group.images):
@@ -144,49 +144,12 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
                         counts["skipped"] += 1
                         emit(rec)
                         progress.advance(task)
-
-                def on_result(res, group=group) -> None:
-                    base = {"image": str(res.path), "group": group.name, "expression": expression}
-                    if res.error is not None:
-                        counts["failed"] += 1
-                        rec = {
-                            **base,
-                            "present": None,
-                            "d_pos": None,
-                            "d_neg": None,
-                            "margin": engine.margin,
-                            "score": None,
-                            "mask": None,
-                            "area": 0,
-                            "bbox": None,
-                            "width": None,
-                            "height": None,
-                            "error": res.error,
-                        }
-                        writer.write(rec, res.path, None)
-                    else:
-                        counts["present" if res.present else "absent"] += 1
-                        final = res.mask if res.present else np.zeros(res.size[::-1], bool)
-                        area, bbox = mask_stats(final)
-                        rec = {
-                            **base,
-                            "present": res.present,
-                            "d_pos": round(res.d_pos, 6),
-                            "d_neg": round(res.d_neg, 6),
-                            "margin": engine.margin,
-                            "score": round(res.d_neg - res.d_pos, 6),
-                            "mask": None,
-                            "area": area,
-                            "bbox": bbox,
-                            "width": res.size[0],
-                            "height": res.size[1],
-                            "error": None,
-                        }
-                        rec = writer.write(rec, res.path, final, res.photo)
-                    emit(rec)
-                    progress.advance(task)
-
-                engine.run_group(group, expression, skip, writer.overlay, on_result)
+                jobs.append(Job(group, expression, skip))
+            for res in engine.run(jobs, writer.overlay):
+                rec, mask = _record(res, groups[res.job].name, expression, engine.margin)
+                counts["failed" if res.error else "present" if res.present else "absent"] += 1
+                emit(writer.write(rec, res.path, mask, res.photo))
+                progress.advance(task)
     except KeyboardInterrupt:
         err_console.print(
             "interrupted: finished images are saved; run the same command again to resume"
@@ -213,3 +176,31 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
 def register(app: typer.Typer) -> None:
     """Add `gres segment` to the top-level app."""
     app.command("segment")(segment)
+
+
+def _record(res, group: str, expression: str, margin: float) -> tuple[dict, Any]:
+    """An engine result -> its JSONL record (SPEC, "Output of gres segment") and final mask."""
+    import numpy as np
+
+    from gres_cli.inference.writers import mask_stats
+
+    rec = {"image": str(res.path), "group": group, "expression": expression}
+    if res.error is not None:
+        rec |= {"present": None, "d_pos": None, "d_neg": None, "margin": margin, "score": None}
+        rec |= {"mask": None, "area": 0, "bbox": None, "width": None, "height": None}
+        return rec | {"error": res.error}, None
+    mask = res.mask if res.present else np.zeros(res.size[::-1], bool)
+    area, bbox = mask_stats(mask)
+    rec |= {
+        "present": res.present,
+        "d_pos": round(res.d_pos, 6),
+        "d_neg": round(res.d_neg, 6),
+        "margin": margin,
+        "score": round(res.d_neg - res.d_pos, 6),
+        "mask": None,
+        "area": area,
+        "bbox": bbox,
+        "width": res.size[0],
+        "height": res.size[1],
+    }
+    return rec | {"error": None}, mask

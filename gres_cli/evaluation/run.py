@@ -231,7 +231,7 @@ def score_model(
     One forward pass serves every margin of `sweep`: m only changes the decision
     d_pos + m < d_neg, so each margin gets its own streaming meter fed from the same outputs.
     """
-    from gres_cli.inference.engine import Segmenter
+    from gres_cli.inference.engine import Job, Segmenter
     from gres_cli.inference.inputs import ImageGroup
     from gres_cli.model.grser import GRSer, presence
 
@@ -246,29 +246,45 @@ def score_model(
     protocol = scorer.masks.protocol
     sweeps = {m: GRESMeter(protocol) for m in sweep or []}
     list(_pairs(dataset, split))  # refuse an empty split up front
+    asked, jobs = [], []
     for group in dataset.groups:
-        if split is not None and group.split != split:
-            continue
-        paths = [resolve_inside(dataset.root, i.file) for i in group.images]
-        for expr in group.expressions:
-            results = {r.index: r for r in seg.run_group(ImageGroup(group.id, paths), expr.text)}
-            for k, img in enumerate(group.images):
-                shape = (img.height, img.width)
-                gt = scorer.ground_truth(dataset, Pair(group, expr, img, expr.targets.get(img.id)))
-                r = results.get(k)
-                ok = r is not None and not r.error
-                present = ok and presence(r.d_pos, r.d_neg, seg.margin)
-                empty = np.zeros(shape, bool)
-                scorer.update(
-                    r.mask if present else empty,
-                    gt,
-                    present,
-                    group.id,
-                    r.saliency if present else None,
-                )
-                gt_r = None if gt is None or not sweeps else protocol.resize(gt)
-                for m, meter in sweeps.items():
-                    present = ok and presence(r.d_pos, r.d_neg, m)
-                    pred = protocol.resize(r.mask if present else empty)
-                    meter.update(pred, gt_r, present, group=group.id)
+        if split is None or group.split == split:
+            paths = [resolve_inside(dataset.root, i.file) for i in group.images]
+            for expr in group.expressions:
+                asked.append((group, expr))
+                jobs.append(Job(ImageGroup(group.id, paths), expr.text))
+    for (group, expr), results in zip(asked, _job_by_job(seg.run(jobs), len(jobs)), strict=True):
+        for k, img in enumerate(group.images):
+            shape = (img.height, img.width)
+            gt = scorer.ground_truth(dataset, Pair(group, expr, img, expr.targets.get(img.id)))
+            r = results.get(k)
+            ok = r is not None and not r.error
+            present = ok and presence(r.d_pos, r.d_neg, seg.margin)
+            empty = np.zeros(shape, bool)
+            scorer.update(
+                r.mask if present else empty,
+                gt,
+                present,
+                group.id,
+                r.saliency if present else None,
+            )
+            gt_r = None if gt is None or not sweeps else protocol.resize(gt)
+            for m, meter in sweeps.items():
+                present = ok and presence(r.d_pos, r.d_neg, m)
+                pred = protocol.resize(r.mask if present else empty)
+                meter.update(pred, gt_r, present, group=group.id)
     return scorer, seg.margin, sweeps
+
+
+def _job_by_job(results: Iterator[Any], jobs: int) -> Iterator[dict[int, Any]]:
+    """The engine's results (which come job by job) as one {image index: result} per job."""
+    current: dict[int, Any] = {}
+    job = 0
+    for r in results:
+        while r.job > job:
+            yield current
+            current, job = {}, job + 1
+        current[r.index] = r
+    while job < jobs:
+        yield current
+        current, job = {}, job + 1

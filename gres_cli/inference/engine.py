@@ -1,20 +1,23 @@
-"""The group-wise inference engine behind `gres segment`.
+"""The group-wise inference engine behind `gres segment` and `gres eval --model`.
 
 Two passes per group keep the cost per image flat however large the folder, and memory bounded
 by the batch, not the folder:
-  1. every image is encoded once; only its prototype p_n and hierarchizer scores are kept;
-  2. the top-K experts of the WHOLE folder are chosen, and each image is encoded again and
-     decoded against those K prototypes.
+  1. every image is encoded once; its prototype p_n and hierarchizer scores are kept, and its
+     encoder output too while the cache budget lasts (the encoder does not depend on experts);
+  2. the top-K experts of the WHOLE folder are chosen, and each image is decoded against those K
+     prototypes (encoded again only when it did not fit in the cache).
 For a group of at most K images this equals the paper's all-pairs computation (tested).
-A DataLoader decodes images ahead of the model (workers, pinned memory on CUDA).
+One DataLoader streams the images of ALL jobs (group, expression) in order, decoding ahead of the
+model (workers, pinned memory on CUDA): a folder of many small groups pays for one loader, not
+one per group. Results come job by job, in job order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from grd_tools.errors import GRDError
 from grd_tools.imageio import open_image, open_image_reduced
 from gres_cli.errors import GresError
 from gres_cli.inference.inputs import ImageGroup
+from gres_cli.model.encoders import TextFeatures
 from gres_cli.model.grser import Encoded, ExpertScores, GRSer, presence
 from gres_cli.model.preprocess import image_to_pixels, normalize, probabilities_to_original
 
@@ -82,8 +86,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 @dataclass
+class Job:
+    """One expression asked of one group. Images in `skip` (done by an earlier run) still take
+    part in pass 1, where the experts are chosen, but get no result."""
+
+    group: ImageGroup
+    expression: str
+    skip: set[int] = field(default_factory=set)
+
+
+@dataclass
 class ImageResult:
-    index: int
+    job: int  # position of its Job in the run
+    index: int  # of the image in its group
     path: Path
     error: str | None
     present: bool = False
@@ -115,8 +130,9 @@ class Segmenter:
         all_masks: bool = False,
     ) -> None:
         self.device = resolve_device(device)
-        # pass 1 keeps decoded tensors for pass 2 up to this many bytes per group; past it,
-        # pass 2 decodes again, so memory stays bounded however large the folder
+        # pass 1 keeps each image's bytes, encoder output (and photo) for pass 2 up to this many
+        # bytes per job; past it, pass 2 decodes again, so memory stays bounded however large
+        # the folder
         self.cache_bytes = cache_bytes
         if precision not in ("fp32", "bf16", "fp16"):
             raise GresError(f"--precision {precision!r}: expected fp32, bf16 or fp16")
@@ -151,88 +167,145 @@ class Segmenter:
         )
         for idx, pixels, sizes, errors, photos in loader:
             # bytes travel to the device; normalised there
-            yield idx, pixels.to(self.device, non_blocking=True), sizes, errors, photos, None
-
-    def _cached_batches(self, todo: list[int], cache: dict[int, tuple]) -> Iterator[tuple]:
-        for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start : start + self.batch_size]
-            pixels = torch.stack([cache[i][0] for i in chunk])
-            sizes = [cache[i][1] for i in chunk]
-            encoded = Encoded.cat([cache[i][2] for i in chunk])
-            idx = list(range(start, start + len(chunk)))
-            yield idx, pixels, sizes, [], [None] * len(chunk), encoded
+            yield idx, pixels.to(self.device, non_blocking=True), sizes, errors, photos
 
     @torch.inference_mode()
+    def run(self, jobs: list[Job], keep_photo: bool = False) -> Iterator[ImageResult]:
+        """Segment each job's expression in every image of its group (photos kept on the
+        results when `keep_photo`, for overlays). Yields results job by job, in job order."""
+        owners = [(j, i) for j, job in enumerate(jobs) for i in range(len(job.group.images))]
+        texts: dict[str, TextFeatures] = {}
+        current: _OpenJob | None = None
+        paths = [jobs[j].group.images[i] for j, i in owners]
+        for flat, raw, sizes, errors, photos in self._batches(paths, keep_photo):
+            # a batch may span jobs: each run of one job's images goes through pass 1 together
+            start = 0
+            while start < len(flat):
+                j = owners[flat[start]][0]
+                stop = start
+                while stop < len(flat) and owners[flat[stop]][0] == j:
+                    stop += 1
+                if current is None:
+                    expression = jobs[j].expression
+                    if expression not in texts:
+                        texts[expression] = self.model.encode_text([expression])
+                    current = _OpenJob(j, jobs[j], texts[expression], self.cache_bytes)
+                part = slice(start, stop)
+                images = [owners[f][1] for f in flat[part]]
+                yield from self._pass1(
+                    current, images, raw[part], sizes[part], errors[part], photos[part]
+                )
+                if current.seen == len(jobs[j].group.images):
+                    yield from self._pass2(current, keep_photo)
+                    current = None
+                start = stop
+
+    def _pass1(
+        self, job: _OpenJob, images: list[int], raw: torch.Tensor, sizes, errors, photos
+    ) -> Iterator[ImageResult]:
+        """Prototypes and hierarchizer scores of these images; cache what pass 2 reuses."""
+        job.seen += len(images)
+        good = [k for k, e in enumerate(errors) if not e]
+        for k, err in enumerate(errors):
+            if err and images[k] not in job.job.skip:
+                yield ImageResult(job.number, images[k], job.job.group.images[images[k]], err)
+        if not good:
+            return
+        pixels = normalize(raw[good])
+        with self._autocast():
+            enc = self.model.encode(pixels, job.text)
+            s = self.model.expert_scores(pixels, job.text, enc)
+        job.scores.append(ExpertScores(s.prototypes.float(), s.s_pos.float(), s.s_neg.float()))
+        for j, k in enumerate(good):
+            image = images[k]
+            job.ok.append(image)
+            if image in job.job.skip:
+                continue
+            item = enc.item(j)
+            photo = photos[k]
+            cost = raw[k].nbytes + item.nbytes + (photo.width * photo.height * 3 if photo else 0)
+            if job.budget >= cost:
+                job.budget -= cost
+                job.cache[image] = (raw[k], sizes[k], item, photo)
+
+    def _pass2(self, job: _OpenJob, keep_photo: bool) -> Iterator[ImageResult]:
+        """Every image of the job against the group's top-K experts: cached images first, then
+        the ones that did not fit, decoded and encoded again."""
+        if not job.ok:
+            return
+        merged = ExpertScores.cat(job.scores)
+        experts = merged.prototypes[self.model.select_experts(merged, self.experts)]
+        todo = [i for i in job.ok if i not in job.job.skip]
+        cached = [i for i in todo if i in job.cache]
+        for start in range(0, len(cached), self.batch_size):
+            chunk = cached[start : start + self.batch_size]
+            raw, sizes, items, photos = zip(*(job.cache.pop(i) for i in chunk), strict=True)
+            yield from self._query(
+                job, experts, chunk, torch.stack(raw), sizes, photos, Encoded.cat(list(items))
+            )
+        rest = [i for i in todo if i not in cached]
+        if not rest:  # a loader costs its worker processes' start, even over nothing
+            return
+        paths = [job.job.group.images[i] for i in rest]
+        for idx, raw, sizes, errors, photos in self._batches(paths, keep_photo):
+            images = [rest[x] for x in idx]
+            for k in (k for k, e in enumerate(errors) if e):  # unreadable since pass 1
+                yield ImageResult(job.number, images[k], paths[idx[k]], errors[k])
+            good = [k for k, e in enumerate(errors) if not e]
+            if good:
+                sub = [sizes[k] for k in good], [photos[k] for k in good]
+                yield from self._query(
+                    job, experts, [images[k] for k in good], raw[good], *sub, None
+                )
+
+    def _query(self, job, experts, images, raw, sizes, photos, encoded) -> Iterator[ImageResult]:
+        """Pass 2 on one batch: presence, and masks at original size where wanted."""
+        pixels = normalize(raw)
+        with self._autocast():
+            out = self.model.query(pixels, job.text, experts.to(pixels.dtype), encoded)
+        d_pos, d_neg = out.d_pos[0].float(), out.d_neg[0].float()
+        decided = presence(d_pos, d_neg, self.margin).tolist()
+        keep = [k for k in range(len(images)) if decided[k] or self.all_masks]
+        maps = probabilities_to_original(out.mask_logits[0][keep], [sizes[k] for k in keep])
+        probs = dict(zip(keep, maps, strict=True))
+        for k, (dp, dn) in enumerate(zip(d_pos.tolist(), d_neg.tolist(), strict=True)):
+            image = images[k]
+            res = ImageResult(
+                job.number,
+                image,
+                job.job.group.images[image],
+                None,
+                decided[k],
+                dp,
+                dn,
+                size=sizes[k],
+                photo=photos[k],
+            )
+            prob = probs.get(k)
+            if prob is not None:
+                res.mask = (prob > self.threshold).cpu().numpy()
+                if self.keep_saliency:
+                    res.saliency = (prob * 255).round().byte().cpu().numpy()
+            yield res
+
     def run_group(
         self,
         group: ImageGroup,
         expression: str,
         skip: set[int] | None = None,
         keep_photo: bool = False,
-        on_result: Callable[[ImageResult], None] | None = None,
     ) -> list[ImageResult]:
-        """Segment `expression` in every image of `group` (indices in `skip` are not decoded
-        again in pass 2 and get no result)."""
-        skip = skip or set()
-        text = self.model.encode_text([expression])
-        results: list[ImageResult] = []
-        scores, ok = [], []
-        cache: dict[int, tuple[torch.Tensor, tuple[int, int], Encoded]] = {}
-        budget = 0 if keep_photo else self.cache_bytes
-        # pass 1: prototypes and hierarchizer scores of every readable image
-        for idx, raw, sizes, errors, _, _ in self._batches(group.images):
-            good = [k for k, e in enumerate(errors) if not e]
-            for k, err in enumerate(errors):
-                if err and idx[k] not in skip:
-                    res = ImageResult(idx[k], group.images[idx[k]], err)
-                    results.append(res)
-                    if on_result:
-                        on_result(res)
-            if good:
-                pixels = normalize(raw[good])
-                with self._autocast():
-                    enc = self.model.encode(pixels, text)
-                    s = self.model.expert_scores(pixels, text, enc)
-                scores.append(ExpertScores(s.prototypes.float(), s.s_pos.float(), s.s_neg.float()))
-                ok += [idx[k] for k in good]
-                for j, k in enumerate(good):
-                    # pass 2 reuses this image's encoder output (it does not depend on the
-                    # experts) while the budget lasts; past it, pass 2 decodes and encodes again
-                    item = enc.item(j)
-                    cost = raw[k].nbytes + item.nbytes
-                    if idx[k] not in skip and budget >= cost:
-                        budget -= cost
-                        cache[idx[k]] = (raw[k], sizes[k], item)
-        if not ok:
-            return results
-        merged = ExpertScores.cat(scores)
-        experts = merged.prototypes[self.model.select_experts(merged, self.experts)]
-        # pass 2: decode every image against the folder's top-K experts
-        todo = [i for i in ok if i not in skip]
-        paths = [group.images[i] for i in todo]
-        if all(i in cache for i in todo):
-            batches = self._cached_batches(todo, cache)
-        else:
-            batches = self._batches(paths, keep_photo)
-        for idx, raw, sizes, _, photos, encoded in batches:
-            pixels = normalize(raw)
-            with self._autocast():
-                out = self.model.query(pixels, text, experts.to(pixels.dtype), encoded)
-            d_pos, d_neg = out.d_pos[0].float(), out.d_neg[0].float()
-            decided = presence(d_pos, d_neg, self.margin).tolist()
-            keep = [k for k in range(len(idx)) if decided[k] or self.all_masks]
-            maps = probabilities_to_original(out.mask_logits[0][keep], [sizes[k] for k in keep])
-            probs = dict(zip(keep, maps, strict=True))
-            for k, (i, dp, dn) in enumerate(zip(idx, d_pos.tolist(), d_neg.tolist(), strict=True)):
-                prob = probs.get(k)
-                res = ImageResult(
-                    todo[i], paths[i], None, decided[k], dp, dn, size=sizes[k], photo=photos[k]
-                )
-                if prob is not None:
-                    res.mask = (prob > self.threshold).cpu().numpy()
-                    if self.keep_saliency:
-                        res.saliency = (prob * 255).round().byte().cpu().numpy()
-                results.append(res)
-                if on_result:
-                    on_result(res)
-        return results
+        """One group, one expression: `run` of a single job, as a list."""
+        return list(self.run([Job(group, expression, skip or set())], keep_photo))
+
+
+class _OpenJob:
+    """A job in pass 1: what pass 2 will need of it."""
+
+    def __init__(self, number: int, job: Job, text: TextFeatures, budget: int) -> None:
+        self.number, self.job, self.text = number, job, text
+        self.seen = 0  # images through pass 1
+        self.scores: list[ExpertScores] = []
+        self.ok: list[int] = []  # readable images, in pass-1 order
+        self.cache: dict[int, tuple[torch.Tensor, tuple[int, int], Encoded, Any]] = {}
+        self.budget = budget
