@@ -125,6 +125,13 @@ def test_eval_runs_a_model_and_agrees_with_its_segment_jsonl(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     by_model = json.loads(report.read_text())
     assert by_model["pairs"] == 8 and by_model["settings"]["margin"] == -0.05
+    # one run streams both groups: batches of 3 span them, 2 worker processes decode; same scores
+    streamed = tmp_path / "streamed.json"
+    args = ("--device", "cpu", "--margin", "-0.05", "--batch-size", "3", "--workers", "2")
+    proc = _eval(str(data), "--model", str(tmp_path / "m"), *args, "--report", str(streamed))
+    assert proc.returncode == 0, proc.stderr
+    for k, v in by_model["metrics"].items():
+        assert json.loads(streamed.read_text())["metrics"][k] == pytest.approx(v, abs=1e-4), k
     # the same model through `gres segment`, then scored from its JSONL: the same numbers
     from grd_tools import load
 

@@ -39,6 +39,9 @@ def evaluate(
     report: Annotated[Path | None, typer.Option(help="Write every number as JSON here.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Images per model batch.")] = 16,
+    workers: Annotated[
+        int, typer.Option(help="With --model: image-decoding worker processes (see gres segment).")
+    ] = 0,
     margins: Annotated[
         str | None,
         typer.Option(help="With --model: also score these margins, e.g. -0.2,0,0.2 (one pass)."),
@@ -144,6 +147,7 @@ def evaluate(
                 revision=revision,
                 device=device,
                 batch_size=batch_size,
+                workers=workers,
             )
             settings.update({"model": model, "revision": revision, "margin": used})
     meter = scorer.masks
