@@ -283,6 +283,7 @@ def test_one_run_over_many_jobs_equals_one_run_per_job(model_dir: Path, tmp_path
     five = _noise_images(tmp_path / "five", 5, 0)
     jobs = [
         Job(ImageGroup("five", five), "the cat"),
+        Job(ImageGroup("five", five), "a dog"),  # replays the decode above, when it fits
         Job(ImageGroup("broken", [broken / "a.jpg"]), "the cat"),
         Job(ImageGroup("empty", []), "the cat"),
         Job(ImageGroup("seven", _noise_images(tmp_path / "seven", 7, 1)), "a dog", {2}),
@@ -292,8 +293,8 @@ def test_one_run_over_many_jobs_equals_one_run_per_job(model_dir: Path, tmp_path
     expected = [
         sorted(engine.run_group(j.group, j.expression, j.skip), key=lambda r: r.index) for j in jobs
     ]
-    assert [r.index for r in expected[3]] == [0, 1, 3, 4, 5, 6]  # skipped: no result
-    assert expected[1][0].error and not expected[2]
+    assert [r.index for r in expected[4]] == [0, 1, 3, 4, 5, 6]  # skipped: no result
+    assert expected[2][0].error and not expected[3]
     one_image = engine.model.encode(torch.zeros(1, 3, 64, 64), model.encode_text(["x"])).item(0)
     fits_three = 3 * (one_image.nbytes + 3 * 64 * 64)
     # every image cached / three per job / none; and the loader's worker processes
@@ -321,3 +322,31 @@ def test_image_unreadable_by_pass_two_is_an_error_result(model_dir: Path, tmp_pa
     rest = list(results)
     assert first.error is None and rest[0].error is None
     assert rest[1].index == 2 and "cannot read image" in rest[1].error
+
+
+@torch.no_grad()
+def test_consecutive_jobs_on_the_same_images_decode_them_once(model_dir: Path, tmp_path: Path):
+    """gres eval asks each expression of a group in turn: the group is read from disk once."""
+    model = GRSer.from_pretrained(model_dir)
+    five = _noise_images(tmp_path / "five", 5, 0)
+    texts = ["the cat", "a dog", "the cat"]
+    jobs = [Job(ImageGroup("five", five), t) for t in texts]
+    engine = Segmenter(model, "cpu", batch_size=2)
+    expected = [
+        sorted(engine.run_group(j.group, j.expression), key=lambda r: r.index) for j in jobs
+    ]
+    results = engine.run(jobs)
+    got = [next(results)]  # the first job's pass 2 has begun: every image has been read
+    for p in five:
+        p.write_bytes(b"gone")  # the next jobs must not read them again
+    got += list(results)
+    assert [r.job for r in got] == [0] * 5 + [1] * 5 + [2] * 5
+    assert all(r.error is None for r in got)
+    for j, want in enumerate(expected):
+        mine = sorted((r for r in got if r.job == j), key=lambda r: r.index)
+        for a, b in zip(mine, want, strict=True):
+            assert (a.present, a.index) == (b.present, b.index)
+            assert a.d_pos == pytest.approx(b.d_pos, abs=1e-5)
+            assert a.d_neg == pytest.approx(b.d_neg, abs=1e-5)
+    # reading again from disk now fails: the replay above was real, not a lucky cache
+    assert all(r.error for r in engine.run_group(jobs[0].group, "the cat"))

@@ -9,7 +9,8 @@ by the batch, not the folder:
 For a group of at most K images this equals the paper's all-pairs computation (tested).
 One DataLoader streams the images of ALL jobs (group, expression) in order, decoding ahead of the
 model (workers, pinned memory on CUDA): a folder of many small groups pays for one loader, not
-one per group. Results come job by job, in job order.
+one per group; consecutive jobs on the same images (a group's expressions in `gres eval`) read
+them once. Results come job by job, in job order.
 """
 
 from __future__ import annotations
@@ -173,10 +174,34 @@ class Segmenter:
     def run(self, jobs: list[Job], keep_photo: bool = False) -> Iterator[ImageResult]:
         """Segment each job's expression in every image of its group (photos kept on the
         results when `keep_photo`, for overlays). Yields results job by job, in job order."""
-        owners = [(j, i) for j, job in enumerate(jobs) for i in range(len(job.group.images))]
         texts: dict[str, TextFeatures] = {}
-        current: _OpenJob | None = None
+
+        def open_job(j: int) -> _OpenJob:
+            expression = jobs[j].expression
+            if expression not in texts:
+                texts[expression] = self.model.encode_text([expression])
+            return _OpenJob(j, jobs[j], texts[expression], self.cache_bytes)
+
+        # consecutive jobs on the same images (gres eval: a group's expressions) share one
+        # decode: the loader reads the first; the others replay its pixels from memory
+        side = self.model.config.image_size
+        replays = [
+            j > 0
+            and not keep_photo
+            and bool(job.group.images)
+            and job.group.images == jobs[j - 1].group.images
+            and len(job.group.images) * 3 * side * side <= self.cache_bytes
+            for j, job in enumerate(jobs)
+        ]
+        owners = [
+            (j, i)
+            for j, job in enumerate(jobs)
+            if not replays[j]
+            for i in range(len(job.group.images))
+        ]
         paths = [jobs[j].group.images[i] for j, i in owners]
+        current: _OpenJob | None = None
+        decoded: list[tuple] = []  # the current job's pixels, while the next one replays them
         for flat, raw, sizes, errors, photos in self._batches(paths, keep_photo):
             # a batch may span jobs: each run of one job's images goes through pass 1 together
             start = 0
@@ -185,12 +210,10 @@ class Segmenter:
                 stop = start
                 while stop < len(flat) and owners[flat[stop]][0] == j:
                     stop += 1
-                if current is None:
-                    expression = jobs[j].expression
-                    if expression not in texts:
-                        texts[expression] = self.model.encode_text([expression])
-                    current = _OpenJob(j, jobs[j], texts[expression], self.cache_bytes)
+                current = current or open_job(j)
                 part = slice(start, stop)
+                if j + 1 < len(jobs) and replays[j + 1]:
+                    decoded += zip(raw[part], sizes[part], errors[part], strict=True)
                 images = [owners[f][1] for f in flat[part]]
                 yield from self._pass1(
                     current, images, raw[part], sizes[part], errors[part], photos[part]
@@ -198,7 +221,21 @@ class Segmenter:
                 if current.seen == len(jobs[j].group.images):
                     yield from self._pass2(current, keep_photo)
                     current = None
+                    while j + 1 < len(jobs) and replays[j + 1]:
+                        j += 1
+                        yield from self._replay(open_job(j), decoded)
+                    decoded = []
                 start = stop
+
+    def _replay(self, job: _OpenJob, decoded: list[tuple]) -> Iterator[ImageResult]:
+        """Both passes of a job whose images are already decoded (in group order)."""
+        for start in range(0, len(decoded), self.batch_size):
+            raw, sizes, errors = zip(*decoded[start : start + self.batch_size], strict=True)
+            images = list(range(start, start + len(raw)))
+            yield from self._pass1(
+                job, images, torch.stack(raw), list(sizes), list(errors), [None] * len(raw)
+            )
+        yield from self._pass2(job, keep_photo=False)
 
     def _pass1(
         self, job: _OpenJob, images: list[int], raw: torch.Tensor, sizes, errors, photos
