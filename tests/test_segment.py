@@ -179,6 +179,11 @@ def test_usage_errors_exit_2_before_any_work(model_dir: Path, tmp_path: Path):
         str(tmp_path / "o"),
     )
     assert proc.returncode == 2 and "needs a CUDA device" in proc.stderr
+    for option, value in (("--batch-size", "0"), ("--workers", "-1")):
+        args = ("x", "--model", str(model_dir), option, value, "--out", str(tmp_path / "o"))
+        proc = gres("segment", str(tmp_path / "img"), *args)
+        assert proc.returncode == 2 and f"{option} must be >= " in proc.stderr, option
+        assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
 @torch.no_grad()

@@ -143,6 +143,8 @@ class Segmenter:
             )
         if batch_size < 1:
             raise GresError("--batch-size must be >= 1")
+        if workers < 0:
+            raise GresError("--workers must be >= 0")
         self.model = model.to(self.device).eval()
         self.precision = precision
         self.batch_size, self.workers = batch_size, workers
