@@ -167,3 +167,26 @@ def test_eval_runs_a_model_and_agrees_with_its_segment_jsonl(tmp_path: Path):
         if k not in {"Sm", "Em_max", "Em_mean", "Fm_max", "Fm_mean", "MAE"}:
             assert by_jsonl["metrics"][k] == pytest.approx(v, abs=1e-9), k
     assert by_jsonl["metrics"]["Sm"] != by_model["metrics"]["Sm"]
+
+
+def test_score_model_reports_progress_per_expression(tmp_path: Path):
+    import torch
+
+    from grd_tools import load
+    from grd_tools.synth import generate
+    from gres_cli.evaluation.run import score_model
+    from gres_cli.model.config import GRSerConfig
+    from gres_cli.model.grser import GRSer
+
+    data = generate(tmp_path / "d", groups=3, images_per_group=3, size=64, ratios=(0, 0, 1))
+    torch.manual_seed(0)
+    config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4)
+    GRSer(config).save_pretrained(tmp_path / "m")
+    heard: list[int] = []
+    ds = load(data)
+    scorer, margin, _ = score_model(
+        ds, str(tmp_path / "m"), "test", None, on_scored=heard.append, device="cpu"
+    )
+    expressions = sum(len(g.expressions) for g in ds.groups)
+    assert heard == [3] * expressions  # one call per expression, its group's 3 pairs
+    assert scorer.masks.pairs == sum(heard) and margin == config.margin

@@ -137,18 +137,33 @@ def evaluate(
             scorer, missing = score_predictions(ds, source, split, scorer)
             settings["predictions"] = str(predictions)
         else:
-            scorer, used, sweeps = score_model(
-                ds,
-                model,
-                split,
-                margin,
-                sweep,
-                scorer,
-                revision=revision,
-                device=device,
-                batch_size=batch_size,
-                workers=workers,
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+            asked = [g for g in ds.groups if split is None or g.split == split]
+            progress = Progress(
+                TextColumn("[bold]eval"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                console=err_console,
+                disable=not err_console.is_terminal,
             )
+            with progress:
+                task = progress.add_task(
+                    "pairs", total=sum(len(g.images) * len(g.expressions) for g in asked)
+                )
+                scorer, used, sweeps = score_model(
+                    ds,
+                    model,
+                    split,
+                    margin,
+                    sweep,
+                    scorer,
+                    revision=revision,
+                    on_scored=lambda n: progress.advance(task, n),
+                    device=device,
+                    batch_size=batch_size,
+                    workers=workers,
+                )
             settings.update({"model": model, "revision": revision, "margin": used})
     meter = scorer.masks
     metrics = scorer.metrics()

@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,9 +224,11 @@ def score_model(
     sweep: list[float] | None = None,
     scorer: Scorer | None = None,
     revision: str | None = None,
+    on_scored: Callable[[int], None] | None = None,
     **engine: Any,
 ) -> tuple[Scorer, float, dict[float, GRESMeter]]:
-    """Run the model over every (group, expression) of the split and score it.
+    """Run the model over every (group, expression) of the split and score it; `on_scored(n)`
+    hears of each expression's n pairs as they are scored (a progress bar).
 
     One forward pass serves every margin of `sweep`: m only changes the decision
     d_pos + m < d_neg, so each margin gets its own streaming meter fed from the same outputs.
@@ -273,6 +275,8 @@ def score_model(
                 present = ok and presence(r.d_pos, r.d_neg, m)
                 pred = protocol.resize(r.mask if present else empty)
                 meter.update(pred, gt_r, present, group=group.id)
+        if on_scored:
+            on_scored(len(group.images))
     return scorer, seg.margin, sweeps
 
 
