@@ -355,3 +355,32 @@ def test_consecutive_jobs_on_the_same_images_decode_them_once(model_dir: Path, t
             assert a.d_neg == pytest.approx(b.d_neg, abs=1e-5)
     # reading again from disk now fails: the replay above was real, not a lucky cache
     assert all(r.error for r in engine.run_group(jobs[0].group, "the cat"))
+
+
+def test_overlays_tint_the_mask_and_write_the_verdict(
+    model_dir: Path, photos: Path, tmp_path: Path
+):
+    from grd_tools.imageio import open_image
+
+    for margin, present in (("-5", True), ("100", False)):
+        out = tmp_path / f"out{margin}"
+        args = ("--model", str(model_dir), "--margin", margin, "--overlay", "--out", str(out))
+        proc = gres("segment", str(photos), "the cat", *args)
+        assert proc.returncode == 0, proc.stderr
+        for r in _records(proc.stdout):
+            assert r["present"] is present
+            photo = np.asarray(open_image(r["image"]), dtype=np.float32)
+            overlay = np.asarray(Image.open(r["overlay"]).convert("RGB"), dtype=np.float32)
+            assert overlay.shape == photo.shape  # original size, EXIF and mode handled
+            band = np.zeros(photo.shape[:2], bool)
+            band[:15] = True  # the verdict is written on a black band at the top
+            written = overlay[:15, :100]  # white letters on black
+            assert (written < 40).all(-1).mean() > 0.5 and (written > 200).all(-1).any()
+            mask = np.zeros(photo.shape[:2], bool)
+            if present:
+                mask = np.asarray(Image.open(r["mask"])) > 0
+                tinted = 0.5 * photo + 0.5 * np.array([255, 40, 40], np.float32)
+                inside = mask & ~band
+                assert np.abs(overlay[inside] - tinted[inside]).mean() < 12  # JPEG error
+            outside = ~mask & ~band
+            assert np.abs(overlay[outside] - photo[outside]).mean() < 8
