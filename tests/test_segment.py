@@ -384,3 +384,20 @@ def test_overlays_tint_the_mask_and_write_the_verdict(
                 assert np.abs(overlay[inside] - tinted[inside]).mean() < 12  # JPEG error
             outside = ~mask & ~band
             assert np.abs(overlay[outside] - photo[outside]).mean() < 8
+
+
+def test_mask_stats_and_png_on_hand_made_masks(tmp_path: Path):
+    from grd_tools.imageio import mask_png, read_mask
+    from gres_cli.inference.writers import mask_stats
+
+    mask = np.zeros((6, 9), bool)
+    assert mask_stats(mask) == (0, None)
+    mask[4, 7] = True
+    assert mask_stats(mask) == (1, [7, 4, 1, 1])
+    mask[1:3, 2] = True  # an L with the single pixel: box from (2, 1) to (7, 4)
+    mask[2, 2:5] = True
+    assert mask_stats(mask) == (5, [2, 1, 6, 4])
+    for given in (mask, mask.astype(np.uint8), mask.astype(np.uint8) * 255, mask.T.copy().T):
+        (tmp_path / "m.png").write_bytes(mask_png(given))
+        back = read_mask(tmp_path / "m.png")
+        assert back.dtype == np.uint8 and np.array_equal(back, np.where(mask, 255, 0))
