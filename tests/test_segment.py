@@ -16,7 +16,7 @@ from gres_cli.inference.engine import Job, Segmenter
 from gres_cli.inference.inputs import ImageGroup
 from gres_cli.model.config import GRSerConfig
 from gres_cli.model.grser import GRSer
-from gres_cli.model.preprocess import preprocess, probabilities_to_original
+from gres_cli.model.preprocess import preprocess, probability_to_original
 
 
 @pytest.fixture(scope="module")
@@ -202,8 +202,10 @@ def test_engine_equals_all_pairs_for_small_folders(
     results = sorted(engine.run_group(ImageGroup("g", paths), "the cat"), key=lambda r: r.index)
     images = [Image.open(p).convert("RGB") for p in paths]
     out = model(preprocess(images, 64), "the cat")
-    probs = probabilities_to_original(out.mask_logits[0], [im.size for im in images])
-    masks = [(p > 0.5).numpy() for p in probs]
+    logits = out.mask_logits[0]
+    masks = [
+        (probability_to_original(logits[k], im.size) > 0.5).numpy() for k, im in enumerate(images)
+    ]
     for k, r in enumerate(results):
         assert r.d_pos == pytest.approx(float(out.d_pos[0, k]), abs=1e-4)
         assert r.d_neg == pytest.approx(float(out.d_neg[0, k]), abs=1e-4)

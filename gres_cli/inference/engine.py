@@ -33,7 +33,7 @@ from gres_cli.errors import GresError
 from gres_cli.inference.inputs import ImageGroup
 from gres_cli.model.encoders import TextFeatures
 from gres_cli.model.grser import Encoded, ExpertScores, GRSer, presence
-from gres_cli.model.preprocess import image_to_pixels, normalize, probabilities_to_original
+from gres_cli.model.preprocess import image_to_pixels, normalize, probability_to_original
 
 
 class DecodedImages(Dataset):
@@ -304,9 +304,7 @@ class Segmenter:
             out = self.model.query(pixels, job.text, experts.to(pixels.dtype), encoded)
         d_pos, d_neg = out.d_pos[0].float(), out.d_neg[0].float()
         decided = presence(d_pos, d_neg, self.margin).tolist()
-        keep = [k for k in range(len(images)) if decided[k] or self.all_masks]
-        maps = probabilities_to_original(out.mask_logits[0][keep], [sizes[k] for k in keep])
-        probs = dict(zip(keep, maps, strict=True))
+        logits = out.mask_logits[0]
         for k, (dp, dn) in enumerate(zip(d_pos.tolist(), d_neg.tolist(), strict=True)):
             image = images[k]
             res = ImageResult(
@@ -320,8 +318,8 @@ class Segmenter:
                 size=sizes[k],
                 photo=photos[k],
             )
-            prob = probs.get(k)
-            if prob is not None:
+            if decided[k] or self.all_masks:
+                prob = probability_to_original(logits[k], sizes[k])
                 res.mask = (prob > self.threshold).cpu().numpy()
                 if self.keep_saliency:
                     res.saliency = (prob * 255).round().byte().cpu().numpy()

@@ -31,7 +31,7 @@ from gres_cli.model.config import GRSerConfig
 from gres_cli.model.decoder import MaskDecoder
 from gres_cli.model.encoders import ImageEncoder, TextEncoder, TextFeatures
 from gres_cli.model.hierarchizer import HeatmapHierarchizer, expert_order
-from gres_cli.model.preprocess import preprocess, probabilities_to_original
+from gres_cli.model.preprocess import preprocess, probability_to_original
 from gres_cli.model.tqm import TriphasicQueryModule
 
 
@@ -328,16 +328,14 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
             d_neg = torch.cat([o.d_neg[0] for o in outs])
         self.train(was_training)
         present = presence(d_pos, d_neg, margin).tolist()
-        shown = [i for i, p in enumerate(present) if p]  # only these need masks at full size
-        probs = probabilities_to_original(logits[shown], [images[i].size for i in shown])
-        maps = dict(zip(shown, probs, strict=True))
         preds = []
         for i, im in enumerate(images):
             mask, prob = np.zeros((im.size[1], im.size[0]), bool), 0.0
-            if i in maps:
-                inside = maps[i] > threshold
+            if present[i]:  # one full-size map at a time
+                full = probability_to_original(logits[i], im.size)
+                inside = full > threshold
                 mask = inside.cpu().numpy()
-                prob = float(maps[i][inside].mean()) if mask.any() else 0.0
+                prob = float(full[inside].mean()) if mask.any() else 0.0
             dp, dn = float(d_pos[i]), float(d_neg[i])
             preds.append(Prediction(present[i], dp, dn, dn - dp, mask, prob))
         return preds

@@ -1,4 +1,4 @@
-"""The one place images become model tensors and mask logits become masks at original size."""
+"""The one place images become model tensors and mask logits become maps at original size."""
 
 from __future__ import annotations
 
@@ -31,14 +31,9 @@ def preprocess(images: list[Image.Image], size: int) -> Tensor:
     return normalize(torch.stack([image_to_pixels(im, size) for im in images]))
 
 
-def probabilities_to_original(mask_logits: Tensor, sizes: list[tuple[int, int]]) -> list[Tensor]:
-    """N x h x w logits -> N probability maps at their (width, height): sigmoid, bilinear."""
-    return [
-        F.interpolate(
-            torch.sigmoid(logit.float())[None, None],
-            size=(h, w),
-            mode="bilinear",
-            align_corners=False,
-        )[0, 0]
-        for logit, (w, h) in zip(mask_logits, sizes, strict=True)
-    ]
+def probability_to_original(mask_logit: Tensor, size: tuple[int, int]) -> Tensor:
+    """h x w logits -> the probability map at (width, height): sigmoid, bilinear. One image at a
+    time: a phone photo's map is 48 MB of floats, so a batch of them would not be bounded."""
+    w, h = size
+    prob = torch.sigmoid(mask_logit.float())[None, None]
+    return F.interpolate(prob, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
