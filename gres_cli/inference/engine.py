@@ -133,7 +133,7 @@ class Segmenter:
         self.device = resolve_device(device)
         # pass 1 keeps each image's bytes, encoder output (and photo) for pass 2 up to this many
         # bytes per job; past it, pass 2 decodes again, so memory stays bounded however large
-        # the folder
+        # the folder (twice this while a job replays the previous job's decoded pixels)
         self.cache_bytes = cache_bytes
         if precision not in ("fp32", "bf16", "fp16"):
             raise GresError(f"--precision {precision!r}: expected fp32, bf16 or fp16")
