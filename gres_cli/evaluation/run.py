@@ -261,7 +261,7 @@ def score_model(
             gt = scorer.ground_truth(dataset, Pair(group, expr, img, expr.targets.get(img.id)))
             r = results.get(k)
             ok = r is not None and not r.error
-            present = ok and presence(r.d_pos, r.d_neg, seg.margin)
+            present = ok and r.present
             empty = np.zeros(shape, bool)
             scorer.update(
                 r.mask if present else empty,
