@@ -1,6 +1,7 @@
 """What `gres segment` does per image after the model, at phone-photo size (4000x3000): the mask's
 area and box, its PNG, and the overlay, side by side with the straightforward numpy versions
-they replaced (same outputs, checked here).
+they replaced (same outputs, checked here). Then the writer: 8 such images (mask PNG + overlay
+JPEG) written by one thread against the default pool of writer threads.
 
     python benchmarks/bench_segment_outputs.py [--width 4000 --height 3000]
 """
@@ -9,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from grd_tools.imageio import mask_png
-from gres_cli.inference.writers import draw_overlay, mask_stats
+from gres_cli.inference.writers import OutputWriter, draw_overlay, mask_stats
 
 
 def naive_stats(mask: np.ndarray) -> tuple[int, list[int] | None]:
@@ -77,6 +80,27 @@ def main() -> None:
             f"  {name:13s} ours {1000 * t_ours:7.1f} ms, naive {1000 * t_naive:7.1f} ms: "
             f"{t_naive / t_ours:5.1f}x ({same})"
         )
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = OutputWriter(Path(tmp) / "probe", "png", overlay=False)
+        probe.close()
+        one = write_all(1, photo, mask, Path(tmp) / "one")
+        many = write_all(None, photo, mask, Path(tmp) / "many")
+    print(
+        f"  writer, 8 images: 1 thread {1000 * one / 8:.0f} ms/image, {probe.threads} threads "
+        f"{1000 * many / 8:.0f} ms/image: {one / many:.2f}x"
+    )
+
+
+def write_all(threads: int | None, photo: Image.Image, mask: np.ndarray, out: Path) -> float:
+    writer = OutputWriter(out, "png", overlay=True, threads=threads)
+    t = time.perf_counter()
+    for i in range(8):
+        record = {"group": "g", "expression": "the red umbrella", "present": True, "score": 0.3}
+        writer.submit(record, Path(f"{i}.jpg"), mask, photo)
+    writer.drain()
+    seconds = time.perf_counter() - t
+    writer.close()
+    return seconds
 
 
 if __name__ == "__main__":

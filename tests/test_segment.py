@@ -403,3 +403,28 @@ def test_mask_stats_and_png_on_hand_made_masks(tmp_path: Path):
         (tmp_path / "m.png").write_bytes(mask_png(given))
         back = read_mask(tmp_path / "m.png")
         assert back.dtype == np.uint8 and np.array_equal(back, np.where(mask, 255, 0))
+
+
+def test_writer_threads_keep_the_submission_order(tmp_path: Path):
+    from gres_cli.inference.writers import RECORDS, OutputWriter
+
+    writer = OutputWriter(tmp_path / "out", "png", overlay=True, threads=2)
+    big = Image.new("RGB", (3000, 2000), (10, 200, 10))  # slow to write: submitted first
+    sizes = [(3000, 2000)] + [(20 + i, 10) for i in range(7)]
+    written = []
+    for i, (w, h) in enumerate(sizes):
+        record = {"group": "g", "expression": "x", "present": i % 2 == 0, "score": 0.5, "i": i}
+        mask = np.zeros((h, w), bool)
+        mask[: h // 2] = True
+        photo = big if i == 0 else Image.new("RGB", (w, h))
+        written += writer.submit(record, tmp_path / f"{i}.jpg", mask, photo)
+    written += writer.drain()
+    writer.close()
+    assert [r["i"] for r in written] == list(range(8))
+    on_disk = [json.loads(line) for line in (tmp_path / "out" / RECORDS).read_text().splitlines()]
+    assert on_disk == written
+    for r, (w, h) in zip(written, sizes, strict=True):
+        assert Image.open(r["overlay"]).size == (w, h)
+        assert (r.get("mask") is not None) == r["present"]
+        if r["present"]:
+            assert np.asarray(Image.open(r["mask"])).shape == (h, w)

@@ -152,9 +152,15 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
             for res in engine.run(jobs, writer.overlay):
                 rec, mask = _record(res, groups[res.job].name, expression, engine.margin)
                 counts["failed" if res.error else "present" if res.present else "absent"] += 1
-                emit(writer.write(rec, res.path, mask, res.photo))
+                for written in writer.submit(rec, res.path, mask, res.photo):
+                    emit(written)
+                    progress.advance(task)
+            for written in writer.drain():
+                emit(written)
                 progress.advance(task)
     except KeyboardInterrupt:
+        for written in writer.drain():  # images being written when interrupted are kept
+            emit(written)
         err_console.print(
             "interrupted: finished images are saved; run the same command again to resume"
         )

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -42,12 +45,22 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 class OutputWriter:
-    """Writes one image's outputs under OUT/<group>/ and appends its record."""
+    """Writes images' outputs under OUT/<group>/ and appends their records, in order.
 
-    def __init__(self, out: Path, fmt: str, overlay: bool) -> None:
+    Mask files and overlays are encoded and written by `threads` threads beside the model (zlib
+    and JPEG encoding release the GIL; at phone-photo size they cost more than the model). A
+    record is appended only once its files are written, so records.jsonl never lists an image
+    whose outputs are missing, whenever the run stops.
+    """
+
+    def __init__(self, out: Path, fmt: str, overlay: bool, threads: int | None = None) -> None:
         self.out, self.fmt, self.overlay = out, fmt, overlay
         out.mkdir(parents=True, exist_ok=True)
         self._records: TextIO = (out / RECORDS).open("a", encoding="utf-8")
+        self.threads = threads or min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gres-writer")
+        self._pending: deque[Future] = deque()
+        self._queue_limit = 2 * self.threads  # images in flight: bounds the masks and photos held
 
     def finished(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Records of images already done, keyed by (image, expression)."""
@@ -66,12 +79,44 @@ class OutputWriter:
         suffix = ".npy" if self.fmt == "npy" else ".png"
         return self.out / group / f"{image.stem}{suffix}"
 
-    def write(
+    def submit(
         self,
         record: dict[str, Any],
         image: Path,
         mask: np.ndarray | None,
         photo: Image.Image | None = None,
+    ) -> list[dict[str, Any]]:
+        """Queue one image's outputs. Returns the records finished meanwhile, in order, each
+        with its file paths and already appended to records.jsonl."""
+        self._pending.append(self._pool.submit(self._write_files, record, image, mask, photo))
+        done = []
+        while self._pending and (self._pending[0].done() or len(self._pending) > self._queue_limit):
+            done.append(self._append_next())
+        return done
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Wait for every queued image; their records, in order."""
+        return [self._append_next() for _ in range(len(self._pending))]
+
+    def close(self) -> None:
+        """Finish what is queued (records of failed writes are left out) and close."""
+        while self._pending:
+            try:
+                self._append_next()
+            except Exception:  # its files are not all there: not recorded, so a re-run redoes it
+                self._pending.popleft()
+        self._pool.shutdown()
+        self._records.close()
+
+    def _append_next(self) -> dict[str, Any]:
+        record = self._pending[0].result()  # popped only once done: Ctrl-C here loses nothing
+        self._pending.popleft()
+        self._records.write(json.dumps(record) + "\n")
+        self._records.flush()
+        return record
+
+    def _write_files(
+        self, record: dict[str, Any], image: Path, mask: np.ndarray | None, photo: Any
     ) -> dict[str, Any]:
         group = record["group"]
         if mask is not None and self.fmt in ("png", "npy") and record["present"]:
@@ -92,12 +137,7 @@ class OutputWriter:
             draw_overlay(photo, mask, record).save(buf, "JPEG", quality=90)
             atomic_write_bytes(target, buf.getvalue())
             record["overlay"] = str(target)
-        self._records.write(json.dumps(record) + "\n")
-        self._records.flush()
         return record
-
-    def close(self) -> None:
-        self._records.close()
 
 
 def draw_overlay(photo: Image.Image, mask: np.ndarray, record: dict[str, Any]) -> Image.Image:
