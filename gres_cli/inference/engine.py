@@ -292,9 +292,14 @@ class Segmenter:
                 yield ImageResult(job.number, images[k], paths[idx[k]], errors[k])
             good = [k for k, e in enumerate(errors) if not e]
             if good:
-                sub = [sizes[k] for k in good], [photos[k] for k in good]
                 yield from self._query(
-                    job, experts, [images[k] for k in good], raw[good], *sub, None
+                    job,
+                    experts,
+                    [images[k] for k in good],
+                    raw[good],
+                    [sizes[k] for k in good],
+                    [photos[k] for k in good],
+                    None,
                 )
 
     def _query(self, job, experts, images, raw, sizes, photos, encoded) -> Iterator[ImageResult]:
