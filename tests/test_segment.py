@@ -428,3 +428,26 @@ def test_writer_threads_keep_the_submission_order(tmp_path: Path):
         assert (r.get("mask") is not None) == r["present"]
         if r["present"]:
             assert np.asarray(Image.open(r["mask"])).shape == (h, w)
+
+
+def test_an_output_that_cannot_be_written_stops_with_one_line_and_resumes(
+    model_dir: Path, tmp_path: Path
+):
+    _noise_images(tmp_path / "g", 3, 0)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "g").write_text("a file where the group's folder goes")
+    args = ("segment", str(tmp_path / "g"), "x", "--model", str(model_dir), "--out", str(out))
+    proc = gres(*args)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("gres: error: cannot write outputs")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "run the same command again" in proc.stderr
+    (out / "g").unlink()
+    again = gres(*args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(Path(r["mask"]).name for r in _records(again.stdout)) == [
+        "00.png",
+        "01.png",
+        "02.png",
+    ]

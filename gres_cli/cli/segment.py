@@ -165,6 +165,15 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
             "interrupted: finished images are saved; run the same command again to resume"
         )
         raise typer.Exit(130) from None
+    except BrokenPipeError:
+        raise  # the reader of stdout went away (`| head`): click stops quietly
+    except OSError as e:  # an output could not be written: disk full, a file where a folder goes
+        where = f"{e.filename}: " if e.filename else ""
+        fail(
+            f"cannot write outputs ({where}{e.strerror or e}); finished images are saved: "
+            "fix it and run the same command again to resume",
+            EXIT_FAULTS,
+        )
     finally:
         writer.close()
         if sink is not None and sink is not sys.stdout:
