@@ -91,6 +91,22 @@ def test_eval_needs_exactly_one_source(grd_dataset: Path):
     assert proc.returncode == 2 and "exactly one of --model or --predictions" in proc.stderr
 
 
+def test_eval_refuses_unwritable_report_and_plots_before_any_work(
+    grd_dataset: Path, tmp_path: Path
+):
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    for option, value, says in (
+        ("--report", str(blocker / "r.json"), "not writable"),
+        ("--report", str(tmp_path), "is a folder"),
+        ("--plots", str(blocker / "plots"), "not writable"),
+    ):
+        # --model no/such-model: had the check come after the work, this would fail on the model
+        proc = _eval(str(grd_dataset), "--model", "no/such-model", option, value)
+        assert proc.returncode == 2 and f"{option} " in proc.stderr and says in proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_eval_runs_a_model_and_agrees_with_its_segment_jsonl(tmp_path: Path):
     import torch
 

@@ -7,8 +7,10 @@ Exit codes: 0 success, 1 the work ran but found faults (failed images, validatio
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -36,6 +38,17 @@ def user_errors_types() -> tuple[type[BaseException], ...]:
     if errors_mod is not None:
         types.append(errors_mod.GresError)
     return tuple(types)
+
+
+def writable_folder(folder: Path, option: str) -> None:
+    """Fail in one line, before any work, when `folder` cannot be created or written to."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".gres-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        fail(f"{option} {folder}: not writable ({e.strerror})")
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gres_cli.cli.common import err_console, fail, user_errors
+from gres_cli.cli.common import err_console, fail, user_errors, writable_folder
 
 
 def evaluate(
@@ -104,6 +104,12 @@ def evaluate(
 
     if (model is None) == (predictions is None):
         fail("pass exactly one of --model or --predictions")
+    if report is not None:  # before the work, not after it
+        if report.is_dir():
+            fail(f"--report {report}: is a folder; give a file name such as report.json")
+        writable_folder(report.parent, "--report")
+    if plots is not None:
+        writable_folder(plots, "--plots")
     sweep: list[float] = []
     if margins is not None:
         if model is None:

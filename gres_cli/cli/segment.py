@@ -3,7 +3,6 @@ calls the engine (gres_cli.inference); torch is imported inside the command."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,14 @@ from typing import Annotated, Any
 
 import typer
 
-from gres_cli.cli.common import EXIT_FAULTS, EXIT_OK, err_console, fail, user_errors
+from gres_cli.cli.common import (
+    EXIT_FAULTS,
+    EXIT_OK,
+    err_console,
+    fail,
+    user_errors,
+    writable_folder,
+)
 
 
 def segment(
@@ -82,13 +88,7 @@ def segment(
         stdin = sys.stdin if path == "-" else None
         groups = discover(path, recursive, stdin)
     groups = [g for k, g in enumerate(groups) if k % shard_p == shard_i]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".gres-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        fail(f"--out {out}: not writable ({e.strerror})")
+    writable_folder(out, "--out")
     if model is None:
         fail("no model: pass --model ID|DIR or set GRES_MODEL (try --model examples/demo-model)")
     if margin is not None and margin != margin:
