@@ -48,7 +48,10 @@ def atomic_output_dir(dst: str | os.PathLike[str], overwrite: bool = False) -> I
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise GRDError(f"{dst}: already exists (pass --overwrite to replace it)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # e.g. a file where a folder of the path should be
+        raise GRDError(f"{dst.parent}: cannot create the folder ({e.strerror})") from None
     if not os.access(dst.parent, os.W_OK):
         raise GRDError(f"{dst.parent}: not writable")
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))

@@ -91,3 +91,28 @@ def test_atomic_outputs_get_the_usual_permissions(tmp_path: Path):
         os.umask(old)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "d").stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["grd", "synth", "{dst}", "--groups", "1"],
+        ["grd", "split", "{data}", "--out", "{dst}"],
+        ["model", "init", "{dst}"],
+        ["train", "{data}", "--out", "{dst}", "--steps", "1"],
+    ],
+)
+def test_a_destination_under_a_file_is_one_line_before_any_work(
+    command: list[str], grd_dataset: Path, tmp_path: Path
+):
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    args = [a.format(dst=blocker / "out", data=grd_dataset) for a in command]
+    proc = subprocess.run([sys.executable, "-m", "gres_cli", *args], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().startswith("gres: error:") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert blocker.read_text() == ""

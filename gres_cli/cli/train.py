@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gres_cli.cli.common import EXIT_FAULTS, err_console, fail, user_errors
+from gres_cli.cli.common import EXIT_FAULTS, err_console, fail, user_errors, writable_folder
 
 
 def train(
@@ -46,6 +46,7 @@ def train(
         for issue in errors[:10]:
             err_console.print(f"  {issue.where}: {issue.message}")
         fail(f"{dataset}: fails `gres grd validate` ({len(errors)} errors); fix it first")
+    writable_folder(out, "--out")
 
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
