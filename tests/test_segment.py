@@ -179,10 +179,15 @@ def test_usage_errors_exit_2_before_any_work(model_dir: Path, tmp_path: Path):
         str(tmp_path / "o"),
     )
     assert proc.returncode == 2 and "needs a CUDA device" in proc.stderr
-    for option, value in (("--batch-size", "0"), ("--workers", "-1")):
+    for option, value, says in (
+        ("--batch-size", "0", "must be >= 1"),
+        ("--workers", "-1", "must be >= 0"),
+        ("--jsonl", str(blocker / "r.jsonl"), "not writable"),  # refused before the model loads
+        ("--jsonl", str(tmp_path), "is a folder"),
+    ):
         args = ("x", "--model", str(model_dir), option, value, "--out", str(tmp_path / "o"))
         proc = gres("segment", str(tmp_path / "img"), *args)
-        assert proc.returncode == 2 and f"{option} must be >= " in proc.stderr, option
+        assert proc.returncode == 2 and f"{option} " in proc.stderr and says in proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
 
 

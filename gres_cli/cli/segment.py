@@ -89,6 +89,10 @@ def segment(
         groups = discover(path, recursive, stdin)
     groups = [g for k, g in enumerate(groups) if k % shard_p == shard_i]
     writable_folder(out, "--out")
+    if jsonl not in (None, "-"):
+        if Path(jsonl).is_dir():
+            fail(f"--jsonl {jsonl}: is a folder; give a file name such as out.jsonl")
+        writable_folder(Path(jsonl).parent, "--jsonl")
     if model is None:
         fail("no model: pass --model ID|DIR or set GRES_MODEL (try --model examples/demo-model)")
     if margin is not None and margin != margin:
