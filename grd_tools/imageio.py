@@ -54,8 +54,8 @@ def _open(path: str | os.PathLike[str]) -> Image.Image:
     return img
 
 
-def _oriented_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
-    """`size` (width, height) as seen after `img`'s EXIF orientation."""
+def _oriented_size(img: Image.Image) -> tuple[int, int]:
+    """`img`'s (width, height) as stored in the file, seen after its EXIF orientation."""
     try:
         # a PNG's getexif() decodes the whole image to look for an eXIf chunk after the
         # pixels; one before them is already in `info`
@@ -63,13 +63,14 @@ def _oriented_size(img: Image.Image, size: tuple[int, int]) -> tuple[int, int]:
         orientation = 1 if lazy_png else img.getexif().get(0x0112, 1)
     except Exception:  # broken EXIF blocks are common; orientation then defaults
         orientation = 1
-    return (size[1], size[0]) if orientation in (5, 6, 7, 8) else size
+    w, h = img.size
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """(width, height) after EXIF orientation, read from the header only (no pixel decoding)."""
     with _guarded(path), Image.open(path) as img:
-        return _oriented_size(img, img.size)
+        return _oriented_size(img)
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -85,7 +86,7 @@ def open_image_reduced(
     (width, height) after orientation, read from the same file handle. Raises ImageReadError."""
     with _guarded(path):
         img = Image.open(path)
-        full = _oriented_size(img, img.size)
+        full = _oriented_size(img)
         if img.format == "JPEG":  # decodes at 1/2, 1/4 or 1/8 scale for free
             img.draft("RGB", (pixels, pixels))
         img.load()
@@ -119,13 +120,17 @@ def read_mask(path: str | os.PathLike[str]) -> np.ndarray:
     return arr
 
 
-def mask_png(mask: np.ndarray) -> bytes:
-    """A boolean/0-1/0-255 mask as the bytes of a 0/255 single-channel PNG."""
+def mask_to_grey(mask: np.ndarray) -> np.ndarray:
+    """A boolean/0-1/0-255 mask as a 0/255 uint8 array (H, W)."""
     # a bool array viewed as bytes is 0/1: 20x faster than np.where on a 12-megapixel mask
     arr = np.asarray(mask)
-    arr = (arr if arr.dtype == bool else arr > 0).view(np.uint8) * np.uint8(255)
+    return (arr if arr.dtype == bool else arr > 0).view(np.uint8) * np.uint8(255)
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """A boolean/0-1/0-255 mask as the bytes of a 0/255 single-channel PNG."""
     buf = io.BytesIO()
-    Image.fromarray(arr, mode="L").save(buf, format="PNG")
+    Image.fromarray(mask_to_grey(mask), mode="L").save(buf, format="PNG")
     return buf.getvalue()
 
 

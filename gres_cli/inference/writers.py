@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from grd_tools.fsutil import atomic_write_bytes
-from grd_tools.imageio import mask_png
+from grd_tools.imageio import mask_png, mask_to_grey
 
 RECORDS = "records.jsonl"
 FORMATS = ("png", "npy", "rle", "none")
@@ -145,8 +145,7 @@ def draw_overlay(photo: Image.Image, mask: np.ndarray, record: dict[str, Any]) -
     photo = photo.convert("RGB")
     # Pillow's blend and composite stay in uint8 C loops (a float copy of a 12 MP photo is 144 MB)
     tinted = Image.blend(photo, Image.new("RGB", photo.size, (255, 40, 40)), 0.5)
-    inside = Image.fromarray(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255))
-    img = Image.composite(tinted, photo, inside)
+    img = Image.composite(tinted, photo, Image.fromarray(mask_to_grey(mask), mode="L"))
     draw = ImageDraw.Draw(img)
     verdict = "present" if record["present"] else "absent"
     text = f"{record['expression']}: {verdict} (score {record['score']:+.2f})"
