@@ -145,7 +145,6 @@ def evaluate(
         else:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            asked = [g for g in ds.groups if split is None or g.split == split]
             progress = Progress(
                 TextColumn("[bold]eval"),
                 BarColumn(),
@@ -154,9 +153,7 @@ def evaluate(
                 disable=not err_console.is_terminal,
             )
             with progress:
-                task = progress.add_task(
-                    "pairs", total=sum(len(g.images) * len(g.expressions) for g in asked)
-                )
+                task = progress.add_task("pairs", total=sum(1 for _ in ds.pairs(split)))
                 scorer, used, sweeps = score_model(
                     ds,
                     model,
