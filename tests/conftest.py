@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +62,30 @@ def build_grd(
 def grd_dataset(tmp_path: Path) -> Path:
     """A small valid GRD dataset folder (2 groups x 3 images, 2 expressions each)."""
     return build_grd(tmp_path / "tiny-grd")
+
+
+def torchrun_gres(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node P -m gres_cli ARGS` on a free local port (a fixed port can
+    collide with another run on the same machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(processes),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "-m",
+            "gres_cli",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import torchrun_gres
 from PIL import Image
 
 from gres_cli.model.config import GRSerConfig
@@ -110,33 +111,19 @@ def test_torchrun_processes_take_disjoint_shares(model_dir: Path, tmp_path: Path
     for g in range(4):
         _photos(tmp_path / "in" / f"g{g}", 2, seed=g)
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            "29531",
-            "-m",
-            "gres_cli",
-            "segment",
-            str(tmp_path / "in"),
-            "the thing",
-            "--recursive",
-            "--model",
-            str(model_dir),
-            "--out",
-            str(out),
-            "--device",
-            "cpu",
-            "--jsonl",
-            str(tmp_path / "all.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
+    proc = torchrun_gres(
+        "segment",
+        str(tmp_path / "in"),
+        "the thing",
+        "--recursive",
+        "--model",
+        str(model_dir),
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        "--jsonl",
+        str(tmp_path / "all.jsonl"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     merged = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import torchrun_gres
 from safetensors.torch import load_file
 
 from gres_cli.errors import GresError
@@ -121,40 +122,14 @@ def test_cli_refuses_an_invalid_dataset(synth: Path, tmp_path: Path):
 
 
 def test_two_process_ddp_on_gloo(synth: Path, tmp_path: Path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     config = tmp_path / "c.yaml"
     config.write_text(
         "preset: tiny-synth\nmodel: {preset: grser-tiny, image_size: 64, swin_window_size: 4}\n"
         "steps: 3\ngroups_per_step: 2\nimages_per_group: 3\nval_split: null\n"
         "checkpoint_every: 3\nlog_every: 1\nwarmup_steps: 1\n"
     )
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
-            "-m",
-            "gres_cli",
-            "train",
-            str(synth),
-            "--out",
-            str(tmp_path / "run"),
-            "--config",
-            str(config),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
+    proc = torchrun_gres(
+        "train", str(synth), "--out", str(tmp_path / "run"), "--config", str(config)
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
