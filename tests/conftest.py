@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -89,3 +90,67 @@ def torchrun_gres(*args: str, processes: int = 2) -> subprocess.CompletedProcess
         text=True,
         timeout=240,
     )
+
+
+def populate_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "a" * 40) -> None:
+    """Lay a model folder out as huggingface_hub's cache does (blobs, refs, snapshots), so
+    that loading `repo_id` with HF_HUB_OFFLINE=1 and HF_HUB_CACHE=cache takes the real Hub
+    code path."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for f in folder.iterdir():
+        blob = repo / "blobs" / f"blob-{f.name}"
+        shutil.copyfile(f, blob)
+        (snapshot / f.name).symlink_to(Path("../../blobs") / blob.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def tiny_clip_tokenizer():
+    """A valid CLIP tokenizer with no download: the 256 byte symbols, each also with `</w>`,
+    the two special tokens, and no merges (character-level)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {t: i for i, t in enumerate(chars + [c + "</w>" for c in chars])}
+    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
+    return CLIPTokenizer(vocab=vocab, merges=[])
+
+
+def build_tiny_clipseg(folder: Path, seed: int = 0, size: int = 64) -> Path:
+    """A random 2-3 layer CLIPSeg (about 0.1 M parameters) with its processor, saved as
+    `save_pretrained` writes it: the folder a user would pass to --model."""
+    import torch
+    from transformers import (
+        CLIPSegConfig,
+        CLIPSegForImageSegmentation,
+        CLIPSegProcessor,
+        ViTImageProcessor,
+    )
+
+    tokenizer = tiny_clip_tokenizer()
+    special = {"bos_token_id": 512, "eos_token_id": 513, "pad_token_id": 513}
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2)
+    config = CLIPSegConfig(
+        text_config={**text, "vocab_size": 514, "max_position_embeddings": 77, **special},
+        vision_config={**vision, "image_size": size, "patch_size": 16},
+        projection_dim=16,
+        extract_layers=[1, 2],
+        reduce_dim=16,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=32,
+    )
+    torch.manual_seed(seed)
+    model = CLIPSegForImageSegmentation(config).eval()
+    images = ViTImageProcessor(
+        size={"height": size, "width": size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    CLIPSegProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
+    model.save_pretrained(folder)
+    return folder

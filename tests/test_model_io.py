@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import populate_hub_cache
 from safetensors.torch import load_file, save_file
 
 from gres_cli.errors import ModelLoadError
@@ -51,24 +52,10 @@ def test_save_load_local_folder_gives_identical_outputs(saved):
     _same_outputs(model, GRSer.from_pretrained(folder))
 
 
-def _populate_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "a" * 40) -> None:
-    """Lay a model folder out as huggingface_hub's cache does (blobs, refs, snapshots)."""
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    for f in folder.iterdir():
-        blob = repo / "blobs" / f"blob-{f.name}"
-        shutil.copyfile(f, blob)
-        (snapshot / f.name).symlink_to(Path("../../blobs") / blob.name)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-
-
 def test_load_through_offline_hub_cache(saved, tmp_path: Path):
     model, folder = saved
     cache = tmp_path / "hub"
-    _populate_hub_cache(cache, "gres-test/grser-tiny", folder)
+    populate_hub_cache(cache, "gres-test/grser-tiny", folder)
     code = (
         "import torch, sys\n"
         "from gres_cli.model.grser import GRSer\n"

@@ -307,8 +307,8 @@ def test_one_run_over_many_jobs_equals_one_run_per_job(model_dir: Path, tmp_path
     ]
     assert [r.index for r in expected[4]] == [0, 1, 3, 4, 5, 6]  # skipped: no result
     assert expected[2][0].error and not expected[3]
-    one_image = engine.model.encode(torch.zeros(1, 3, 64, 64), model.encode_text(["x"])).item(0)
-    fits_three = 3 * (one_image.nbytes + 3 * 64 * 64)
+    one_image = model.encode(torch.zeros(1, 3, 64, 64), model.encode_text(["x"])).item(0)
+    fits_three = 3 * one_image.nbytes  # pass 2 reuses the encoder output, not the pixels
     # every image cached / three per job / none; and the loader's worker processes
     for budget, workers in ((1 << 30, 0), (fits_three, 0), (0, 0), (1 << 30, 2)):
         engine.cache_bytes, engine.workers = budget, workers

@@ -19,7 +19,13 @@ def evaluate(
             "d3, refcoco), converted on the fly."
         ),
     ],
-    model: Annotated[str | None, typer.Option(help="Hub repo id or model folder to run.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Hub repo id or model folder to run: a GRSer, an open-vocabulary backend "
+            "(CLIPSeg, ...) or a gres-backend settings folder."
+        ),
+    ] = None,
     revision: Annotated[
         str | None, typer.Option(help="With a Hub --model: branch, tag or commit to load.")
     ] = None,
@@ -72,6 +78,14 @@ def evaluate(
         bool,
         typer.Option(
             help="Refuse predictions whose size differs from the image (default: resize)."
+        ),
+    ] = False,
+    no_group: Annotated[
+        bool,
+        typer.Option(
+            "--no-group",
+            help="With --model: score it without the group-wise step (each image alone), "
+            "the single-image baseline.",
         ),
     ] = False,
 ) -> None:
@@ -163,11 +177,14 @@ def evaluate(
                     scorer,
                     revision=revision,
                     on_scored=lambda n: progress.advance(task, n),
+                    group=not no_group,
                     device=device,
                     batch_size=batch_size,
                     workers=workers,
                 )
-            settings.update({"model": model, "revision": revision, "margin": used})
+            settings.update(
+                {"model": model, "revision": revision, "margin": used, "group": not no_group}
+            )
     meter = scorer.masks
     metrics = scorer.metrics()
     result = {

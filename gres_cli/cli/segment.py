@@ -27,7 +27,11 @@ def segment(
     expression: Annotated[str, typer.Argument(help='What to find, e.g. "the red umbrella".')],
     model: Annotated[
         str | None,
-        typer.Option(help="Hub repo id or local model folder.", envvar="GRES_MODEL"),
+        typer.Option(
+            help="Hub repo id or local folder: a GRSer, an open-vocabulary backend (CLIPSeg, "
+            "...), or a gres-backend settings folder. Default: CIDAS/clipseg-rd64-refined.",
+            envvar="GRES_MODEL",
+        ),
     ] = None,
     revision: Annotated[str | None, typer.Option(help="Hub revision to pin.")] = None,
     margin: Annotated[
@@ -64,6 +68,14 @@ def segment(
     shard: Annotated[
         str | None, typer.Option(help="i/P: process only the i-th of P shares of the groups.")
     ] = None,
+    no_group: Annotated[
+        bool,
+        typer.Option(
+            "--no-group",
+            help="Turn the group-wise step off: each image alone (a backend's own answers), "
+            "for comparison.",
+        ),
+    ] = False,
 ) -> None:
     """Segment EXPRESSION in every image of PATH; say "absent" where it is not there.
 
@@ -93,17 +105,18 @@ def segment(
         if Path(jsonl).is_dir():
             fail(f"--jsonl {jsonl}: is a folder; give a file name such as out.jsonl")
         writable_folder(Path(jsonl).parent, "--jsonl")
-    if model is None:
-        fail("no model: pass --model ID|DIR or set GRES_MODEL (try --model examples/demo-model)")
     if margin is not None and margin != margin:
         fail("--margin must be a number")
 
+    from gres_cli.backends import load_default_model, load_model
     from gres_cli.inference.engine import Segmenter
     from gres_cli.inference.writers import OutputWriter
-    from gres_cli.model.grser import GRSer
 
     with user_errors():
-        net = GRSer.from_pretrained(model, revision=revision)
+        if model is None:
+            net = load_default_model(revision, group=not no_group)
+        else:
+            net = load_model(model, revision, group=not no_group)
         engine = Segmenter(net, device, precision, batch_size, workers, experts, margin, threshold)
     sink = None
     if jsonl == "-" or (jsonl is None and not sys.stdout.isatty()):
@@ -226,4 +239,9 @@ def _record(res, group: str, expression: str, margin: float) -> tuple[dict, Any]
         "width": res.size[0],
         "height": res.size[1],
     }
+    if res.backend_score is not None:  # an open-vocabulary backend: what the group changed
+        rec |= {
+            "backend_score": round(res.backend_score, 6),
+            "backend_present": res.backend_present,
+        }
     return rec | {"error": None}, mask

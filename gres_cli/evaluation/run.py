@@ -225,6 +225,7 @@ def score_model(
     scorer: Scorer | None = None,
     revision: str | None = None,
     on_scored: Callable[[int], None] | None = None,
+    group: bool = True,
     **engine: Any,
 ) -> tuple[Scorer, float, dict[float, GRESMeter]]:
     """Run the model over every (group, expression) of the split and score it; `on_scored(n)`
@@ -232,14 +233,17 @@ def score_model(
 
     One forward pass serves every margin of `sweep`: m only changes the decision
     d_pos + m < d_neg, so each margin gets its own streaming meter fed from the same outputs.
+    Any model gres runs (GRSer, an open-vocabulary backend); `group=False` scores it without
+    the group-wise step.
     """
+    from gres_cli.backends import load_model
+    from gres_cli.backends.protocol import presence
     from gres_cli.inference.engine import Job, Segmenter
     from gres_cli.inference.inputs import ImageGroup
-    from gres_cli.model.grser import GRSer, presence
 
     scorer = scorer or Scorer()
     seg = Segmenter(
-        GRSer.from_pretrained(model_id, revision=revision),
+        load_model(model_id, revision, group=group),
         margin=margin,
         keep_saliency=scorer.cosod is not None,
         all_masks=bool(sweep),  # another margin may call present what this one calls absent

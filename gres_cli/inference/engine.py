@@ -1,12 +1,15 @@
 """The group-wise inference engine behind `gres segment` and `gres eval --model`.
 
-Two passes per group keep the cost per image flat however large the folder, and memory bounded
-by the batch, not the folder:
-  1. every image is encoded once; its prototype p_n and hierarchizer scores are kept, and its
-     encoder output too while the cache budget lasts (the encoder does not depend on experts);
-  2. the top-K experts of the WHOLE folder are chosen, and each image is decoded against those K
-     prototypes (encoded again only when it did not fit in the cache).
-For a group of at most K images this equals the paper's all-pairs computation (tested).
+It runs any model of the protocol in gres_cli.backends.protocol (GRSer, or an open-vocabulary
+backend with the group rule). Two passes per group keep the cost per image flat however large
+the folder, and memory bounded by the batch, not the folder:
+  1. every image goes through the model once; what the group step needs is kept (GRSer: its
+     prototype p_n and hierarchizer scores), and what pass 2 can reuse too while the cache
+     budget lasts (GRSer: the encoder output, which does not depend on the experts);
+  2. the top-K experts of the WHOLE folder are chosen, and each image is decided against them
+     (run through the model again only when it did not fit in the cache).
+For GRSer and a group of at most K images this equals the paper's all-pairs computation
+(tested).
 One DataLoader streams the images of ALL jobs (group, expression) in order, decoding ahead of the
 model (workers, pinned memory on CUDA): a folder of many small groups pays for one loader, not
 one per group; consecutive jobs on the same images (a group's expressions in `gres eval`) read
@@ -17,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,40 +32,51 @@ from torch.utils.data import DataLoader, Dataset
 
 from grd_tools.errors import GRDError
 from grd_tools.imageio import open_image, open_image_reduced
+from gres_cli.backends import as_group_model
+from gres_cli.backends.protocol import GroupModel, cat_summaries, nbytes, presence
 from gres_cli.errors import GresError
 from gres_cli.inference.inputs import ImageGroup
-from gres_cli.model.encoders import TextFeatures
-from gres_cli.model.grser import Encoded, ExpertScores, GRSer, presence
-from gres_cli.model.preprocess import image_to_pixels, normalize, probability_to_original
 
 
 class DecodedImages(Dataset):
-    """Decodes image i: (i, uint8 pixels, original (width, height), error, photo or None)."""
+    """Decodes image i: (i, the model's prepared tensor, original (width, height), error,
+    photo or None). `prepare` is the model's own (a resize for GRSer, the checkpoint's image
+    processor for a backend), run here so that workers do it ahead of the model."""
 
-    def __init__(self, paths: list[Path], size: int, keep_photo: bool = False) -> None:
-        self.paths, self.size, self.keep_photo = paths, size, keep_photo
+    def __init__(
+        self, paths: list[Path], size: int, prepare: Callable, keep_photo: bool = False
+    ) -> None:
+        self.paths, self.size, self.prepare, self.keep_photo = paths, size, prepare, keep_photo
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, tuple[int, int], str, Any]:
-        blank = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, tuple[int, int], str, Any]:
         try:
             if self.keep_photo:
                 img = open_image(self.paths[i])
                 size = img.size
             else:  # only the model input is needed: decode JPEGs at a reduced scale
                 img, size = open_image_reduced(self.paths[i], self.size)
+            pixels = self.prepare(img)
         except GRDError as e:
-            return i, blank, (0, 0), str(e), None
+            return i, None, (0, 0), str(e), None
         except Exception as e:  # any decoder failure is this image's error, never the run's
-            return i, blank, (0, 0), f"{self.paths[i]}: {e}", None
-        return i, image_to_pixels(img, self.size), size, "", img if self.keep_photo else None
+            return i, None, (0, 0), f"{self.paths[i]}: {e}", None
+        return i, pixels, size, "", img if self.keep_photo else None
+
+
+def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor:
+    """One batch; unreadable images (None) get zeros, never seen by the model."""
+    good = next((t for t in tensors if t is not None), None)
+    if good is None:
+        return torch.zeros(len(tensors), 0, dtype=torch.uint8)
+    return torch.stack([torch.zeros_like(good) if t is None else t for t in tensors])
 
 
 def _collate(items: list) -> tuple[list[int], torch.Tensor, list, list[str], list]:
     idx, tensors, sizes, errors, photos = zip(*items, strict=True)
-    return list(idx), torch.stack(tensors), list(sizes), list(errors), list(photos)
+    return list(idx), _stack(list(tensors)), list(sizes), list(errors), list(photos)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -111,14 +125,18 @@ class ImageResult:
     size: tuple[int, int] = (0, 0)
     photo: Image.Image | None = None
     saliency: np.ndarray | None = None  # uint8 probability x 255, original size, with the mask
+    # open-vocabulary backends: their own score, and their call without the group step
+    backend_score: float | None = None
+    backend_present: bool | None = None
 
 
 class Segmenter:
-    """Runs a GRSer over groups of image files with the two-pass group-wise step."""
+    """Runs a model (a GroupModel, or a bare GRSer) over groups of image files with the
+    two-pass group-wise step."""
 
     def __init__(
         self,
-        model: GRSer,
+        model: GroupModel | Any,
         device: str = "auto",
         precision: str = "fp32",
         batch_size: int = 16,
@@ -145,11 +163,15 @@ class Segmenter:
             raise GresError("--batch-size must be >= 1")
         if workers < 0:
             raise GresError("--workers must be >= 0")
-        self.model = model.to(self.device).eval()
+        model = as_group_model(model)
+        self.experts = model.experts if experts is None else experts
+        if self.experts < 1 or (model.max_experts and self.experts > model.max_experts):
+            most = model.max_experts or "any number"
+            raise GresError(f"--experts {self.experts}: this model takes 1 to {most}")
+        self.model = model.to(self.device)
         self.precision = precision
         self.batch_size, self.workers = batch_size, workers
-        self.experts = experts or model.config.experts
-        self.margin = model.config.margin if margin is None else margin
+        self.margin = model.margin if margin is None else margin
         self.threshold = threshold
         self.keep_saliency = keep_saliency  # grey-level maps for the co-SOD metrics
         self.all_masks = all_masks  # masks of absent images too (a margin sweep needs them)
@@ -162,7 +184,7 @@ class Segmenter:
 
     def _batches(self, paths: list[Path], keep_photo: bool = False) -> Iterator[tuple]:
         loader = DataLoader(
-            DecodedImages(paths, self.model.config.image_size, keep_photo),
+            DecodedImages(paths, self.model.input_size, self.model.preparer(), keep_photo),
             batch_size=self.batch_size,
             num_workers=self.workers,
             collate_fn=_collate,
@@ -176,23 +198,24 @@ class Segmenter:
     def run(self, jobs: list[Job], keep_photo: bool = False) -> Iterator[ImageResult]:
         """Segment each job's expression in every image of its group (photos kept on the
         results when `keep_photo`, for overlays). Yields results job by job, in job order."""
-        texts: dict[str, TextFeatures] = {}
+        texts: dict[str, Any] = {}
 
         def open_job(j: int) -> _OpenJob:
             expression = jobs[j].expression
             if expression not in texts:
-                texts[expression] = self.model.encode_text([expression])
+                with self._autocast():
+                    texts[expression] = self.model.encode_text(expression)
             return _OpenJob(j, jobs[j], texts[expression], self.cache_bytes)
 
         # consecutive jobs on the same images (gres eval: a group's expressions) share one
         # decode: the loader reads the first; the others replay its pixels from memory
-        side = self.model.config.image_size
+        side = self.model.input_size
         replays = [
             j > 0
             and not keep_photo
             and bool(job.group.images)
             and job.group.images == jobs[j - 1].group.images
-            and len(job.group.images) * 3 * side * side <= self.cache_bytes
+            and len(job.group.images) * 3 * side * side * 4 <= self.cache_bytes
             for j, job in enumerate(jobs)
         ]
         owners = [
@@ -235,14 +258,19 @@ class Segmenter:
             raw, sizes, errors = zip(*decoded[start : start + self.batch_size], strict=True)
             images = list(range(start, start + len(raw)))
             yield from self._pass1(
-                job, images, torch.stack(raw), list(sizes), list(errors), [None] * len(raw)
+                job,
+                images,
+                _stack([None if e else r for r, e in zip(raw, errors, strict=True)]),
+                list(sizes),
+                list(errors),
+                [None] * len(raw),
             )
         yield from self._pass2(job, keep_photo=False)
 
     def _pass1(
         self, job: _OpenJob, images: list[int], raw: torch.Tensor, sizes, errors, photos
     ) -> Iterator[ImageResult]:
-        """Prototypes and hierarchizer scores of these images; cache what pass 2 reuses."""
+        """What the group step needs of these images; cache what pass 2 reuses."""
         job.seen += len(images)
         good = [k for k, e in enumerate(errors) if not e]
         for k, err in enumerate(errors):
@@ -250,38 +278,32 @@ class Segmenter:
                 yield ImageResult(job.number, images[k], job.job.group.images[images[k]], err)
         if not good:
             return
-        pixels = normalize(raw[good])
         with self._autocast():
-            enc = self.model.encode(pixels, job.text)
-            s = self.model.expert_scores(pixels, job.text, enc)
-        job.scores.append(ExpertScores(s.prototypes.float(), s.s_pos.float(), s.s_neg.float()))
+            first = self.model.first_pass(self.model.model_input(raw[good]), job.text)
+        job.summaries.append(first.summary)
         for j, k in enumerate(good):
             image = images[k]
             job.ok.append(image)
             if image in job.job.skip:
                 continue
-            item = enc.item(j)
-            photo = photos[k]
-            cost = raw[k].nbytes + item.nbytes + (photo.width * photo.height * 3 if photo else 0)
+            item, photo = first.items[j], photos[k]
+            cost = nbytes(item) + (photo.width * photo.height * 3 if photo else 0)
             if job.budget >= cost:
                 job.budget -= cost
-                job.cache[image] = (raw[k], sizes[k], item, photo)
+                job.cache[image] = (sizes[k], item, photo)
 
     def _pass2(self, job: _OpenJob, keep_photo: bool) -> Iterator[ImageResult]:
         """Every image of the job against the group's top-K experts: cached images first, then
-        the ones that did not fit, decoded and encoded again."""
+        the ones that did not fit, decoded and run through the model again."""
         if not job.ok:
             return
-        merged = ExpertScores.cat(job.scores)
-        experts = merged.prototypes[self.model.select_experts(merged, self.experts)]
+        experts = self.model.choose_experts(cat_summaries(job.summaries), self.experts)
         todo = [i for i in job.ok if i not in job.job.skip]
         cached = [i for i in todo if i in job.cache]
         for start in range(0, len(cached), self.batch_size):
             chunk = cached[start : start + self.batch_size]
-            raw, sizes, items, photos = zip(*(job.cache.pop(i) for i in chunk), strict=True)
-            yield from self._query(
-                job, experts, chunk, torch.stack(raw), sizes, photos, Encoded.cat(list(items))
-            )
+            sizes, items, photos = zip(*(job.cache.pop(i) for i in chunk), strict=True)
+            yield from self._query(job, experts, chunk, sizes, photos, None, list(items))
         rest = [i for i in todo if i not in cached]
         if not rest:  # a loader costs its worker processes' start, even over nothing
             return
@@ -296,20 +318,26 @@ class Segmenter:
                     job,
                     experts,
                     [images[k] for k in good],
-                    raw[good],
                     [sizes[k] for k in good],
                     [photos[k] for k in good],
+                    raw[good],
                     None,
                 )
 
-    def _query(self, job, experts, images, raw, sizes, photos, encoded) -> Iterator[ImageResult]:
-        """Pass 2 on one batch: presence, and masks at original size where wanted."""
-        pixels = normalize(raw)
+    def _query(self, job, experts, images, sizes, photos, raw, items) -> Iterator[ImageResult]:
+        """Pass 2 on one batch (from cached items, or from pixels): presence, and masks at
+        original size where wanted."""
         with self._autocast():
-            out = self.model.query(pixels, job.text, experts.to(pixels.dtype), encoded)
-        d_pos, d_neg = out.d_pos[0].float(), out.d_neg[0].float()
+            pixels = None if raw is None else self.model.model_input(raw)
+            out = self.model.second_pass(pixels, job.text, experts, items)
+        d_pos, d_neg = out.d_pos.float(), out.d_neg.float()
         decided = presence(d_pos, d_neg, self.margin).tolist()
-        logits = out.mask_logits[0]
+        backend = [None] * len(images)
+        alone = [None] * len(images)
+        if out.backend_score is not None:
+            backend = out.backend_score.float().tolist()
+        if out.alone is not None:
+            alone = presence(out.alone[0], out.alone[1], self.margin).tolist()
         for k, (dp, dn) in enumerate(zip(d_pos.tolist(), d_neg.tolist(), strict=True)):
             image = images[k]
             res = ImageResult(
@@ -322,9 +350,11 @@ class Segmenter:
                 dn,
                 size=sizes[k],
                 photo=photos[k],
+                backend_score=backend[k],
+                backend_present=alone[k],
             )
             if decided[k] or self.all_masks:
-                prob = probability_to_original(logits[k], sizes[k])
+                prob = self.model.probability_at(out.mask_logits[k], sizes[k])
                 res.mask = (prob > self.threshold).cpu().numpy()
                 if self.keep_saliency:
                     res.saliency = (prob * 255).round().byte().cpu().numpy()
@@ -344,10 +374,10 @@ class Segmenter:
 class _OpenJob:
     """A job in pass 1: what pass 2 will need of it."""
 
-    def __init__(self, number: int, job: Job, text: TextFeatures, budget: int) -> None:
+    def __init__(self, number: int, job: Job, text: Any, budget: int) -> None:
         self.number, self.job, self.text = number, job, text
         self.seen = 0  # images through pass 1
-        self.scores: list[ExpertScores] = []
+        self.summaries: list[dict[str, torch.Tensor]] = []
         self.ok: list[int] = []  # readable images, in pass-1 order
-        self.cache: dict[int, tuple[torch.Tensor, tuple[int, int], Encoded, Any]] = {}
+        self.cache: dict[int, tuple[tuple[int, int], Any, Any]] = {}  # size, item, photo
         self.budget = budget

@@ -12,6 +12,9 @@ from typing import Any
 
 from gres_cli.errors import GresError
 
+#: `model_type` in a GRSer folder's config.json (how `gres_cli.backends.load_model` knows it)
+MODEL_TYPE = "grser"
+
 
 @dataclass
 class GRSerConfig:
@@ -77,13 +80,17 @@ class GRSerConfig:
         return self.stage_dims[self.query_stage]
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = {"model_type": MODEL_TYPE, **asdict(self)}
         d["swin_depths"] = list(self.swin_depths)
         d["swin_num_heads"] = list(self.swin_num_heads)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GRSerConfig:
+        data = dict(data)
+        kind = data.pop("model_type", MODEL_TYPE)  # absent in folders written before backends
+        if kind != MODEL_TYPE:
+            raise GresError(f"config: model_type {kind!r} is not a GRSer")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:

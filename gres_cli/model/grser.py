@@ -25,6 +25,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from PIL import Image
 from torch import Tensor, nn
 
+from gres_cli.backends.protocol import presence
 from gres_cli.model import hub
 from gres_cli.model.card import model_card
 from gres_cli.model.config import GRSerConfig
@@ -109,11 +110,6 @@ class Prediction:
     score: float  # d_neg - d_pos
     mask: np.ndarray
     probability: float  # mean foreground probability inside the mask (0 when absent)
-
-
-def presence(d_pos: Tensor, d_neg: Tensor, margin: float) -> Tensor:
-    """The paper's decision: positive iff d_pos + m < d_neg."""
-    return d_pos + margin < d_neg
 
 
 class GRSer(nn.Module, PyTorchModelHubMixin):
@@ -257,22 +253,26 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
 
     def query(
         self,
-        pixel_values: Tensor,
+        pixel_values: Tensor | None,
         text: TextFeatures,
         experts: Tensor,
         encoded: Encoded | None = None,
     ) -> GRSerOutput:
         """Pass 2: decode M images against given expert prototypes (K' x C_v, ordered);
-        `encoded` (pass 1's encoder output for these images) skips the encoder."""
-        m = pixel_values.shape[0]
-        text1 = text.expand(m)
+        `encoded` (pass 1's encoder output for these images) skips the encoder, and then
+        `pixel_values` may be None."""
+        if encoded is None and pixel_values is None:
+            raise ValueError("query needs pixel_values or encoded")
         enc = encoded if encoded is not None else self.encode(pixel_values, text)
+        m = enc.prototypes.shape[0]
+        text1 = text.expand(m)
+        side = self.config.image_size
         maps, m_l, protos = enc.maps, enc.language_heatmap, enc.prototypes
         s_pos, s_neg = self.hierarchizer.scores(protos, text1.sentence[0], text1.anti[0])
         v = maps[self.config.query_stage]
         heat = self.tqm.visual_heatmaps(v.unsqueeze(0), experts.unsqueeze(0))[0]
         logits, pix, emb, t_pos, t_neg, d_pos, d_neg, heat = self._decode(
-            maps, heat, text1, pixel_values.shape[-2:]
+            maps, heat, text1, (side, side)
         )
         return GRSerOutput(
             mask_logits=logits[None],
@@ -406,13 +406,16 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         map_location: str = "cpu",
         **_: Any,
     ) -> GRSer:
-        from transformers import AutoTokenizer
+        try:  # the tokenizer.json saved with the model, read without consulting config.json
+            from transformers import TokenizersBackend as FastTokenizer
+        except ImportError:  # transformers 4
+            from transformers import PreTrainedTokenizerFast as FastTokenizer
 
         folder = hub.resolve_model_dir(model_id, revision, cache_dir, local_files_only, token)
         config = GRSerConfig.from_dict(hub.read_config(folder))
         if config.text_config is None:
             raise hub.ModelLoadError(f"{folder}: config.json lacks text_config")
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = FastTokenizer.from_pretrained(str(folder), local_files_only=True)
         model = cls(config, tokenizer=tokenizer)
         hub.load_state_strict(model, folder / hub.WEIGHTS_FILE)
         model.eval()

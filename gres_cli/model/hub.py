@@ -40,7 +40,12 @@ def resolve_model_dir(
     if path.exists() or str(model_id).startswith((".", "/", "~")) or str(model_id).count("/") > 1:
         raise ModelLoadError(f"{model_id}: no such model folder")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         folder = snapshot_download(
@@ -54,7 +59,19 @@ def resolve_model_dir(
     except LocalEntryNotFoundError:
         where = " (HF_HUB_OFFLINE is set)" if offline() else ""
         raise ModelLoadError(
-            f"{model_id}: not in the local Hub cache and the Hub cannot be reached{where}"
+            f"{model_id}: not in the local Hub cache and the Hub cannot be reached{where}; "
+            "run once with the Hub reachable to cache it, or pass a local folder"
+        ) from None
+    except GatedRepoError:
+        raise ModelLoadError(
+            f"{model_id}: gated on the Hub: accept its licence at "
+            f"https://huggingface.co/{model_id} and log in (`hf auth login` or HF_TOKEN), "
+            "or pass a local folder"
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelLoadError(
+            f"{model_id}: no such model on the Hub (or it is private: log in with "
+            "`hf auth login`), and no such local folder"
         ) from None
     except (HfHubHTTPError, OSError, ValueError) as e:
         raise ModelLoadError(f"{model_id}: cannot download ({type(e).__name__}: {e})") from None

@@ -1,0 +1,82 @@
+"""CLIPSeg (Lüddecke & Ecker, CVPR 2022) through transformers, with the group rule on top.
+
+`CIDAS/clipseg-rd64-refined` (Apache-2.0, not gated, 352 px, ~150 M parameters) is gres's
+default model: the backend practical on a CPU. CLIPSeg has no presence output; its score b_n
+is the highest pixel probability, so at the default m = 0 (t = 0.5) the backend alone calls an
+image present exactly when its mask at the default --threshold 0.5 is not empty.
+
+Per image: CLIP's vision transformer reads the 352 x 352 image (the library's own image
+processor, run in the loader's workers), the expression is encoded once per job
+(`get_conditional_embeddings`), the decoder gives 352 x 352 logits; the region embedding pools
+the vision transformer's last patch tokens (after its post-layernorm) under sigmoid(logits).
+Masks: sigmoid, bilinear to the original size, > --threshold (the library's usage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from gres_cli.backends.openvocab import BackendOutput, OpenVocabModel
+
+MODEL_TYPE = "clipseg"
+DEFAULT_CHECKPOINT = "CIDAS/clipseg-rd64-refined"
+
+
+class ProcessImage:
+    """The checkpoint's own image processor on one decoded image (picklable, for workers)."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+class CLIPSegModel(OpenVocabModel):
+    kind = MODEL_TYPE
+    threshold = 0.5
+
+    def __init__(self, folder: Path, checkpoint: str, **settings: Any) -> None:
+        from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+        super().__init__(checkpoint, **settings)
+        self.processor = CLIPSegProcessor.from_pretrained(str(folder), local_files_only=True)
+        self.net = CLIPSegForImageSegmentation.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True
+        ).eval()
+        size = self.processor.image_processor.size
+        self.input_size = int(size.get("height") or size.get("shortest_edge") or 352)
+
+    def to(self, device: torch.device) -> CLIPSegModel:
+        self.net = self.net.to(device).eval()
+        return self
+
+    def preparer(self) -> Callable[[Image.Image], Tensor]:
+        return ProcessImage(self.processor.image_processor)
+
+    def encode_text(self, expression: str) -> Tensor:
+        """The conditional embedding (1 x projection_dim), once per job."""
+        tokens = self.processor.tokenizer(
+            [expression], padding=True, truncation=True, return_tensors="pt"
+        ).to(self.net.device)
+        return self.net.get_conditional_embeddings(
+            batch_size=1, input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]
+        )
+
+    def forward(self, pixels: Tensor, text: Tensor) -> BackendOutput:
+        m = pixels.shape[0]
+        out = self.net(pixel_values=pixels, conditional_embeddings=text.expand(m, -1))
+        logits = out.logits.reshape(m, *out.logits.shape[-2:])  # one image: kept as a batch
+        tokens = self.net.clip.vision_model.post_layernorm(
+            out.vision_model_output.last_hidden_state[:, 1:]
+        )
+        side = int(tokens.shape[1] ** 0.5)
+        features = tokens.transpose(1, 2).reshape(m, -1, side, side)
+        prob = torch.sigmoid(logits.float())
+        return BackendOutput(logits, prob.flatten(1).amax(1), features, prob)

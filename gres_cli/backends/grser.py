@@ -1,0 +1,92 @@
+"""GRSer behind the engine's model protocol (gres_cli.backends.protocol).
+
+pass 1: the language-fused encoder output, prototypes p_n and hierarchizer scores s_pos, s_neg;
+group:  the top-K experts of the whole group in hierarchizer order;
+pass 2: every image decoded against those K prototypes: mask logits, d_pos, d_neg.
+Without the group step (`group=False`: the single-image baseline), each image is its own group,
+its own only expert.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from gres_cli.backends.protocol import FirstPass, SecondPass
+from gres_cli.model.encoders import TextFeatures
+from gres_cli.model.grser import Encoded, GRSer
+from gres_cli.model.hierarchizer import expert_order
+from gres_cli.model.preprocess import image_to_pixels, normalize, probability_to_original
+
+
+class GRSerModel:
+    """A loaded GRSer as a `GroupModel`."""
+
+    kind = "grser"
+
+    def __init__(self, net: GRSer, group: bool = True) -> None:
+        self.net = net.eval()
+        self.group = group
+        self.input_size = net.config.image_size
+        self.margin = net.config.margin
+        self.experts = net.config.experts
+        self.max_experts = net.config.experts  # the decoder takes K heatmap channels
+        self.config = net.config.to_dict()
+
+    def to(self, device: torch.device) -> GRSerModel:
+        self.net = self.net.to(device).eval()
+        return self
+
+    def preparer(self) -> Callable[[Image.Image], Tensor]:
+        return functools.partial(image_to_pixels, size=self.input_size)
+
+    def model_input(self, prepared: Tensor) -> Tensor:
+        return normalize(prepared)
+
+    def encode_text(self, expression: str) -> TextFeatures:
+        return self.net.encode_text([expression])
+
+    def first_pass(self, pixels: Tensor, text: TextFeatures) -> FirstPass:
+        enc = self.net.encode(pixels, text)
+        scores = self.net.expert_scores(pixels, text, enc)
+        summary = {"prototypes": scores.prototypes, "s_pos": scores.s_pos, "s_neg": scores.s_neg}
+        return FirstPass(
+            {k: v.float() for k, v in summary.items()},
+            [enc.item(j) for j in range(pixels.shape[0])],
+        )
+
+    def choose_experts(self, summary: dict[str, Tensor], k: int) -> Tensor:
+        """The K' x C_v prototypes of the top-k experts, most reliable first."""
+        order = expert_order(summary["s_pos"], summary["s_neg"])[:k]
+        return summary["prototypes"][order]
+
+    def second_pass(
+        self, pixels: Tensor | None, text: TextFeatures, experts: Tensor, items: list[Any] | None
+    ) -> SecondPass:
+        encoded = Encoded.cat(items) if items else None
+        if not self.group:
+            return self._alone(pixels, text, encoded)
+        dtype = encoded.prototypes.dtype if encoded is not None else pixels.dtype
+        out = self.net.query(pixels, text, experts.to(dtype), encoded)
+        return SecondPass(out.d_pos[0].float(), out.d_neg[0].float(), out.mask_logits[0])
+
+    def _alone(self, pixels: Tensor | None, text: TextFeatures, encoded: Encoded | None):
+        """Each image against its own prototype only: the model without the group."""
+        enc = encoded if encoded is not None else self.net.encode(pixels, text)
+        outs = [
+            self.net.query(None, text, enc.prototypes[i : i + 1], enc.item(i))
+            for i in range(enc.prototypes.shape[0])
+        ]
+        return SecondPass(
+            torch.cat([o.d_pos[0] for o in outs]).float(),
+            torch.cat([o.d_neg[0] for o in outs]).float(),
+            torch.cat([o.mask_logits[0] for o in outs]),
+        )
+
+    def probability_at(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+        return probability_to_original(mask_logits, size)

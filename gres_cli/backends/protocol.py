@@ -1,0 +1,105 @@
+"""The model protocol of the group-wise engine: what GRSer and every open-vocabulary backend
+implement, so that the engine, the writers, resume and `gres eval` never depend on one model.
+
+A job (one expression asked of one group of N images) runs in two passes:
+  pass 1  `first_pass` over batches of images: a per-image `summary` (whatever the group step
+          needs: scores, embeddings) and a per-image `item` that pass 2 may reuse;
+  group   `choose_experts` over the whole group's summaries (O(N K)): the experts;
+  pass 2  `second_pass` over batches again, from the cached items (or the pixels, for images
+          past the engine's cache budget): the decision distances and the low-resolution mask.
+The decision is the paper's, for every model: present iff d_pos + m < d_neg.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+@dataclass
+class FirstPass:
+    """Pass 1 over M images. `summary`: tensors whose first dimension is M (joined across
+    batches with `cat_summaries`); `items`: M objects pass 2 can reuse (tensors inside)."""
+
+    summary: dict[str, Tensor]
+    items: list[Any]
+
+
+@dataclass
+class SecondPass:
+    """Pass 2 over M images: the distances of the rule d_pos + m < d_neg, mask logits at the
+    model's resolution, and, for open-vocabulary backends, their own score and the distances
+    of the same rule without the group step (the backend alone)."""
+
+    d_pos: Tensor  # M
+    d_neg: Tensor  # M
+    mask_logits: Tensor  # M x h x w
+    backend_score: Tensor | None = None  # M, in [0, 1]
+    alone: tuple[Tensor, Tensor] | None = None  # (d_pos, d_neg) of the backend alone
+
+
+def presence(d_pos: Tensor, d_neg: Tensor, margin: float) -> Tensor:
+    """The paper's decision, for every model: positive iff d_pos + m < d_neg."""
+    return d_pos + margin < d_neg
+
+
+@runtime_checkable
+class GroupModel(Protocol):
+    """What the engine needs of a model. Implemented by `gres_cli.backends.grser.GRSerModel`
+    and one module per open-vocabulary backend (`clipseg.py`, ...)."""
+
+    kind: str  # "grser", "clipseg", ...: the `model_type` of its config
+    input_size: int  # about how many pixels a side the model reads (JPEGs decode reduced)
+    margin: float  # the default m
+    experts: int  # the default K
+    max_experts: int | None  # the largest K the model takes (None: any)
+    config: dict[str, Any]  # what produced it (for records, reports and run settings)
+
+    def to(self, device: torch.device) -> GroupModel: ...
+
+    def preparer(self) -> Callable[[Image.Image], Tensor]:
+        """A picklable function run in the loader's workers: one decoded image -> its tensor."""
+        ...
+
+    def model_input(self, prepared: Tensor) -> Tensor:
+        """A batch of prepared tensors, on the device -> the model's input (e.g. normalised)."""
+        ...
+
+    def encode_text(self, expression: str) -> Any: ...
+
+    def first_pass(self, pixels: Tensor, text: Any) -> FirstPass: ...
+
+    def choose_experts(self, summary: dict[str, Tensor], k: int) -> Any: ...
+
+    def second_pass(
+        self, pixels: Tensor | None, text: Any, experts: Any, items: list[Any] | None
+    ) -> SecondPass:
+        """From `items` (cached by pass 1; `pixels` may then be None) or from `pixels`."""
+        ...
+
+    def probability_at(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+        """One image's h x w mask logits -> its probability map at (width, height)."""
+        ...
+
+
+def cat_summaries(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Join the summaries of consecutive batches of one job."""
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def nbytes(obj: Any) -> int:
+    """Bytes held by the tensors in `obj` (a tensor, a dataclass, or a list/tuple/dict of them)."""
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if is_dataclass(obj):
+        return sum(nbytes(getattr(obj, f.name)) for f in fields(obj))
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(x) for x in obj)
+    if isinstance(obj, dict):
+        return sum(nbytes(x) for x in obj.values())
+    return 0

@@ -1,0 +1,57 @@
+"""A "gres-backend" folder: config.json naming an open-vocabulary checkpoint and the settings
+gres runs it with (margin m, experts K, group weight gamma), so that a calibrated setup loads
+with `--model FOLDER` (or its Hub id) and no flags. Written by `gres model init --backend` and
+`gres eval --calibrate ... --save-calibrated`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gres_cli.errors import ModelLoadError
+
+MODEL_TYPE = "gres-backend"
+
+
+@dataclass
+class BackendSettings:
+    backend: str  # Hub id or local folder of the backend checkpoint
+    revision: str | None = None
+    margin: float | None = None  # None: the backend's default (2 t - 1)
+    experts: int = 4
+    group_weight: float = 1.0
+    extra: dict[str, Any] | None = None  # free-form: how the settings were calibrated
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": MODEL_TYPE, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path | str = "config.json") -> BackendSettings:
+        data = {k: v for k, v in data.items() if k != "model_type"}
+        try:
+            settings = cls(**data)
+        except TypeError as e:
+            raise ModelLoadError(f"{where}: not a gres-backend config ({e})") from None
+        if not isinstance(settings.backend, str) or not settings.backend:
+            raise ModelLoadError(f"{where}: gres-backend config names no backend")
+        if not isinstance(settings.experts, int) or settings.experts < 1:
+            raise ModelLoadError(f"{where}: experts must be an integer >= 1")
+        return settings
+
+    def write(self, folder: Path) -> None:
+        """config.json and a short model card into `folder` (which exists, e.g. a temporary
+        folder of `atomic_output_dir`)."""
+        (folder / "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        m = "the backend's default" if self.margin is None else f"{self.margin:g}"
+        (folder / "README.md").write_text(
+            "---\nlibrary_name: gres\ntags: [gres, group-wise-referring-segmentation]\n---\n\n"
+            f"# gres backend settings for `{self.backend}`\n\n"
+            "Group-wise referring expression segmentation (GRES, Wu et al., ICCV 2023; not the\n"
+            "generalized RES of gRefCOCO) with an open-vocabulary segmenter and gres's group\n"
+            "rule. This folder holds settings only; the weights are the backend's own.\n\n"
+            f"- backend: `{self.backend}` (revision {self.revision or 'default'})\n"
+            f"- margin m: {m}; experts K: {self.experts}; group weight: {self.group_weight:g}\n\n"
+            f'Use: `gres segment PHOTOS "the red umbrella" --model <this folder or repo>`\n'
+        )
