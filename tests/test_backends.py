@@ -275,3 +275,35 @@ def test_eval_scores_a_backend_with_and_without_the_group(clipseg_dir: Path, grd
         assert report["pairs"] == 6 and report["settings"]["model"] == str(clipseg_dir)
     assert reports[True]["settings"]["group"] is False
     assert reports[False]["settings"]["group"] is True
+
+
+def test_calibrated_settings_folder_is_used_without_flags(
+    clipseg_dir: Path, grd_dataset: Path, photos: Path, tmp_path: Path
+):
+    """eval --calibrate --save-calibrated writes a gres-backend folder; segment --model FOLDER
+    then runs the backend at that margin; model init --backend writes the same kind."""
+    saved = tmp_path / "calibrated"
+    proc = gres(
+        "eval", str(grd_dataset), "--model", str(clipseg_dir), "--split", "train",
+        "--margins=-2.5,-0.25,0.25,2.5", "--calibrate", "acc", "--save-calibrated", str(saved),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    best = json.loads(proc.stdout)["calibrated"]["margin"]
+    config = json.loads((saved / "config.json").read_text())
+    assert config["model_type"] == "gres-backend" and config["backend"] == str(clipseg_dir)
+    assert config["margin"] == best and config["extra"]["calibrated"]["metric"] == "acc"
+    one = sorted(photos.glob("*.png"))[0]
+    proc = gres("segment", str(one), EXPRESSION, "--model", str(saved), "--format", "none",
+                "--out", str(tmp_path / "o"), "--jsonl", "-")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["margin"] == best
+    init = tmp_path / "init"
+    proc = gres("model", "init", str(init), "--backend", str(clipseg_dir), "--margin", "0.3",
+                "--experts", "6")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    proc = gres("model", "info", str(init), "--json")
+    info = json.loads(proc.stdout)
+    assert info["config"]["margin"] == 0.3 and info["config"]["experts"] == 6
+    assert info["config"]["model_type"] == "clipseg"
+    proc = gres("model", "init", str(tmp_path / "x"), "--backend", str(grd_dataset))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr

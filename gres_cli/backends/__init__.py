@@ -33,6 +33,18 @@ def model_types() -> list[str]:
     return [GRSER, *BACKENDS, GRES_BACKEND]
 
 
+def backend_kind(checkpoint: str, revision: str | None = None) -> str:
+    """The model_type of a backend checkpoint (its config.json only), or ModelLoadError."""
+    from gres_cli.model import hub
+
+    kind = hub.read_config(hub.resolve_model_dir(checkpoint, revision)).get("model_type")
+    if kind not in BACKENDS:
+        raise ModelLoadError(
+            f"{checkpoint}: model_type {kind!r} is not a backend ({', '.join(BACKENDS)})"
+        )
+    return kind
+
+
 def load_model(
     model_id: str | Path,
     revision: str | None = None,
@@ -66,7 +78,7 @@ def load_model(
 
         return GRSerModel(GRSer.from_pretrained(folder), group=group)
     if kind in BACKENDS:
-        return _construct(kind, folder, str(model_id), group)
+        return _construct(kind, folder, str(model_id), group, revision)
     raise ModelLoadError(
         f"{model_id}: model_type {kind!r} is not one gres runs ({', '.join(model_types())})"
     )
@@ -89,23 +101,31 @@ def _load_backend(
 ) -> Any:
     from gres_cli.model import hub
 
+    kind = backend_kind(checkpoint, revision)
     folder = hub.resolve_model_dir(checkpoint, revision, token=token)
-    kind = hub.read_config(folder).get("model_type")
-    if kind not in BACKENDS:
-        raise ModelLoadError(
-            f"{checkpoint}: model_type {kind!r} is not a backend ({', '.join(BACKENDS)})"
-        )
-    return _construct(kind, folder, checkpoint, group, **settings)
+    return _construct(kind, folder, checkpoint, group, revision, **settings)
 
 
-def _construct(kind: str, folder: Path, checkpoint: str, group: bool, **settings: Any) -> Any:
+def _construct(
+    kind: str,
+    folder: Path,
+    checkpoint: str,
+    group: bool,
+    revision: str | None = None,
+    **settings: Any,
+) -> Any:
+    from transformers.utils import logging as hf_logging
+
     module, name = BACKENDS[kind].split(":")
     cls = getattr(importlib.import_module(module), name)
+    hf_logging.disable_progress_bar()  # stderr holds gres's own progress and one-line errors
     try:
-        return cls(folder, checkpoint, group=group, **settings)
+        model = cls(folder, checkpoint, group=group, **settings)
     except (OSError, ValueError, KeyError) as e:  # transformers' loading faults
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"{checkpoint}: cannot load as {kind} ({first})") from None
+    model.config["revision"] = revision
+    return model
 
 
 def as_group_model(model: Any) -> Any:

@@ -55,3 +55,28 @@ class BackendSettings:
             f"- margin m: {m}; experts K: {self.experts}; group weight: {self.group_weight:g}\n\n"
             f'Use: `gres segment PHOTOS "the red umbrella" --model <this folder or repo>`\n'
         )
+
+
+def calibrated(
+    model_id: str, revision: str | None, margin: float, note: dict[str, Any]
+) -> BackendSettings:
+    """The settings of `model_id` (a backend checkpoint or a gres-backend folder) with the
+    calibrated margin m; `note` says how it was calibrated (metric, dataset, split)."""
+    from gres_cli.backends import BACKENDS
+    from gres_cli.model import hub
+
+    folder = hub.resolve_model_dir(model_id, revision)
+    config = hub.read_config(folder)
+    kind = config.get("model_type")
+    if kind == MODEL_TYPE:
+        settings = BackendSettings.from_dict(config, folder)
+    elif kind in BACKENDS:
+        settings = BackendSettings(str(model_id), revision)
+    else:
+        raise ModelLoadError(
+            f"{model_id}: a {kind or 'grser'} model keeps its margin in its own config.json "
+            "(training calibrates it); --save-calibrated writes settings for backends"
+        )
+    settings.margin = margin
+    settings.extra = {**(settings.extra or {}), "calibrated": note}
+    return settings

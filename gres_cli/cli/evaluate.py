@@ -80,6 +80,13 @@ def evaluate(
             help="Refuse predictions whose size differs from the image (default: resize)."
         ),
     ] = False,
+    save_calibrated: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --calibrate and a backend --model: write a gres-backend settings folder "
+            "here (the checkpoint + the calibrated m); `--model DIR` then uses it, no flags."
+        ),
+    ] = None,
     no_group: Annotated[
         bool,
         typer.Option(
@@ -134,6 +141,15 @@ def evaluate(
             fail(f"--margins {margins!r}: expected numbers like -0.2,0,0.2")
     if calibrate is not None and not sweep:
         fail("--calibrate needs --margins")
+    if save_calibrated is not None and calibrate is None:
+        fail("--save-calibrated needs --calibrate METRIC (and --margins)")
+    if save_calibrated is not None:
+        if save_calibrated.exists():
+            fail(f"--save-calibrated {save_calibrated}: already exists; choose a new folder")
+        from gres_cli.backends.settings import calibrated
+
+        with user_errors():  # a GRSer or an unknown model is refused before the work
+            calibrated(model, revision, 0.0, {})
     with user_errors(), open_dataset(dataset) as (ds, source_format):
         if split is None:
             split = "test" if any(g.split == "test" for g in ds.groups) else None
@@ -203,6 +219,8 @@ def evaluate(
                 fail(f"--calibrate {calibrate!r}: not a metric ({', '.join(metrics)})")
             best = max(sweep, key=lambda m: (curve[str(m)][calibrate], -abs(m)))
             result["calibrated"] = {"metric": calibrate, "margin": best, **curve[str(best)]}
+            if save_calibrated is not None:
+                _save_calibrated(save_calibrated, model, revision, best, calibrate, settings)
     if report is not None:
         from grd_tools.fsutil import atomic_write_text
 
@@ -254,6 +272,21 @@ def evaluate(
             )
     if report is None and not err_console.is_terminal:
         typer.echo(json.dumps(result))
+
+
+def _save_calibrated(
+    out: Path, model: str, revision: str | None, margin: float, metric: str, settings: dict
+) -> None:
+    from grd_tools.fsutil import atomic_output_dir
+    from gres_cli.backends.settings import calibrated
+
+    note = {"metric": metric, "dataset_sha256": settings["dataset_sha256"]}
+    note |= {"split": settings["split"], "group": settings["group"]}
+    with user_errors():
+        found = calibrated(model, revision, margin, note)
+        with atomic_output_dir(out) as tmp:
+            found.write(tmp)
+    err_console.print(f"wrote gres-backend settings (m = {margin:g}) to {out}")
 
 
 def register(app: typer.Typer) -> None:

@@ -37,11 +37,33 @@ def init(
         typer.Option(help="Initialise the text encoder from this Hub id or local folder."),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+    backend: Annotated[
+        str | None,
+        typer.Option(
+            help="Instead of a GRSer: a gres-backend folder naming this open-vocabulary "
+            "checkpoint (Hub id or folder, e.g. CIDAS/clipseg-rd64-refined) with the settings "
+            "below; `--model OUT` then runs it with them, no flags needed."
+        ),
+    ] = None,
+    revision: Annotated[
+        str | None, typer.Option(help="With --backend: the checkpoint's Hub revision.")
+    ] = None,
+    margin: Annotated[
+        float | None, typer.Option(help="With --backend: m (default: the backend's own).")
+    ] = None,
+    experts: Annotated[int, typer.Option(help="With --backend: K experts.")] = 4,
+    group_weight: Annotated[
+        float, typer.Option(help="With --backend: the group rule's weight gamma.")
+    ] = 1.0,
 ) -> None:
-    """Write an UNTRAINED model folder (for tests, demos and as a training start).
+    """Write an UNTRAINED GRSer folder (for tests, demos and as a training start), or with
+    --backend a gres-backend settings folder for an open-vocabulary checkpoint.
 
-    Its predictions are random until it is trained (`gres train`).
+    A GRSer's predictions are random until it is trained (`gres train`).
     """
+    if backend is not None:
+        _init_backend(out, backend, revision, margin, experts, group_weight, overwrite)
+        return
     with user_errors():
         import torch
 
@@ -57,6 +79,29 @@ def init(
     err_console.print(f"wrote untrained {preset} to {out}")
 
 
+def _init_backend(
+    out: Path,
+    backend: str,
+    revision: str | None,
+    margin: float | None,
+    experts: int,
+    group_weight: float,
+    overwrite: bool,
+) -> None:
+    if experts < 1:
+        fail("--experts must be >= 1")
+    with user_errors():
+        from grd_tools.fsutil import atomic_output_dir
+        from gres_cli.backends import backend_kind
+        from gres_cli.backends.settings import BackendSettings
+
+        kind = backend_kind(backend, revision)  # refuse a checkpoint gres cannot run
+        settings = BackendSettings(backend, revision, margin, experts, group_weight)
+        with atomic_output_dir(out, overwrite=overwrite) as tmp:
+            settings.write(tmp)
+    err_console.print(f"wrote gres-backend settings for {backend} ({kind}) to {out}")
+
+
 @app.command()
 def info(
     model: ModelArg,
@@ -65,9 +110,13 @@ def info(
 ) -> None:
     """Show a model's configuration, parameter counts per part and default margin m."""
     with user_errors():
-        from gres_cli.model.grser import GRSer
+        from gres_cli.backends import load_model
 
-        net = GRSer.from_pretrained(model, revision=revision)
+        loaded = load_model(model, revision)
+    if loaded.kind != "grser":
+        _backend_info(model, loaded, json_out)
+        return
+    net = loaded.net
     params = net.num_parameters()
     report = {"model": model, "config": net.config.to_dict(), "parameters": params}
     if json_out:
@@ -85,6 +134,24 @@ def info(
     table.add_row("default margin m", str(c.margin))
     for part, n in params.items():
         table.add_row(f"parameters: {part}", f"{n:,}")
+    err_console.print(table)
+
+
+def _backend_info(model: str, loaded, json_out: bool) -> None:
+    params = sum(p.numel() for p in loaded.net.parameters())
+    report = {"model": model, "config": loaded.config, "parameters": {"total": params}}
+    if json_out:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{loaded.kind} backend: {model}", show_header=False)
+    table.add_row("checkpoint", str(loaded.config["checkpoint"]))
+    table.add_row("input size", f"{loaded.input_size} px")
+    table.add_row("experts K", str(loaded.experts))
+    table.add_row("group weight", f"{loaded.group_weight:g}")
+    table.add_row("default margin m", f"{loaded.margin:g}")
+    table.add_row("parameters", f"{params:,}")
     err_console.print(table)
 
 
