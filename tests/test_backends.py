@@ -15,7 +15,7 @@ from conftest import build_tiny_clipseg, populate_hub_cache
 from PIL import Image
 
 from gres_cli.backends import load_model
-from gres_cli.backends.openvocab import group_distances, group_prototype
+from gres_cli.backends.openvocab import group_distances, group_prototype, reweighted_score
 from gres_cli.backends.protocol import presence
 from gres_cli.errors import ModelLoadError
 from gres_cli.inference.engine import Segmenter
@@ -216,6 +216,24 @@ def test_engine_reuses_pass_one_or_runs_the_model_again_with_equal_results(
         assert np.array_equal(a.mask, b.mask)
 
 
+def test_one_pass_serves_every_group_weight(clipseg_dir: Path, photos: Path):
+    """The score at another gamma, from a run at gamma = 1, equals a run at that gamma."""
+    group = ImageGroup("day1", sorted(photos.glob("*.png")))
+    runs = {}
+    for weight in (1.0, 0.5, 3.0):
+        model = load_model(clipseg_dir)
+        model.group_weight = weight
+        runs[weight] = Segmenter(model, "cpu", batch_size=4).run_group(group, EXPRESSION)
+    for weight in (0.5, 3.0):
+        for r1, rw in zip(runs[1.0], runs[weight], strict=True):
+            got = reweighted_score(r1.d_pos, r1.d_neg, r1.alone, 1.0, weight)
+            assert got == pytest.approx(rw.d_neg - rw.d_pos, abs=1e-5)
+    assert any(
+        (r1.d_neg - r1.d_pos) != pytest.approx(r3.d_neg - r3.d_pos, abs=1e-3)
+        for r1, r3 in zip(runs[1.0], runs[3.0], strict=True)
+    )  # the weight matters on this folder
+
+
 def test_clipseg_through_an_offline_hub_cache(clipseg_dir: Path, photos: Path, tmp_path: Path):
     cache = tmp_path / "hub"
     populate_hub_cache(cache, "gres-test/tiny-clipseg", clipseg_dir)
@@ -285,13 +303,19 @@ def test_calibrated_settings_folder_is_used_without_flags(
     saved = tmp_path / "calibrated"
     proc = gres(
         "eval", str(grd_dataset), "--model", str(clipseg_dir), "--split", "train",
-        "--margins=-2.5,-0.25,0.25,2.5", "--calibrate", "acc", "--save-calibrated", str(saved),
+        "--margins=-2.5,-0.25,0.25,2.5", "--group-weights", "0,0.5,2", "--calibrate", "acc",
+        "--save-calibrated", str(saved),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    best = json.loads(proc.stdout)["calibrated"]["margin"]
+    report = json.loads(proc.stdout)
+    best, weight = report["calibrated"]["margin"], report["calibrated"]["group_weight"]
+    sweep = report["group_weight_sweep"]
+    assert set(sweep) == {"0.0", "0.5", "2.0"} and all(len(v) == 4 for v in sweep.values())
+    assert report["calibrated"]["acc"] == max(r["acc"] for v in sweep.values() for r in v.values())
     config = json.loads((saved / "config.json").read_text())
     assert config["model_type"] == "gres-backend" and config["backend"] == str(clipseg_dir)
     assert config["margin"] == best and config["extra"]["calibrated"]["metric"] == "acc"
+    assert config["group_weight"] == weight
     one = sorted(photos.glob("*.png"))[0]
     proc = gres("segment", str(one), EXPRESSION, "--model", str(saved), "--format", "none",
                 "--out", str(tmp_path / "o"), "--jsonl", "-")  # fmt: skip

@@ -200,7 +200,7 @@ def test_score_model_reports_progress_per_expression(tmp_path: Path):
     GRSer(config).save_pretrained(tmp_path / "m")
     heard: list[int] = []
     ds = load(data)
-    scorer, margin, _ = score_model(
+    scorer, margin, _, _ = score_model(
         ds, str(tmp_path / "m"), "test", None, on_scored=heard.append, device="cpu"
     )
     expressions = sum(len(g.expressions) for g in ds.groups)

@@ -120,6 +120,16 @@ def group_distances(
     return d_pos, d_neg
 
 
+def reweighted_score(
+    d_pos: float, d_neg: float, alone: tuple[float, float], weight: float, new_weight: float
+) -> float:
+    """d_neg - d_pos had the group weight been `new_weight` instead of `weight` (the group
+    term is linear in gamma): s(gamma') = s_alone + (gamma' / gamma) (s - s_alone). One forward
+    pass serves every gamma of a calibration sweep."""
+    alone_score = alone[1] - alone[0]
+    return alone_score + (new_weight / weight) * ((d_neg - d_pos) - alone_score)
+
+
 class OpenVocabModel:
     """A backend as a `GroupModel`: subclasses load the checkpoint and implement `forward`
     (and `preparer`, `model_input`, `encode_text`); the group rule is shared."""

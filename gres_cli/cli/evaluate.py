@@ -80,6 +80,13 @@ def evaluate(
             help="Refuse predictions whose size differs from the image (default: resize)."
         ),
     ] = False,
+    group_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="With --margins and a backend --model: also score these group weights gamma "
+            "(e.g. 0,0.5,1,2; one pass), and let --calibrate choose gamma and m together."
+        ),
+    ] = None,
     save_calibrated: Annotated[
         Path | None,
         typer.Option(
@@ -141,6 +148,16 @@ def evaluate(
             fail(f"--margins {margins!r}: expected numbers like -0.2,0,0.2")
     if calibrate is not None and not sweep:
         fail("--calibrate needs --margins")
+    weights: list[float] = []
+    if group_weights is not None:
+        if not sweep:
+            fail("--group-weights needs --margins")
+        try:
+            weights = sorted({float(x) for x in group_weights.split(",") if x.strip()})
+        except ValueError:
+            fail(f"--group-weights {group_weights!r}: expected numbers like 0,0.5,1")
+        if any(w < 0 for w in weights):
+            fail("--group-weights must be >= 0")
     if save_calibrated is not None and calibrate is None:
         fail("--save-calibrated needs --calibrate METRIC (and --margins)")
     if save_calibrated is not None:
@@ -184,7 +201,7 @@ def evaluate(
             )
             with progress:
                 task = progress.add_task("pairs", total=sum(1 for _ in ds.pairs(split)))
-                scorer, used, sweeps = score_model(
+                scorer, used, sweeps, weighed = score_model(
                     ds,
                     model,
                     split,
@@ -194,6 +211,7 @@ def evaluate(
                     revision=revision,
                     on_scored=lambda n: progress.advance(task, n),
                     group=not no_group,
+                    group_weights=weights,
                     device=device,
                     batch_size=batch_size,
                     workers=workers,
@@ -219,8 +237,24 @@ def evaluate(
                 fail(f"--calibrate {calibrate!r}: not a metric ({', '.join(metrics)})")
             best = max(sweep, key=lambda m: (curve[str(m)][calibrate], -abs(m)))
             result["calibrated"] = {"metric": calibrate, "margin": best, **curve[str(best)]}
+            weight = None
+            if weighed:
+                result["group_weight_sweep"] = {
+                    str(w): {str(m): weighed[w, m].compute() for m in sweep} for w in weights
+                }
+                weight, best = max(
+                    weighed, key=lambda wm: (weighed[wm].compute()[calibrate], -abs(wm[1]))
+                )
+                result["calibrated"] = {
+                    "metric": calibrate,
+                    "margin": best,
+                    "group_weight": weight,
+                    **weighed[weight, best].compute(),
+                }
             if save_calibrated is not None:
-                _save_calibrated(save_calibrated, model, revision, best, calibrate, settings)
+                _save_calibrated(
+                    save_calibrated, model, revision, best, weight, calibrate, settings
+                )
     if report is not None:
         from grd_tools.fsutil import atomic_write_text
 
@@ -267,15 +301,23 @@ def evaluate(
         err_console.print(table)
         if "calibrated" in result:
             c = result["calibrated"]
+            also = f" with group weight {c['group_weight']:g}" if "group_weight" in c else ""
             err_console.print(
-                f"calibrated: --margin {c['margin']:g} maximises {calibrate} ({c[calibrate]:.4f})"
+                f"calibrated: --margin {c['margin']:g}{also} maximises {calibrate} "
+                f"({c[calibrate]:.4f})"
             )
     if report is None and not err_console.is_terminal:
         typer.echo(json.dumps(result))
 
 
 def _save_calibrated(
-    out: Path, model: str, revision: str | None, margin: float, metric: str, settings: dict
+    out: Path,
+    model: str,
+    revision: str | None,
+    margin: float,
+    weight: float | None,
+    metric: str,
+    settings: dict,
 ) -> None:
     from grd_tools.fsutil import atomic_output_dir
     from gres_cli.backends.settings import calibrated
@@ -284,9 +326,12 @@ def _save_calibrated(
     note |= {"split": settings["split"], "group": settings["group"]}
     with user_errors():
         found = calibrated(model, revision, margin, note)
+        if weight is not None:
+            found.group_weight = weight
         with atomic_output_dir(out) as tmp:
             found.write(tmp)
-    err_console.print(f"wrote gres-backend settings (m = {margin:g}) to {out}")
+    chosen = f"m = {margin:g}" + ("" if weight is None else f", gamma = {weight:g}")
+    err_console.print(f"wrote gres-backend settings ({chosen}) to {out}")
 
 
 def register(app: typer.Typer) -> None:

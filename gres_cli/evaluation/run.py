@@ -226,17 +226,20 @@ def score_model(
     revision: str | None = None,
     on_scored: Callable[[int], None] | None = None,
     group: bool = True,
+    group_weights: list[float] | None = None,
     **engine: Any,
-) -> tuple[Scorer, float, dict[float, GRESMeter]]:
+) -> tuple[Scorer, float, dict[float, GRESMeter], dict[tuple[float, float], GRESMeter]]:
     """Run the model over every (group, expression) of the split and score it; `on_scored(n)`
     hears of each expression's n pairs as they are scored (a progress bar).
 
     One forward pass serves every margin of `sweep`: m only changes the decision
     d_pos + m < d_neg, so each margin gets its own streaming meter fed from the same outputs.
     Any model gres runs (GRSer, an open-vocabulary backend); `group=False` scores it without
-    the group-wise step.
+    the group-wise step. `group_weights` (backends) also scores every (gamma, m) of those
+    weights and the sweep's margins, from the same pass (the group term is linear in gamma).
     """
     from gres_cli.backends import load_model
+    from gres_cli.backends.openvocab import reweighted_score
     from gres_cli.backends.protocol import presence
     from gres_cli.inference.engine import Job, Segmenter
     from gres_cli.inference.inputs import ImageGroup
@@ -249,8 +252,15 @@ def score_model(
         all_masks=bool(sweep),  # another margin may call present what this one calls absent
         **engine,
     )
+    weight = getattr(seg.model, "group_weight", None)
+    if group_weights and (not group or not weight):
+        raise GresError(
+            "--group-weights needs an open-vocabulary backend run with its group step "
+            "(a group weight other than 0)"
+        )
     protocol = scorer.masks.protocol
     sweeps = {m: GRESMeter(protocol) for m in sweep or []}
+    weighed = {(w, m): GRESMeter(protocol) for w in group_weights or [] for m in sweep or []}
     list(_pairs(dataset, split))  # refuse an empty split up front
     asked, jobs = [], []
     for group in dataset.groups:
@@ -279,9 +289,13 @@ def score_model(
                 present = ok and presence(r.d_pos, r.d_neg, m)
                 pred = protocol.resize(r.mask if present else empty)
                 meter.update(pred, gt_r, present, group=group.id)
+            for (w, m), meter in weighed.items():
+                present = ok and reweighted_score(r.d_pos, r.d_neg, r.alone, weight, w) > m
+                pred = protocol.resize(r.mask if present else empty)
+                meter.update(pred, gt_r, present, group=group.id)
         if on_scored:
             on_scored(len(group.images))
-    return scorer, seg.margin, sweeps
+    return scorer, seg.margin, sweeps, weighed
 
 
 def _job_by_job(results: Iterator[Any], jobs: int) -> Iterator[dict[int, Any]]:

@@ -128,6 +128,7 @@ class ImageResult:
     # open-vocabulary backends: their own score, and their call without the group step
     backend_score: float | None = None
     backend_present: bool | None = None
+    alone: tuple[float, float] | None = None  # (d_pos, d_neg) without the group step
 
 
 class Segmenter:
@@ -333,11 +334,13 @@ class Segmenter:
         d_pos, d_neg = out.d_pos.float(), out.d_neg.float()
         decided = presence(d_pos, d_neg, self.margin).tolist()
         backend = [None] * len(images)
-        alone = [None] * len(images)
+        alone: list = [None] * len(images)
+        alone_present = [None] * len(images)
         if out.backend_score is not None:
             backend = out.backend_score.float().tolist()
         if out.alone is not None:
-            alone = presence(out.alone[0], out.alone[1], self.margin).tolist()
+            alone_present = presence(out.alone[0], out.alone[1], self.margin).tolist()
+            alone = list(zip(out.alone[0].tolist(), out.alone[1].tolist(), strict=True))
         for k, (dp, dn) in enumerate(zip(d_pos.tolist(), d_neg.tolist(), strict=True)):
             image = images[k]
             res = ImageResult(
@@ -351,7 +354,8 @@ class Segmenter:
                 size=sizes[k],
                 photo=photos[k],
                 backend_score=backend[k],
-                backend_present=alone[k],
+                backend_present=alone_present[k],
+                alone=alone[k],
             )
             if decided[k] or self.all_masks:
                 prob = self.model.probability_at(out.mask_logits[k], sizes[k])
