@@ -86,7 +86,11 @@ def segment(
 
     Exit codes: 0 all images processed, 1 some images failed, 2 usage error.
 
-    Example: `gres segment examples/photos "the small red circle" --model examples/demo-model`
+    The default model is CIDAS/clipseg-rd64-refined (an open-vocabulary backend; the Hub is
+    needed once to cache it) with gres's group-wise decision on top; --no-group shows the
+    backend alone. Offline: --model examples/demo-model (the demo knows coloured shapes only).
+
+    Example: `gres segment ./photos "the red umbrella" --jsonl umbrella.jsonl`
     """
     from gres_cli.inference.inputs import discover, parse_shard
     from gres_cli.inference.writers import FORMATS
