@@ -204,8 +204,7 @@ class Segmenter:
         def open_job(j: int) -> _OpenJob:
             expression = jobs[j].expression
             if expression not in texts:
-                with self._autocast():
-                    texts[expression] = self.model.encode_text(expression)
+                texts[expression] = self.model.encode_text(expression)
             return _OpenJob(j, jobs[j], texts[expression], self.cache_bytes)
 
         # consecutive jobs on the same images (gres eval: a group's expressions) share one
