@@ -2,7 +2,7 @@
 
 - GRSer folders and Hub repos (`grser.py`, the trained path);
 - open-vocabulary segmenters from transformers with the group rule on top (`openvocab.py`):
-  CLIPSeg (`clipseg.py`, the default model), ...;
+  CLIPSeg (`clipseg.py`, the default model), SAM 3 (`sam3.py`), ...;
 - a small "gres-backend" folder (`settings.py`) that names a backend checkpoint and holds the
   settings calibrated for it (margin m, experts K, group weight).
 
@@ -22,6 +22,7 @@ from gres_cli.errors import ModelLoadError
 #: model_type -> "module:class" of its protocol implementation
 BACKENDS = {
     "clipseg": "gres_cli.backends.clipseg:CLIPSegModel",
+    "sam3": "gres_cli.backends.sam3:Sam3Backend",
 }
 GRSER = "grser"
 GRES_BACKEND = "gres-backend"

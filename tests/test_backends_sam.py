@@ -1,0 +1,193 @@
+"""SAM 3 and Grounding DINO + SAM backends, as tiny random models built here, against the
+library's own processors and post-processing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import populate_hub_cache, tiny_clip_tokenizer
+from PIL import Image
+
+from gres_cli.backends import load_model
+from gres_cli.inference.engine import Segmenter
+from gres_cli.inference.inputs import ImageGroup
+
+EXPRESSION = "the red umbrella"
+
+
+def gres(*args: str, env: dict | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "gres_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five PNGs of different sizes and shapes (PNG: decoded exactly as a user's would be)."""
+    folder = tmp_path_factory.mktemp("photos") / "day1"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i, (w, h) in enumerate([(70, 50), (64, 64), (90, 40), (33, 77), (100, 80)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            folder / f"{i:02d}.png"
+        )
+    return folder
+
+
+def cli_masks(model: Path, photos: Path, out: Path, *extra: str) -> list[dict]:
+    """`gres segment` with every image called present (m = -5), masks read back as arrays."""
+    proc = gres(
+        "segment", str(photos), EXPRESSION, "--model", str(model), "--margin", "-5",
+        "--out", str(out), "--jsonl", str(out / "r.jsonl"), *extra,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    recs = records(out / "r.jsonl")
+    assert all(r["present"] for r in recs)
+    for r in recs:
+        r["mask_array"] = None if r["mask"] is None else np.asarray(Image.open(r["mask"])) > 0
+    return recs
+
+
+def assert_backend_alone(model_dir: Path, photos: Path, threshold: float) -> None:
+    """--no-group is the backend alone: present iff b > (1 + m) / 2, here at a margin that
+    splits the folder; the grouped run keeps the same backend score and call."""
+    group = ImageGroup("day1", sorted(photos.glob("*.png")))
+    grouped = Segmenter(load_model(model_dir), "cpu", batch_size=8).run_group(group, EXPRESSION)
+    scores = sorted(r.backend_score for r in grouped)
+    middle = (scores[1] + scores[2]) / 2
+    solo_model = load_model(model_dir, group=False)
+    assert solo_model.margin == pytest.approx(2 * threshold - 1)
+    solo = Segmenter(solo_model, "cpu", batch_size=8, margin=2 * middle - 1).run_group(
+        group, EXPRESSION
+    )
+    assert [r.present for r in solo] == [r.backend_score > middle for r in solo]
+    assert sum(r.present for r in solo) == 3
+    assert [r.present for r in solo] == [r.backend_present for r in solo]
+    assert [r.backend_score for r in grouped] == pytest.approx([r.backend_score for r in solo])
+    for r in solo:
+        assert (r.d_pos, r.d_neg) == pytest.approx((1 - r.backend_score, r.backend_score))
+
+
+def assert_offline_hub_cache(model_dir: Path, repo: str, photo: Path, tmp_path: Path) -> dict:
+    cache = tmp_path / "hub"
+    populate_hub_cache(cache, repo, model_dir)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache), "PATH": "/usr/bin:/bin"}
+    proc = gres(
+        "segment", str(photo), EXPRESSION, "--model", repo, "--format", "none",
+        "--out", str(tmp_path / "o"), "--jsonl", "-", env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert set(rec) >= {"backend_score", "backend_present", "d_pos", "d_neg", "present"}
+    assert isinstance(rec["backend_score"], float) and isinstance(rec["backend_present"], bool)
+    return rec
+
+
+def spread_weights(model: torch.nn.Module, std: float = 0.2) -> torch.nn.Module:
+    """Redraw the weight matrices wider: at the default initialisation (std 0.02) a tiny model
+    scores every image alike and its mask logits are all near 0, so a mask comparison at 0.5
+    would test float noise rather than our glue."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, std)
+    return model
+
+
+# ---- SAM 3 ------------------------------------------------------------------------------------
+
+
+def build_tiny_sam3(folder: Path, seed: int = 0, size: int = 112) -> Path:
+    """A random SAM 3 of about 0.3 M parameters (1-2 layers a part, 20 queries, 112 px) with
+    its processor, saved as `save_pretrained` writes it."""
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Model, Sam3Processor
+
+    small = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    config = Sam3Config(
+        vision_config=dict(
+            backbone_config=dict(
+                model_type="sam3_vit_model", num_hidden_layers=2, global_attn_indexes=[1],
+                image_size=size, patch_size=14, window_size=4, pretrain_image_size=56, **small,
+            ),
+            fpn_hidden_size=32,  # = the hidden size of the parts below
+            backbone_feature_sizes=[[4 * size // 14] * 2, [2 * size // 14] * 2, [size // 14] * 2],
+        ),
+        text_config=dict(
+            vocab_size=514, num_hidden_layers=2, projection_dim=32, max_position_embeddings=32,
+            bos_token_id=512, eos_token_id=513, pad_token_id=513, **small,
+        ),
+        geometry_encoder_config=dict(num_layers=1, **small),
+        detr_encoder_config=dict(num_layers=1, **small),
+        detr_decoder_config=dict(num_layers=1, num_queries=20, **small),
+        mask_decoder_config=dict(hidden_size=32, num_attention_heads=2),
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = spread_weights(Sam3Model(config).eval())
+    model.save_pretrained(folder)
+    images = Sam3ImageProcessor(size={"height": size, "width": size})
+    Sam3Processor(image_processor=images, tokenizer=tiny_clip_tokenizer()).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sam3_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_sam3(tmp_path_factory.mktemp("sam3") / "tiny-sam3")
+
+
+def test_sam3_masks_equal_the_library_processor_and_post_processing(
+    sam3_dir: Path, photos: Path, tmp_path: Path
+):
+    from transformers import Sam3Model, Sam3Processor
+
+    recs = cli_masks(sam3_dir, photos, tmp_path / "out")
+    assert len(recs) == 5
+    processor = Sam3Processor.from_pretrained(sam3_dir)
+    model = Sam3Model.from_pretrained(sam3_dir).eval()
+    compared = 0
+    for rec in recs:
+        image = Image.open(rec["image"]).convert("RGB")
+        inputs = processor(images=image, text=EXPRESSION, return_tensors="pt")
+        with torch.no_grad():
+            outputs = model(**inputs)
+        (result,) = processor.post_process_instance_segmentation(
+            outputs, threshold=-1.0, mask_threshold=0.5, target_sizes=[image.size[::-1]]
+        )  # threshold -1: every query kept, in query order
+        best = int(result["scores"].argmax())
+        assert rec["backend_score"] == pytest.approx(float(result["scores"][best]), abs=1e-6)
+        want = result["masks"][best].numpy().astype(bool)
+        assert (rec["width"], rec["height"]) == image.size
+        if rec["mask"] is None:
+            assert not want.any()
+            continue
+        assert rec["mask_array"].shape == want.shape and np.array_equal(rec["mask_array"], want)
+        compared += 1
+    assert compared >= 3  # not a test of empty masks
+
+
+def test_sam3_is_read_from_its_config_and_runs_alone_with_no_group(
+    sam3_dir: Path, photos: Path, tmp_path: Path
+):
+    renamed = tmp_path / "clipseg-looking-name"
+    renamed.symlink_to(sam3_dir, target_is_directory=True)
+    model = load_model(renamed)
+    assert model.kind == "sam3" and model.input_size == 112 and model.margin == 0.0
+    assert_backend_alone(sam3_dir, photos, threshold=0.5)
+
+
+def test_sam3_through_an_offline_hub_cache(sam3_dir: Path, photos: Path, tmp_path: Path):
+    one = sorted(photos.glob("*.png"))[0]
+    assert_offline_hub_cache(sam3_dir, "gres-test/tiny-sam3", one, tmp_path)
