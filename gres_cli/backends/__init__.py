@@ -2,7 +2,8 @@
 
 - GRSer folders and Hub repos (`grser.py`, the trained path);
 - open-vocabulary segmenters from transformers with the group rule on top (`openvocab.py`):
-  CLIPSeg (`clipseg.py`, the default model), SAM 3 (`sam3.py`), ...;
+  CLIPSeg (`clipseg.py`, the default model), SAM 3 (`sam3.py`),
+  Grounding DINO + SAM (`grounded_sam.py`);
 - a small "gres-backend" folder (`settings.py`) that names a backend checkpoint and holds the
   settings calibrated for it (margin m, experts K, group weight).
 
@@ -23,6 +24,7 @@ from gres_cli.errors import ModelLoadError
 BACKENDS = {
     "clipseg": "gres_cli.backends.clipseg:CLIPSegModel",
     "sam3": "gres_cli.backends.sam3:Sam3Backend",
+    "grounding-dino": "gres_cli.backends.grounded_sam:GroundedSamBackend",
 }
 GRSER = "grser"
 GRES_BACKEND = "gres-backend"
@@ -52,6 +54,7 @@ def load_model(
         from gres_cli.backends.settings import BackendSettings
 
         settings = BackendSettings.from_dict(config, folder)
+        paired = {"sam": settings.sam} if settings.sam else {}
         return _load_backend(
             settings.backend,
             settings.revision,
@@ -60,6 +63,7 @@ def load_model(
             experts=settings.experts,
             group_weight=settings.group_weight,
             margin=settings.margin,
+            **paired,
         )
     if kind == GRSER:
         from gres_cli.backends.grser import GRSerModel
@@ -96,6 +100,8 @@ def _load_backend(
         raise ModelLoadError(
             f"{checkpoint}: model_type {kind!r} is not a backend ({', '.join(BACKENDS)})"
         )
+    if "sam" in settings and kind != "grounding-dino":
+        raise ModelLoadError(f"{checkpoint}: a sam checkpoint pairs with grounding-dino only")
     return _construct(kind, folder, checkpoint, group, **settings)
 
 
