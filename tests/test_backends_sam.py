@@ -191,6 +191,12 @@ def test_sam3_is_read_from_its_config_and_runs_alone_with_no_group(
     renamed.symlink_to(sam3_dir, target_is_directory=True)
     model = load_model(renamed)
     assert model.kind == "sam3" and model.input_size == 112 and model.margin == 0.0
+    # the text encoder has 32 positions: a longer expression is truncated, not an error
+    long_text = model.encode_text("the umbrella that is red and held by the man " * 3)
+    assert long_text.attention_mask.shape == (1, 32)
+    pixels = torch.stack([model.preparer()(Image.open(p)) for p in sorted(photos.glob("*.png"))])
+    with torch.no_grad():
+        assert model.forward(pixels[:2], long_text).score.shape == (2,)
     assert_backend_alone(sam3_dir, photos, threshold=0.5)
 
 
