@@ -4,8 +4,6 @@ library's own processors and post-processing."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,27 +11,12 @@ import pytest
 import torch
 from conftest import populate_hub_cache, tiny_clip_tokenizer
 from PIL import Image
+from test_backends import EXPRESSION, gres, records
 
 from gres_cli.backends import load_model
 from gres_cli.errors import ModelLoadError
 from gres_cli.inference.engine import Segmenter
 from gres_cli.inference.inputs import ImageGroup
-
-EXPRESSION = "the red umbrella"
-
-
-def gres(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gres_cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +47,7 @@ def cli_masks(model: Path, photos: Path, out: Path, env: dict | None = None) -> 
 
 
 def assert_backend_alone(model_dir: Path, photos: Path, threshold: float) -> None:
-    """--no-group is the backend alone: present iff b > (1 + m) / 2, here at a margin that
+    """group=False (--no-group) is the backend alone: present iff b > (1 + m) / 2, at a m that
     splits the folder; the grouped run keeps the same backend score and call."""
     group = ImageGroup("day1", sorted(photos.glob("*.png")))
     grouped = Segmenter(load_model(model_dir), "cpu", batch_size=8).run_group(group, EXPRESSION)
