@@ -4,6 +4,7 @@ library's own processors and post-processing."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +182,25 @@ def test_sam3_is_read_from_its_config_and_runs_alone_with_no_group(
     with torch.no_grad():
         assert model.forward(pixels[:2], long_text).score.shape == (2,)
     assert_backend_alone(sam3_dir, photos, threshold=0.5)
+
+
+def test_sam3_video_config_loads_its_image_detector(sam3_dir: Path, photos: Path, tmp_path: Path):
+    """facebook/sam3's config is a `sam3_video` one holding the image detector's config."""
+    from transformers import Sam3VideoConfig
+
+    video = tmp_path / "sam3-video"
+    shutil.copytree(sam3_dir, video)
+    detector = json.loads((sam3_dir / "config.json").read_text())
+    Sam3VideoConfig(detector_config=detector).save_pretrained(video)
+    assert json.loads((video / "config.json").read_text())["model_type"] == "sam3_video"
+    image, from_video = load_model(sam3_dir), load_model(video)
+    assert from_video.kind == "sam3"
+    pixels = torch.stack([image.preparer()(Image.open(p)) for p in sorted(photos.glob("*.png"))])
+    with torch.no_grad():
+        want = image.forward(pixels, image.encode_text(EXPRESSION))
+        got = from_video.forward(pixels, from_video.encode_text(EXPRESSION))
+    torch.testing.assert_close(got.score, want.score)
+    torch.testing.assert_close(got.mask_logits, want.mask_logits)
 
 
 def test_sam3_through_an_offline_hub_cache(sam3_dir: Path, photos: Path, tmp_path: Path):

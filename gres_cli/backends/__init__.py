@@ -24,6 +24,8 @@ from gres_cli.errors import ModelLoadError
 BACKENDS = {
     "clipseg": "gres_cli.backends.clipseg:CLIPSegModel",
     "sam3": "gres_cli.backends.sam3:Sam3Backend",
+    # facebook/sam3 ships one config for video; Sam3Model loads its image detector from it
+    "sam3_video": "gres_cli.backends.sam3:Sam3Backend",
     "grounding-dino": "gres_cli.backends.grounded_sam:GroundedSamBackend",
 }
 GRSER = "grser"

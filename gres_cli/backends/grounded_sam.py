@@ -4,7 +4,8 @@ rule on top: Grounding DINO finds the box the expression names, SAM segments ins
 A checkpoint of `model_type` "grounding-dino" (`IDEA-Research/grounding-dino-tiny`, Apache-2.0,
 ~170 M parameters) is loaded with a SAM checkpoint for the masks: `facebook/sam-vit-base`
 (Apache-2.0, ~94 M parameters) unless a gres-backend settings folder names another with its
-`sam` key (a Hub id or a local folder; `settings.py`). Both go through the Hub cache.
+`sam` key (a Hub id or a local folder; `settings.py`). Both go through the Hub cache;
+`--revision` is the detector's, the SAM checkpoint is read at its default revision.
 
 The canvas. Grounding DINO's processor resizes each image to its own size (shortest side 800,
 longest <= 1333) and pads a batch to its largest image; the engine needs one tensor shape per

@@ -3,7 +3,8 @@
 `facebook/sam3` (SAM licence, gated on the Hub; 1008 px, ~840 M parameters) segments every
 instance of a short noun phrase and says itself whether the phrase is in the image at all: a
 presence head (`presence_logits`) that scales the scores of its 200 object queries. It is a GPU
-backend: one full-size image takes minutes on a CPU.
+backend: one full-size image takes minutes on a CPU. A `sam3_video` config (the one the Hub repo
+may ship) loads the same way: `Sam3Model` takes its image detector from it.
 
 Per image: the checkpoint's own image processor (a plain resize to 1008 x 1008, run in the
 loader's workers); the expression is tokenised as `Sam3Processor` does (padded to 32 tokens;
