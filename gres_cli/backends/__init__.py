@@ -2,7 +2,8 @@
 
 - GRSer folders and Hub repos (`grser.py`, the trained path);
 - open-vocabulary segmenters from transformers with the group rule on top (`openvocab.py`):
-  CLIPSeg (`clipseg.py`, the default model), ...;
+  CLIPSeg (`clipseg.py`, the default model), SAM 3 (`sam3.py`),
+  Grounding DINO + SAM (`grounded_sam.py`);
 - a small "gres-backend" folder (`settings.py`) that names a backend checkpoint and holds the
   settings calibrated for it (margin m, experts K, group weight).
 
@@ -22,6 +23,10 @@ from gres_cli.errors import ModelLoadError
 #: model_type -> "module:class" of its protocol implementation
 BACKENDS = {
     "clipseg": "gres_cli.backends.clipseg:CLIPSegModel",
+    "sam3": "gres_cli.backends.sam3:Sam3Backend",
+    # facebook/sam3 ships one config for video; Sam3Model loads its image detector from it
+    "sam3_video": "gres_cli.backends.sam3:Sam3Backend",
+    "grounding-dino": "gres_cli.backends.grounded_sam:GroundedSamBackend",
 }
 GRSER = "grser"
 GRES_BACKEND = "gres-backend"
@@ -63,6 +68,7 @@ def load_model(
         from gres_cli.backends.settings import BackendSettings
 
         settings = BackendSettings.from_dict(config, folder)
+        paired = {"sam": settings.sam} if settings.sam else {}
         return _load_backend(
             settings.backend,
             settings.revision,
@@ -71,6 +77,7 @@ def load_model(
             experts=settings.experts,
             group_weight=settings.group_weight,
             margin=settings.margin,
+            **paired,
         )
     if kind == GRSER:
         from gres_cli.backends.grser import GRSerModel
@@ -103,6 +110,8 @@ def _load_backend(
 
     kind = backend_kind(checkpoint, revision)
     folder = hub.resolve_model_dir(checkpoint, revision, token=token)
+    if "sam" in settings and kind != "grounding-dino":
+        raise ModelLoadError(f"{checkpoint}: a sam checkpoint pairs with grounding-dino only")
     return _construct(kind, folder, checkpoint, group, revision, **settings)
 
 

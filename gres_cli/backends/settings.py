@@ -22,6 +22,9 @@ class BackendSettings:
     margin: float | None = None  # None: the backend's default (2 t - 1)
     experts: int = 4
     group_weight: float = 1.0
+    sam: str | None = (
+        None  # grounding-dino only: the SAM checkpoint (default facebook/sam-vit-base)
+    )
     extra: dict[str, Any] | None = None  # free-form: how the settings were calibrated
 
     def to_dict(self) -> dict[str, Any]:
@@ -36,6 +39,8 @@ class BackendSettings:
             raise ModelLoadError(f"{where}: not a gres-backend config ({e})") from None
         if not isinstance(settings.backend, str) or not settings.backend:
             raise ModelLoadError(f"{where}: gres-backend config names no backend")
+        if settings.sam is not None and (not isinstance(settings.sam, str) or not settings.sam):
+            raise ModelLoadError(f"{where}: sam must name a SAM checkpoint (a Hub id or folder)")
         if not isinstance(settings.experts, int) or settings.experts < 1:
             raise ModelLoadError(f"{where}: experts must be an integer >= 1")
         return settings
