@@ -22,7 +22,7 @@ from gres_cli.errors import ModelLoadError
 
 #: model_type -> "module:class" of its protocol implementation
 BACKENDS = {
-    "clipseg": "gres_cli.backends.clipseg:CLIPSegModel",
+    "clipseg": "gres_cli.backends.clipseg:CLIPSegBackend",
     "sam3": "gres_cli.backends.sam3:Sam3Backend",
     # facebook/sam3 ships one config for video; Sam3Model loads its image detector from it
     "sam3_video": "gres_cli.backends.sam3:Sam3Backend",

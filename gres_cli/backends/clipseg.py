@@ -22,23 +22,13 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from gres_cli.backends.openvocab import BackendOutput, OpenVocabModel
+from gres_cli.backends.openvocab import BackendOutput, OpenVocabModel, ProcessImage
 
 MODEL_TYPE = "clipseg"
 DEFAULT_CHECKPOINT = "CIDAS/clipseg-rd64-refined"
 
 
-class ProcessImage:
-    """The checkpoint's own image processor on one decoded image (picklable, for workers)."""
-
-    def __init__(self, image_processor: Any) -> None:
-        self.image_processor = image_processor
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
-
-
-class CLIPSegModel(OpenVocabModel):
+class CLIPSegBackend(OpenVocabModel):
     kind = MODEL_TYPE
     threshold = 0.5
 
@@ -53,7 +43,7 @@ class CLIPSegModel(OpenVocabModel):
         size = self.processor.image_processor.size
         self.input_size = int(size.get("height") or size.get("shortest_edge") or 352)
 
-    def to(self, device: torch.device) -> CLIPSegModel:
+    def to(self, device: torch.device) -> CLIPSegBackend:
         self.net = self.net.to(device).eval()
         return self
 

@@ -130,6 +130,16 @@ def reweighted_score(
     return alone_score + (new_weight / weight) * ((d_neg - d_pos) - alone_score)
 
 
+class ProcessImage:
+    """The checkpoint's own image processor on one decoded image (picklable, for workers)."""
+
+    def __init__(self, image_processor: Any) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
 class OpenVocabModel:
     """A backend as a `GroupModel`: subclasses load the checkpoint and implement `forward`
     (and `preparer`, `model_input`, `encode_text`); the group rule is shared."""

@@ -34,8 +34,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from gres_cli.backends.clipseg import ProcessImage
-from gres_cli.backends.openvocab import BackendOutput, OpenVocabModel
+from gres_cli.backends.openvocab import BackendOutput, OpenVocabModel, ProcessImage
 
 MODEL_TYPE = "sam3"
 #: the text encoder's positions; `Sam3Processor` pads every expression to this length

@@ -174,6 +174,9 @@ class Segmenter:
         self.batch_size, self.workers = batch_size, workers
         self.margin = model.margin if margin is None else margin
         self.threshold = threshold
+        # what one decoded image costs in memory once the model's preparer made it its input
+        side = model.input_size
+        self.prepared_bytes = nbytes(model.preparer()(Image.new("RGB", (side, side))))
         self.keep_saliency = keep_saliency  # grey-level maps for the co-SOD metrics
         self.all_masks = all_masks  # masks of absent images too (a margin sweep needs them)
 
@@ -209,13 +212,12 @@ class Segmenter:
 
         # consecutive jobs on the same images (gres eval: a group's expressions) share one
         # decode: the loader reads the first; the others replay its pixels from memory
-        side = self.model.input_size
         replays = [
             j > 0
             and not keep_photo
             and bool(job.group.images)
             and job.group.images == jobs[j - 1].group.images
-            and len(job.group.images) * 3 * side * side * 4 <= self.cache_bytes
+            and len(job.group.images) * self.prepared_bytes <= self.cache_bytes
             for j, job in enumerate(jobs)
         ]
         owners = [
