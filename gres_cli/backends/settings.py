@@ -22,9 +22,8 @@ class BackendSettings:
     margin: float | None = None  # None: the backend's default (2 t - 1)
     experts: int = 4
     group_weight: float = 1.0
-    sam: str | None = (
-        None  # grounding-dino only: the SAM checkpoint (default facebook/sam-vit-base)
-    )
+    # grounding-dino only: the SAM checkpoint that draws the masks (default facebook/sam-vit-base)
+    sam: str | None = None
     extra: dict[str, Any] | None = None  # free-form: how the settings were calibrated
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,7 +56,8 @@ class BackendSettings:
             "generalized RES of gRefCOCO) with an open-vocabulary segmenter and gres's group\n"
             "rule. This folder holds settings only; the weights are the backend's own.\n\n"
             f"- backend: `{self.backend}` (revision {self.revision or 'default'})\n"
-            f"- margin m: {m}; experts K: {self.experts}; group weight: {self.group_weight:g}\n\n"
+            + (f"- masks drawn by: `{self.sam}`\n" if self.sam else "")
+            + f"- margin m: {m}; experts K: {self.experts}; group weight: {self.group_weight:g}\n\n"
             f'Use: `gres segment PHOTOS "the red umbrella" --model <this folder or repo>`\n'
         )
 

@@ -55,6 +55,13 @@ def init(
     group_weight: Annotated[
         float, typer.Option(help="With --backend: the group rule's weight gamma.")
     ] = 1.0,
+    sam: Annotated[
+        str | None,
+        typer.Option(
+            help="With a grounding-dino --backend: the SAM checkpoint that draws the masks "
+            "(default facebook/sam-vit-base)."
+        ),
+    ] = None,
 ) -> None:
     """Write an UNTRAINED GRSer folder (for tests, demos and as a training start), or with
     --backend a gres-backend settings folder for an open-vocabulary checkpoint.
@@ -62,7 +69,7 @@ def init(
     A GRSer's predictions are random until it is trained (`gres train`).
     """
     if backend is not None:
-        _init_backend(out, backend, revision, margin, experts, group_weight, overwrite)
+        _init_backend(out, backend, revision, margin, experts, group_weight, sam, overwrite)
         return
     with user_errors():
         import torch
@@ -86,6 +93,7 @@ def _init_backend(
     margin: float | None,
     experts: int,
     group_weight: float,
+    sam: str | None,
     overwrite: bool,
 ) -> None:
     if experts < 1:
@@ -96,7 +104,9 @@ def _init_backend(
         from gres_cli.backends.settings import BackendSettings
 
         kind = backend_kind(backend, revision)  # refuse a checkpoint gres cannot run
-        settings = BackendSettings(backend, revision, margin, experts, group_weight)
+        if sam is not None and kind != "grounding-dino":
+            fail(f"--sam pairs with a grounding-dino --backend, not {kind}")
+        settings = BackendSettings(backend, revision, margin, experts, group_weight, sam=sam)
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             settings.write(tmp)
     err_console.print(f"wrote gres-backend settings for {backend} ({kind}) to {out}")
