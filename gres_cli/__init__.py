@@ -4,7 +4,9 @@
 is segmented in every image that has it and declared absent elsewhere. It is not the GENERALIZED
 RES of gRefCOCO/ReLA (one image, zero or more targets).
 
-`from gres_cli import GRSer, GRSerConfig` imports torch on first use only, so the CLI starts fast.
+`from gres_cli import GRSer, GRSerConfig, load_model` imports torch on first use only, so the CLI
+starts fast. `load_model(ID_OR_DIR)` loads any model gres runs (GRSer, an open-vocabulary
+backend, a gres-backend settings folder) for the engine (`gres_cli.inference.engine`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "GRSer": "gres_cli.model.grser",
     "GRSerConfig": "gres_cli.model.config",
+    "load_model": "gres_cli.backends",
 }
 
 
@@ -27,4 +30,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'gres_cli' has no attribute {name!r}")
 
 
-__all__ = ["GRSer", "GRSerConfig", "__version__"]
+__all__ = ["GRSer", "GRSerConfig", "__version__", "load_model"]

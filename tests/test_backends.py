@@ -280,6 +280,21 @@ def test_backend_run_keeps_segment_behaviours(clipseg_dir: Path, photos: Path, t
     again = gres(*args, "--jsonl", "-", stdin="\n".join(map(str, paths[:3])))
     assert again.returncode == 0
     assert [json.loads(line) for line in again.stdout.splitlines()] == good  # resumed, as is
+    # shards: two processes take disjoint groups of one --recursive run
+    tree = tmp_path / "tree"
+    for name, chosen in (("a", paths[:2]), ("b", paths[2:3])):
+        (tree / name).mkdir(parents=True)
+        for p in chosen:
+            (tree / name / p.name).write_bytes(p.read_bytes())
+    seen = []
+    for shard in ("0/2", "1/2"):
+        proc = gres(
+            "segment", str(tree), EXPRESSION, "--model", str(clipseg_dir), "--recursive",
+            "--shard", shard, "--out", str(tmp_path / "sharded"), "--jsonl", "-",
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        seen.append({json.loads(line)["group"] for line in proc.stdout.splitlines()})
+    assert len(seen[0]) == len(seen[1]) == 1 and seen[0] | seen[1] == {"a", "b"}
 
 
 def test_eval_scores_a_backend_with_and_without_the_group(clipseg_dir: Path, grd_dataset: Path):
