@@ -318,3 +318,108 @@ def test_run_page_of_many_records_is_paginated(browser, tmp_path: Path):
     page.click("text=next ›")
     page.click("text=next ›")
     assert page.locator(".grid .card").count() == 70
+
+
+# ---- evaluations ----------------------------------------------------------------------------
+def make_evaluation(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny dataset (its test split: group-01, 3 images, e1 absent in the last image, e2
+    present in the first only) and hand-written predictions for it: e1 exact on image 0, a
+    poor mask on image 1, a false positive on image 2; e2 missed on image 0."""
+    from conftest import build_grd
+
+    from grd_tools.imageio import read_mask
+
+    root = build_grd(tmp_path / "data")
+    manifest = json.loads((root / "grd.json").read_text())
+    group = manifest["groups"][1]
+    group["expressions"][0]["text"] = SCRIPT_TEXT
+    (root / "grd.json").write_text(json.dumps(manifest))
+    preds = tmp_path / "preds"
+    recs = []
+    for e, expr in enumerate(group["expressions"]):
+        for k, img in enumerate(group["images"]):
+            mask = None
+            present = (e, k) in ((0, 0), (0, 1), (0, 2))
+            if present:
+                truth = expr["targets"][img["id"]]
+                m = read_mask(root / truth) > 0 if (e, k) == (0, 0) else np.zeros((30, 40), bool)
+                if (e, k) != (0, 0):
+                    m[20:30, 30:40] = True
+                mask = preds / f"{e}-{k}.png"
+                write_mask(mask, m)
+            image = root / img["file"]
+            rec = record(image, group["id"], present, 0.5 if present else -0.5, mask=None)
+            rec |= {"expression": expr["text"], "mask": str(mask) if mask else None}
+            recs.append(rec)
+    (preds / "preds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return root, preds / "preds.jsonl"
+
+
+def test_eval_view_has_metrics_plots_groups_and_galleries(tmp_path: Path):
+    root, preds = make_evaluation(tmp_path)
+    report = tmp_path / "r.json"
+    args = ["eval", str(root), "--predictions", str(preds), "--report", str(report), "--view"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    site = tmp_path / "r-view"
+    data = read_data(site)
+    assert data["kind"] == "evaluation"
+    assert data["metrics"]["acc"] == json.loads(report.read_text())["metrics"]["acc"]
+    assert [g["id"] for g in data["groups"]] == ["group-01"]
+    galleries = {g["id"]: g for g in data["galleries"]}
+    assert galleries["false_positives"]["total"] == 1
+    assert galleries["false_positives"]["items"][0]["name"] == "0002.jpg"
+    assert [i["name"] for i in galleries["misses"]["items"]] == ["0000.jpg"]
+    worst = galleries["worst_iou"]["items"]
+    assert [i["name"] for i in worst] == ["0001.jpg", "0000.jpg"]
+    assert worst[1]["iou"] == 1.0 and worst[0]["iou"] < 0.5
+    for item in worst:
+        assert (site / item["truth"]["thumb"]).is_file()
+        assert (site / item["prediction"]["thumb"]).is_file()
+    assert {"plots/iou_histogram.png", "plots/confusion.png"} <= set(data["plots"])
+    assert all((site / p).is_file() for p in data["plots"])
+    # `gres view REPORT` builds the same page from the file
+    again = runner.invoke(app, ["view", str(report), "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0
+    assert read_data(tmp_path / "again")["galleries"] == data["galleries"]
+
+
+def test_eval_view_of_a_model_report_says_how_to_get_galleries(tmp_path: Path):
+    report = tmp_path / "model.json"
+    sweep = {"0.0": {k: 0.5 for k in ("acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc")}}
+    content = {
+        "metrics": {"acc": 0.9, "mIoU": 0.8},
+        "settings": {"protocol": "gres", "dataset": "data", "model": "m", "margin": 0.25},
+        "pairs": 10,
+        "groups": {"g": {"acc": 0.9, "mIoU": 0.8, "pairs": 10}},
+        "margin_sweep": sweep,
+    }
+    report.write_text(json.dumps(content))
+    assert runner.invoke(app, ["view", str(report)]).exit_code == 0
+    data = read_data(tmp_path / "model-view")
+    assert data["galleries"] == [] and "--predictions" in data["gallery_note"]
+    assert data["margin_sweep"] == sweep
+
+
+def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
+    root, preds = make_evaluation(tmp_path)
+    report = tmp_path / "r.json"
+    args = ["eval", str(root), "--predictions", str(preds), "--report", str(report), "--view"]
+    assert runner.invoke(app, args).exit_code == 0
+    page = open_page(browser, tmp_path / "r-view" / "index.html")
+    assert page.locator("#metrics .metric").count() >= 10
+    assert page.locator("#gallery-false_positives .card").count() == 1
+    assert page.locator("#gallery-misses .card").count() == 1
+    assert page.locator("#gallery-worst_iou .card").count() == 2
+    assert page.locator("#plots img").count() >= 3
+    assert page.locator("#groups tr").count() == 2  # header + group-01
+    worst = page.locator("#gallery-worst_iou .card").first
+    assert worst.locator("img").count() == 2  # ground truth and prediction
+    assert SCRIPT_TEXT in worst.inner_text()
+    screenshot(page, "evaluation.png")
+    worst.locator(".thumb").click()
+    page.wait_for_function("[...document.querySelectorAll('#viewer img')].every(i => i.complete)")
+    sizes = page.locator("#viewer img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
+    assert sizes == [40, 40]
+    assert page.evaluate("window.pwned") is None
+    assert page.problems == []

@@ -3,12 +3,14 @@ No torch is imported: the site is built from the files those commands wrote."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from gres_cli.cli.common import err_console, user_errors
+from gres_cli.cli.common import EXIT_FAULTS, EXIT_OK, err_console, user_errors
 
 
 def view(
@@ -40,24 +42,47 @@ def view(
 
     Example: `gres view gres-out --open`
     """
+    from gres_cli.view import build_site
+
     with user_errors():
-        summary = show(path, out, open_browser)
+        summary = build_site(path, out)
+    _tell(summary)
+    if open_browser:
+        open_in_browser(summary.out / "index.html")
+
+
+@contextlib.contextmanager
+def site_after_run(out: Path | None) -> Iterator[None]:
+    """`gres segment --view`: once the run in the block ends (all images done, or some
+    failed), build the site of its --out folder `out` (None: no site)."""
+    try:
+        yield
+    except typer.Exit as e:
+        if out is not None and e.exit_code in (EXIT_OK, EXIT_FAULTS):
+            from gres_cli.view import build_site
+
+            with user_errors():
+                _tell(build_site(out))
+        raise
+
+
+def site_of_evaluation(result: dict[str, Any], report: Path | None, plots: Path | None) -> None:
+    """`gres eval --view`: the site of the evaluation just made, beside --report (REPORT-view)
+    or, without --report, in ./gres-eval-view; `plots` the --plots folder to show."""
+    from gres_cli.view import default_out, view_evaluation
+
+    out = default_out(report) if report is not None else Path("gres-eval-view")
+    with user_errors():
+        _tell(view_evaluation(result, out, report, plots))
+
+
+def _tell(summary: Any) -> None:
     err_console.print(
         f"{summary.kind} view: {summary.out / 'index.html'} ({summary.items} pictures: "
         f"{summary.drawn} drawn, {summary.reused} reused, {summary.failed} failed; "
         f"{summary.seconds:.1f} s)",
         soft_wrap=True,
     )
-
-
-def show(path: Path, out: Path | None, open_browser: bool, plots: Path | None = None):
-    """Build the site of `path` (see gres_cli.view.build_site) and open it when asked."""
-    from gres_cli.view import build_site
-
-    summary = build_site(path, out, plots)
-    if open_browser:
-        open_in_browser(summary.out / "index.html")
-    return summary
 
 
 def open_in_browser(page: Path) -> None:

@@ -102,7 +102,7 @@
       page = Math.min(page, pages - 1);
       const shown = items.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
       grid.replaceChildren(...shown.map(renderCard));
-      info.textContent = items.length + " shown · page " + (page + 1) + " of " + pages;
+      info.textContent = items.length ? items.length + " shown · page " + (page + 1) + " of " + pages : "none";
       prev.disabled = page === 0;
       next.disabled = page >= pages - 1;
     }
@@ -246,6 +246,14 @@
     if (DATA.missing) main.append(el("p", { cls: "note", text: DATA.missing + " pairs had no prediction (counted as empty)." }));
     if (DATA.plots.length) {
       main.append(el("section", { id: "plots" }, [el("h2", { text: "Plots" }), el("div", { cls: "plots" }, DATA.plots.filter((p) => SAFE_SRC.test(p)).map((p) => el("img", { src: p, alt: p })))]));
+    }
+    if (DATA.margin_sweep) {
+      const columns = ["acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc"];
+      const margins = Object.keys(DATA.margin_sweep).sort((a, b) => Number(a) - Number(b));
+      main.append(el("section", { id: "margin-sweep" }, [
+        el("h2", { text: "Margin sweep (one forward pass)" }),
+        table(margins.map((m) => [m, ...columns.map((c) => fmt(DATA.margin_sweep[m][c], 4))]), ["m", ...columns]),
+      ]));
     }
     if (DATA.groups.length) {
       main.append(el("section", { id: "groups" }, [
