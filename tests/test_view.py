@@ -423,3 +423,72 @@ def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
     assert sizes == [40, 40]
     assert page.evaluate("window.pwned") is None
     assert page.problems == []
+
+
+# ---- datasets -------------------------------------------------------------------------------
+def make_faulty_dataset(tmp_path: Path) -> Path:
+    """build_grd's dataset with faults to show: an unknown split on group 0, a missing mask
+    on one target of group 1, and group 1's first expression a script tag."""
+    from conftest import build_grd
+
+    root = build_grd(tmp_path / "data")
+    manifest = json.loads((root / "grd.json").read_text())
+    manifest["groups"][0]["split"] = "holdout"
+    expr = manifest["groups"][1]["expressions"][0]
+    expr["text"] = SCRIPT_TEXT
+    (root / expr["targets"]["0001"]).unlink()
+    (root / "grd.json").write_text(json.dumps(manifest))
+    return root
+
+
+def test_dataset_view_places_findings_beside_their_items(tmp_path: Path):
+    root = make_faulty_dataset(tmp_path)
+    before = files_under(root)
+    assert runner.invoke(app, ["view", str(root)]).exit_code == 0
+    assert files_under(root) == before
+    data = read_data(tmp_path / "data-view")
+    assert data["kind"] == "dataset"
+    assert data["counts"] == {"groups": 2, "images": 6, "pairs": 12, "errors": 1, "warnings": 1}
+    g0, g1 = data["groups"]
+    assert [f["code"] for f in g0["findings"]] == ["unknown-split"]
+    target = g1["expressions"][0]["targets"][1]
+    assert target["image"] == "0001" and [f["code"] for f in target["findings"]] == ["missing-file"]
+    assert "thumb" not in target and target["picture_error"] == "mask not found"
+    assert data["findings"] == []
+    # every present target with its mask has its own picture; absent ones reuse the photo's
+    present = [t for g in data["groups"] for e in g["expressions"] for t in e["targets"]]
+    assert sum("thumb" in t for t in present) == 5  # 3 + 3 present targets, one mask missing
+    assert all(t["present"] == ("thumb" in t or t["findings"] != []) for t in present)
+
+
+def test_dataset_view_of_a_broken_manifest_lists_its_findings(tmp_path: Path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "grd.json").write_text(json.dumps({"format": "grd", "version": 1, "groups": [{}]}))
+    assert runner.invoke(app, ["view", str(root)]).exit_code == 0
+    data = read_data(tmp_path / "broken-view")
+    assert data["groups"] == [] and data["counts"]["errors"] >= 1
+    assert any(f["code"] == "schema" for f in data["findings"])
+
+
+def test_dataset_page_browses_groups_and_shows_text_as_text(browser, tmp_path: Path):
+    root = make_faulty_dataset(tmp_path)
+    assert runner.invoke(app, ["view", str(root)]).exit_code == 0
+    page = open_page(browser, tmp_path / "data-view" / "index.html")
+    assert page.locator("#group option").count() == 2
+    # group-00: 3 images, then 2 expressions x 3 targets
+    assert page.locator("#group-view .card").count() == 9
+    assert page.locator("#group-view .card[data-present=false]").count() == 3
+    assert "unknown-split" in page.locator("#group-view").inner_text()
+    page.click("text=next group ›")
+    assert "Group group-01" in page.locator("#group-view h2").inner_text()
+    assert "missing-file" in page.locator("#group-view .card .findings").first.inner_text()
+    page.select_option("#group", "0")
+    page.fill("#search", "pwned")  # the script tag is group-01's expression
+    assert "Group group-01" in page.locator("#group-view h2").inner_text()
+    assert SCRIPT_TEXT in page.locator("#group-view").inner_text()
+    screenshot(page, "dataset.png")
+    page.locator("#group-view .card[data-present=true] .thumb").first.click()
+    assert page.locator("#viewer").is_visible()
+    assert page.evaluate("window.pwned") is None
+    assert page.problems == []

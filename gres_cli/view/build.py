@@ -100,7 +100,7 @@ def _finish(
     result = write_pictures(site, [p for _, p in slots if p is not None], previous)
     for slot, picture in slots:
         if picture is None:
-            slot["picture_error"] = "photo not found"
+            slot.setdefault("picture_error", "photo not found")
         elif picture.key in result.failed:
             slot["picture_error"] = result.failed[picture.key]
         else:

@@ -57,8 +57,11 @@ def dataset_data(root: Path) -> tuple[dict[str, Any], list[tuple[dict[str, Any],
                 target = {"image": img.id, "present": mask is not None, "findings": []}
                 if mask is not None:
                     mask_path = _inside(root, mask)
-                    source = MaskSource(path=mask_path) if mask_path else None
-                    slots.append((target, _picture(photos[img.id], source)))
+                    if mask_path is None:
+                        target["picture_error"] = "mask not found"
+                        slots.append((target, None))
+                    else:
+                        slots.append((target, _picture(photos[img.id], MaskSource(mask_path))))
                 targets.append(target)
             expressions.append(
                 {"id": expr.id, "text": expr.text, "targets": targets, "findings": []}
