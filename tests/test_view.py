@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -492,3 +493,22 @@ def test_dataset_page_browses_groups_and_shows_text_as_text(browser, tmp_path: P
     assert page.locator("#viewer").is_visible()
     assert page.evaluate("window.pwned") is None
     assert page.problems == []
+
+
+# ---- --view on the commands that make the inputs --------------------------------------------
+def test_segment_view_writes_the_site_of_the_run_even_when_images_fail(tmp_path: Path):
+    repo = Path(__file__).resolve().parents[1]
+    photos = tmp_path / "photos"
+    shutil.copytree(repo / "examples/synth-demo/images/synth-0000", photos)
+    (photos / "zz-broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    args = ["segment", str(photos), "the red cross on the bottom", "--out", str(out)]
+    args += ["--model", str(repo / "examples/demo-model"), "--jsonl", str(tmp_path / "r.jsonl")]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gres_cli", *args, "--view"], capture_output=True, text=True
+    )
+    assert proc.returncode == 1, proc.stderr  # one image failed: the run's own exit code
+    data = read_data(tmp_path / "out-view")
+    assert len(data["items"]) == 9
+    assert data["counts"]["error"] == 1 and data["counts"]["present"] >= 1
+    assert "run view:" in proc.stderr

@@ -83,6 +83,13 @@ def _tell(summary: Any) -> None:
         f"{summary.seconds:.1f} s)",
         soft_wrap=True,
     )
+    if summary.missing:
+        err_console.print(
+            f"[yellow]warning:[/] {summary.missing} items have no picture (photo or mask not "
+            "found); records name photos as gres segment was given them: run gres view from "
+            "the folder it ran in",
+            soft_wrap=True,
+        )
 
 
 def open_in_browser(page: Path) -> None:

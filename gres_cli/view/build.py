@@ -34,6 +34,7 @@ class SiteSummary:
     drawn: int
     reused: int
     failed: int
+    missing: int  # items whose photo (or mask) was not found
     seconds: float
 
 
@@ -95,8 +96,9 @@ def _finish(
     previous: Path | None,
     data: dict[str, Any],
     slots: list[tuple[dict[str, Any], Picture | None]],
-) -> tuple[int, int, int]:
-    """Draw the pictures, name each slot's files (or why it has none), write data.js."""
+) -> tuple[int, int, int, int]:
+    """Draw the pictures, name each slot's files (or why it has none), write data.js.
+    Returns (drawn, reused, failed, missing) counts."""
     result = write_pictures(site, [p for _, p in slots if p is not None], previous)
     for slot, picture in slots:
         if picture is None:
@@ -107,4 +109,5 @@ def _finish(
             slot["thumb"], slot["large"] = picture.files()
     data["created"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     write_data(site, data)
-    return result.drawn, result.reused, len(result.failed)
+    missing = sum(picture is None for _, picture in slots)
+    return result.drawn, result.reused, len(result.failed), missing
