@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import build_grd
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -326,8 +327,6 @@ def make_evaluation(tmp_path: Path) -> tuple[Path, Path]:
     """A tiny dataset (its test split: group-01, 3 images, e1 absent in the last image, e2
     present in the first only) and hand-written predictions for it: e1 exact on image 0, a
     poor mask on image 1, a false positive on image 2; e2 missed on image 0."""
-    from conftest import build_grd
-
     from grd_tools.imageio import read_mask
 
     root = build_grd(tmp_path / "data")
@@ -430,8 +429,6 @@ def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
 def make_faulty_dataset(tmp_path: Path) -> Path:
     """build_grd's dataset with faults to show: an unknown split on group 0, a missing mask
     on one target of group 1, and group 1's first expression a script tag."""
-    from conftest import build_grd
-
     root = build_grd(tmp_path / "data")
     manifest = json.loads((root / "grd.json").read_text())
     manifest["groups"][0]["split"] = "holdout"
@@ -504,11 +501,9 @@ def test_segment_view_writes_the_site_of_the_run_even_when_images_fail(tmp_path:
     out = tmp_path / "out"
     args = ["segment", str(photos), "the red cross on the bottom", "--out", str(out)]
     args += ["--model", str(repo / "examples/demo-model"), "--jsonl", str(tmp_path / "r.jsonl")]
-    proc = subprocess.run(
-        [sys.executable, "-m", "gres_cli", *args, "--view"], capture_output=True, text=True
-    )
-    assert proc.returncode == 1, proc.stderr  # one image failed: the run's own exit code
+    result = runner.invoke(app, [*args, "--view"])
+    assert result.exit_code == 1, result.output  # one image failed: the run's own exit code
     data = read_data(tmp_path / "out-view")
     assert len(data["items"]) == 9
     assert data["counts"]["error"] == 1 and data["counts"]["present"] >= 1
-    assert "run view:" in proc.stderr
+    assert "run view:" in result.output

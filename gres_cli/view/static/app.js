@@ -140,9 +140,13 @@
 
   function renderRun(main) {
     const items = DATA.items;
-    const scores = items.flatMap((i) => (i.score === null ? [] : [i.score, i.margin]));
-    let lo = Math.min(...scores, 0);
-    let hi = Math.max(...scores, 0);
+    let lo = 0;
+    let hi = 0; // the bars' common scale: every score and margin of the run, and 0
+    for (const i of items) {
+      if (i.score === null || i.margin === null) continue;
+      lo = Math.min(lo, i.score, i.margin);
+      hi = Math.max(hi, i.score, i.margin);
+    }
     const pad = 0.05 * (hi - lo || 1);
     lo -= pad;
     hi += pad;
