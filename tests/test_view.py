@@ -191,10 +191,17 @@ def test_open_without_a_browser_only_says_where_the_page_is(tmp_path: Path, monk
 
     opened = []
     monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or False)
-    result = runner.invoke(app, ["view", str(make_run(tmp_path)), "--open"])
+    monkeypatch.setenv("DISPLAY", ":0")
+    run = make_run(tmp_path)
+    result = runner.invoke(app, ["view", str(run), "--open"])
     assert result.exit_code == 0
     assert opened == [(tmp_path / "run-view" / "index.html").as_uri()]
     assert "no web browser found" in result.output
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):  # no display: no terminal browser
+        monkeypatch.delenv(name, raising=False)
+    result = runner.invoke(app, ["view", str(run), "--open"])
+    assert result.exit_code == 0 and "no web browser found" in result.output
+    assert len(opened) == 1 or sys.platform != "linux"
 
 
 def test_gres_view_imports_no_torch(tmp_path: Path):

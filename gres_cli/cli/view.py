@@ -4,6 +4,8 @@ No torch is imported: the site is built from the files those commands wrote."""
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -93,11 +95,17 @@ def _tell(summary: Any) -> None:
 
 
 def open_in_browser(page: Path) -> None:
-    """Open `page` with Python's webbrowser; without a browser, say where the page is."""
+    """Open `page` with Python's webbrowser; without a browser, say where the page is.
+
+    On Linux without a display (a server, a container) webbrowser would start a text browser
+    such as lynx inside this terminal, so there it is not asked unless $BROWSER names one."""
     import webbrowser
 
+    headless = sys.platform.startswith("linux") and not any(
+        os.environ.get(v) for v in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER")
+    )
     try:
-        opened = webbrowser.open(page.absolute().as_uri())
+        opened = not headless and webbrowser.open(page.absolute().as_uri())
     except webbrowser.Error:
         opened = False
     if not opened:

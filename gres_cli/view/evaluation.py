@@ -43,7 +43,11 @@ def read_report(path: Path) -> dict[str, Any]:
 
 
 def is_report(data: Any) -> bool:
-    return isinstance(data, dict) and isinstance(data.get("metrics"), dict) and "settings" in data
+    return (
+        isinstance(data, dict)
+        and isinstance(data.get("metrics"), dict)
+        and isinstance(data.get("settings"), dict)
+    )
 
 
 def _locate(text: Any, beside: Path | None) -> Path | None:
