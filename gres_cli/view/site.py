@@ -11,6 +11,7 @@ instead of drawing them again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -80,7 +81,7 @@ class Picture:
     mask: MaskSource | None = None
     tint: str = "prediction"
 
-    @property
+    @functools.cached_property  # one stat per file per build, and a key that cannot change
     def key(self) -> str:
         parts = [DRAWING_VERSION, THUMB_PX, LARGE_PX, self.tint, _file_fingerprint(self.photo)]
         parts.append(self.mask.fingerprint() if self.mask is not None else None)
