@@ -61,6 +61,10 @@ def site_after_run(out: Path | None) -> Iterator[None]:
         yield
     except typer.Exit as e:
         if out is not None and e.exit_code in (EXIT_OK, EXIT_FAULTS):
+            if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+                # each process ends on its own: none knows when the whole run is done
+                err_console.print(f"--view: once every process has finished, run gres view {out}")
+                raise
             from gres_cli.view import build_site
 
             with user_errors():
