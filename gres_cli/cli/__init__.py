@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import typer
 
-from gres_cli.cli import evaluate, grd, model, segment, train
+from gres_cli.cli import evaluate, grd, model, segment, train, view
 
 app = typer.Typer(
     name="gres",
@@ -23,6 +23,7 @@ app = typer.Typer(
 segment.register(app)
 evaluate.register(app)
 train.register(app)
+view.register(app)
 app.add_typer(grd.app, name="grd")
 app.add_typer(model.app, name="model")
 

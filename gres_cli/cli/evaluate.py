@@ -102,6 +102,13 @@ def evaluate(
             "the single-image baseline.",
         ),
     ] = False,
+    view: Annotated[
+        bool,
+        typer.Option(
+            help="Also write a report site (gres view): REPORT-view beside --report, else "
+            "./gres-eval-view."
+        ),
+    ] = False,
 ) -> None:
     """Score GRES predictions: IoU metrics with negatives counted, the present/absent decision,
     and (protocol gres) the co-salient metrics Sm, Em, Fm, MAE.
@@ -308,6 +315,10 @@ def evaluate(
             )
     if report is None and not err_console.is_terminal:
         typer.echo(json.dumps(result))
+    if view:
+        from gres_cli.cli.view import site_of_evaluation
+
+        site_of_evaluation(result, report, plots)
 
 
 def _save_calibrated(

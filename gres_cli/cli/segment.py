@@ -76,6 +76,9 @@ def segment(
             "for comparison.",
         ),
     ] = False,
+    view: Annotated[
+        bool, typer.Option(help="At the end, write a report site (gres view) in OUT-view.")
+    ] = False,
 ) -> None:
     """Segment EXPRESSION in every image of PATH; say "absent" where it is not there.
 
@@ -127,7 +130,10 @@ def segment(
         sink = sys.stdout
     elif jsonl is not None:
         sink = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 (closed in run)
-    run(groups, expression, engine, OutputWriter(out, fmt, overlay), sink, overwrite)
+    from gres_cli.cli.view import site_after_run
+
+    with site_after_run(out if view else None):
+        run(groups, expression, engine, OutputWriter(out, fmt, overlay), sink, overwrite)
 
 
 def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
