@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from gres_cli.cli.common import err_console, fail, user_errors, writable_folder
 
@@ -202,7 +203,7 @@ def evaluate(
                 result.get("margin_sweep"),
                 scorer.cosod.curves() if scorer.cosod is not None else None,
             )
-        err_console.print(f"plots: {', '.join(str(p) for p in written)}")
+        err_console.print(escape(f"plots: {', '.join(str(p) for p in written)}"))
     from rich.table import Table
 
     table = Table(
@@ -216,7 +217,7 @@ def evaluate(
     if missing:
         err_console.print(f"{len(missing)} pairs had no prediction (counted as empty)")
     for line in scorer.warnings[:5]:
-        err_console.print(f"[yellow]warning:[/] {line}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     if len(scorer.warnings) > 5:
         err_console.print(f"... {len(scorer.warnings) - 5} more warnings (see --report)")
     if sweep:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from gres_cli.cli.common import err_console, fail, user_errors
 
@@ -54,7 +55,7 @@ def init(
         torch.manual_seed(seed)
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             GRSer(config).save_pretrained(tmp)
-    err_console.print(f"wrote untrained {preset} to {out}")
+    err_console.print(escape(f"wrote untrained {preset} to {out}"))
 
 
 @app.command()
@@ -76,7 +77,7 @@ def info(
     from rich.table import Table
 
     c = net.config
-    table = Table(title=f"GRSer: {model}", show_header=False)
+    table = Table(title=escape(f"GRSer: {model}"), show_header=False)
     table.add_row("preset", str(c.name))
     table.add_row("input size", f"{c.image_size} px")
     table.add_row("Swin", f"embed {c.swin_embed_dim}, depths {list(c.swin_depths)}")

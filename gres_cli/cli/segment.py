@@ -16,6 +16,7 @@ from gres_cli.cli.common import (
     err_console,
     fail,
     user_errors,
+    user_errors_types,
     writable_folder,
 )
 
@@ -76,7 +77,7 @@ def segment(
 
     Example: `gres segment examples/photos "the small red circle" --model examples/demo-model`
     """
-    from gres_cli.inference.inputs import discover, parse_shard
+    from gres_cli.inference.inputs import check_out, discover, parse_shard
     from gres_cli.inference.writers import FORMATS
 
     if fmt not in FORMATS:
@@ -88,6 +89,8 @@ def segment(
         stdin = sys.stdin if path == "-" else None
         groups = discover(path, recursive, stdin)
     groups = [g for k, g in enumerate(groups) if k % shard_p == shard_i]
+    with user_errors():
+        check_out(out, path, groups)
     writable_folder(out, "--out")
     if jsonl not in (None, "-"):
         if Path(jsonl).is_dir():
@@ -105,12 +108,59 @@ def segment(
     with user_errors():
         net = GRSer.from_pretrained(model, revision=revision)
         engine = Segmenter(net, device, precision, batch_size, workers, experts, margin, threshold)
+        settings = run_settings(model, revision, expression, engine, fmt, overlay)
+        writer = OutputWriter(out, fmt, overlay)
+        try:
+            writer.claim(settings, overwrite)
+        except BaseException:
+            writer.close()
+            raise
     sink = None
     if jsonl == "-" or (jsonl is None and not sys.stdout.isatty()):
         sink = sys.stdout
     elif jsonl is not None:
-        sink = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 (closed in run)
-    run(groups, expression, engine, OutputWriter(out, fmt, overlay), sink, overwrite)
+        sink = JsonlFile(Path(jsonl), shared=shard_p > 1)
+    run(groups, expression, engine, writer, sink, overwrite)
+
+
+def run_settings(
+    model: str, revision: str | None, expression: str, engine: Any, fmt: str, overlay: bool
+) -> dict[str, Any]:
+    """What makes a run's answers what they are, kept in OUT/settings.json: a re-run with
+    other settings is refused instead of passing the old answers off as new ones."""
+    from gres_cli.model.hub import model_identity
+
+    return {
+        **model_identity(model, revision),
+        "expression": expression,
+        "margin": engine.margin,
+        "threshold": engine.threshold,
+        "experts": engine.experts,
+        "format": fmt,
+        "overlay": overlay,
+    }
+
+
+class JsonlFile:
+    """--jsonl FILE: this run's records, each once. One process rewrites FILE (a resumed run
+    re-emits the finished records, so FILE ends whole); processes sharing FILE (--shard,
+    torchrun) append, leaving out a line FILE already holds word for word."""
+
+    def __init__(self, path: Path, shared: bool) -> None:
+        self.known: set[str] = set()
+        if shared and path.is_file():
+            self.known = set(path.read_text("utf-8").splitlines())
+        self.file = path.open("a" if shared else "w", encoding="utf-8")
+
+    def write(self, line: str) -> None:
+        if line.rstrip("\n") not in self.known:
+            self.file.write(line)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
@@ -143,6 +193,7 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
         with progress:
             task = progress.add_task("segment", total=total)
             jobs = []
+            names = [group.output_stems() for group in groups]
             for group in groups:
                 skip = set()
                 for i, p in enumerate(group.images):
@@ -156,7 +207,8 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
             for res in engine.run(jobs, writer.overlay):
                 rec, mask = _record(res, groups[res.job].name, expression, engine.margin)
                 counts["failed" if res.error else "present" if res.present else "absent"] += 1
-                for written in writer.submit(rec, res.path, mask, res.photo):
+                name = names[res.job][res.index]
+                for written in writer.submit(rec, name, mask, res.photo):
                     emit(written)
                     progress.advance(task)
             for written in writer.drain():
@@ -178,20 +230,23 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
             "fix it and run the same command again to resume",
             EXIT_FAULTS,
         )
+    except user_errors_types() as e:  # e.g. a symlink in OUT that leads out of it
+        fail(f"cannot write outputs ({e}); finished images are saved", EXIT_FAULTS)
     finally:
         writer.close()
         if sink is not None and sink is not sys.stdout:
             sink.close()
     seconds = time.perf_counter() - started
     if show or sink is not sys.stdout:
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=f'"{expression}"', show_header=False)
+        table = Table(title=escape(f'"{expression}"'), show_header=False)
         for k, v in counts.items():
             table.add_row(k, str(v))
         processed = counts["present"] + counts["absent"]
         table.add_row("time", f"{seconds:.1f} s ({processed / max(seconds, 1e-9):.1f} images/s)")
-        table.add_row("outputs", str(writer.out))
+        table.add_row("outputs", escape(str(writer.out)))
         err_console.print(table)
     raise typer.Exit(EXIT_FAULTS if counts["failed"] else EXIT_OK)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from gres_cli.cli.common import EXIT_FAULTS, err_console, fail, user_errors, writable_folder
 
@@ -44,7 +45,7 @@ def train(
     errors = [i for i in report.issues if i.severity == "error"]
     if errors:
         for issue in errors[:10]:
-            err_console.print(f"  {issue.where}: {issue.message}")
+            err_console.print(escape(f"  {issue.where}: {issue.message}"))
         fail(f"{dataset}: fails `gres grd validate` ({len(errors)} errors); fix it first")
     writable_folder(out, "--out")
 
@@ -80,8 +81,10 @@ def train(
                 result = run(dataset, out, cfg, resume, max_steps, device, on_step)
         except KeyboardInterrupt:
             err_console.print(
-                f"interrupted; resume from the last checkpoint with: "
-                f"gres train {dataset} --out {out} --resume"
+                escape(
+                    "interrupted; resume from the last checkpoint with: "
+                    f"gres train {dataset} --out {out} --resume"
+                )
             )
             raise typer.Exit(EXIT_FAULTS) from None
         except torch.OutOfMemoryError:
@@ -94,7 +97,7 @@ def train(
             f" at m={best['margin']} -> {out / 'best'}"
         )
     if os.environ.get("RANK", "0") == "0":
-        err_console.print(summary)
+        err_console.print(escape(summary))
 
 
 def register(app: typer.Typer) -> None:
