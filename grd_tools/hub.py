@@ -50,9 +50,10 @@ def pull(
         raise GRDError(f"{repo_id}: not a GRD dataset (no {MANIFEST}){hint}")
     import shutil
 
-    from grd_tools.fsutil import atomic_output_dir
+    from grd_tools.fsutil import atomic_output_dir, refuse_overlap
 
     out = Path(out) if out is not None else Path(repo_id.split("/")[-1])
+    refuse_overlap(folder, out, "--out")  # the Hub cache is the source here
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         shutil.copytree(folder, tmp, symlinks=False, dirs_exist_ok=True)
         load(tmp)  # a pulled dataset must at least load

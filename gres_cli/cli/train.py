@@ -18,10 +18,14 @@ def train(
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON training config (may name a `preset`).")
     ] = None,
-    preset: Annotated[str, typer.Option(help="Training preset: tiny-synth or grser-base.")] = (
-        "tiny-synth"
-    ),
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint exactly.")] = False,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Training preset: tiny-synth (default) or grser-base."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue OUT/checkpoint exactly, with the run's own saved config."),
+    ] = False,
     max_steps: Annotated[
         int | None, typer.Option(help="Stop after this many steps in this run.")
     ] = None,
@@ -53,14 +57,22 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from gres_cli.training.config import TrainConfig
+    from gres_cli.training.loop import check_resume_config, saved_config
     from gres_cli.training.loop import train as run
 
     with user_errors():
-        cfg = TrainConfig.load(config) if config else TrainConfig.preset(preset)
+        if config:
+            cfg = TrainConfig.load(config)
+        elif preset is None and resume and saved_config(out) is not None:
+            cfg = saved_config(out)  # the run's own recipe
+        else:
+            cfg = TrainConfig.preset(preset or "tiny-synth")
         if steps is not None:
             cfg.steps = steps
         if threads is not None:
             cfg.threads = threads
+        if resume:  # before the progress bar: a refusal is one line
+            check_resume_config(out, cfg)
         total = cfg.steps
         columns = (
             TextColumn("[bold]train"),
