@@ -94,6 +94,7 @@ def evaluate(
         open_dataset,
         score_model,
         score_predictions,
+        sweep_metrics,
     )
     from gres_cli.metrics.cosod import REFERENCES
     from gres_cli.metrics.masks import PROTOCOLS
@@ -121,6 +122,9 @@ def evaluate(
             fail(f"--margins {margins!r}: expected numbers like -0.2,0,0.2")
     if calibrate is not None and not sweep:
         fail("--calibrate needs --margins")
+    if calibrate is not None and calibrate not in sweep_metrics(protocol):
+        names = ", ".join(sweep_metrics(protocol))
+        fail(f"--calibrate {calibrate!r}: not a metric of the margin sweep ({names})")
     with user_errors(), open_dataset(dataset) as (ds, source_format):
         if split is None:
             split = "test" if any(g.split == "test" for g in ds.groups) else None
@@ -171,10 +175,12 @@ def evaluate(
             settings.update({"model": model, "revision": revision, "margin": used})
     meter = scorer.masks
     metrics = scorer.metrics()
+    missing += scorer.left_out
     result = {
         "metrics": metrics,
         "settings": settings,
         "pairs": meter.pairs,
+        "left_out": len(scorer.left_out),
         "missing": missing,
         "warnings": scorer.warnings,
         "groups": meter.per_group(),
@@ -183,8 +189,6 @@ def evaluate(
         curve = {str(m): sweeps[m].compute() for m in sweep}
         result["margin_sweep"] = curve
         if calibrate is not None:
-            if calibrate not in metrics:
-                fail(f"--calibrate {calibrate!r}: not a metric ({', '.join(metrics)})")
             best = max(sweep, key=lambda m: (curve[str(m)][calibrate], -abs(m)))
             result["calibrated"] = {"metric": calibrate, "margin": best, **curve[str(best)]}
     if report is not None:
@@ -214,8 +218,15 @@ def evaluate(
     for k, v in metrics.items():
         table.add_row(k, f"{v:.4f}")
     err_console.print(table)
-    if missing:
-        err_console.print(f"{len(missing)} pairs had no prediction (counted as empty)")
+    if scorer.left_out:
+        err_console.print(
+            f"{len(scorer.left_out)} pairs left out (image or prediction unreadable; see "
+            "`missing` in the report)"
+        )
+    if len(missing) > len(scorer.left_out):
+        err_console.print(
+            f"{len(missing) - len(scorer.left_out)} pairs had no prediction (counted as empty)"
+        )
     for line in scorer.warnings[:5]:
         err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     if len(scorer.warnings) > 5:
