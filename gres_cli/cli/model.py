@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from gres_cli.cli.common import err_console, fail, user_errors
+from gres_cli.cli.common import err_console, user_errors
 
 app = typer.Typer(
     help="Create, inspect, download and publish GRSer models (config.json + model.safetensors).",
@@ -108,17 +108,27 @@ def push(
     repo_id: Annotated[str, typer.Argument(help="Hub repo id (org/name).")],
     private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
 ) -> None:
-    """Upload a model folder (validated by loading it first) to the Hugging Face Hub."""
+    """Upload a model folder (validated by loading it first) to the Hugging Face Hub.
+
+    Only the model's files go up (config.json, model.safetensors, tokenizer files, README.md),
+    in one commit; a folder holding a pickle (a training checkpoint's trainer_state.pt) is
+    refused.
+    """
+    from fnmatch import fnmatch
+
     with user_errors():
+        from grd_tools.hub import refuse_pickles, upload_files
         from gres_cli.model.grser import GRSer
+        from gres_cli.model.hub import MODEL_FILES
 
+        refuse_pickles(folder)
         GRSer.from_pretrained(folder)  # refuse a folder that does not load
-    try:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id)
-    except Exception as e:  # network, auth, offline: one line, not a traceback
-        fail(f"push to {repo_id} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+        files = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.is_file() and any(fnmatch(p.name, pattern) for pattern in MODEL_FILES)
+        )
+        info = upload_files(
+            repo_id, folder, files, private=private, message=f"Upload GRSer model {folder.name}"
+        )
     typer.echo(str(info))
