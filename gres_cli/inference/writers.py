@@ -64,6 +64,8 @@ class OutputWriter:
         self.out, self.fmt, self.overlay = out, fmt, overlay
         out.mkdir(parents=True, exist_ok=True)
         self._records: TextIO = (out / RECORDS).open("a", encoding="utf-8")
+        if self._records.tell() and _last_byte(out / RECORDS) != b"\n":
+            self._records.write("\n")  # end a line a killed run cut, so the next stays whole
         self.threads = threads or min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gres-writer")
         self._pending: deque[Future] = deque()
@@ -175,6 +177,12 @@ class OutputWriter:
             atomic_write_bytes(target, buf.getvalue())
             record["overlay"] = str(target)
         return record
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
