@@ -88,6 +88,13 @@ def convert(
         _run(reader, src, dst, to, from_, overwrite, options)
     except OSError as e:  # a missing/unreadable file inside SRC: one line, DST never appears
         raise GRDError(f"{e.filename or src}: {e.strerror or e}") from None
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        # a reader met a file that breaks its format's shape (a missing key, a list where a
+        # record goes): one line naming SRC, never a traceback; DST never appears
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise GRDError(
+            f"{src}: not a readable {from_} dataset ({type(e).__name__}: {detail})"
+        ) from None
     return dst
 
 
