@@ -95,3 +95,16 @@ def test_atomic_output_dir_refuses_an_existing_dst_without_overwrite(tmp_path: P
     (tmp_path / "d").mkdir()
     with pytest.raises(GRDError, match="already exists"), atomic_output_dir(tmp_path / "d"):
         pass
+
+
+def test_markup_in_dataset_paths_and_texts_prints_literally(tmp_path: Path):
+    """Was: a path holding `[/draft]` raised rich's MarkupError instead of the message."""
+    runner = CliRunner()
+    missing = runner.invoke(app, ["grd", "validate", str(tmp_path / "[/draft]")])
+    assert missing.exit_code == 2 and "[/draft]" in missing.stderr, missing.output
+    assert len(missing.stderr.strip().splitlines()) == 1
+    data = build_grd(tmp_path / "[/data]")
+    (data / "images" / "group-00" / "0000.jpg").unlink()
+    report = runner.invoke(app, ["grd", "validate", str(data)])
+    assert report.exception is None or isinstance(report.exception, SystemExit)
+    assert report.exit_code == 1 and "[/data]" in report.stdout
