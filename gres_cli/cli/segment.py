@@ -34,9 +34,12 @@ def segment(
     margin: Annotated[
         float | None, typer.Option(help="m in d_pos + m < d_neg; larger = fewer, surer positives.")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Folder for masks, overlays and records.jsonl.")] = Path(
-        "gres-out"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for masks, overlays, records.jsonl and settings.json; never an input's."
+        ),
+    ] = Path("gres-out"),
     fmt: Annotated[
         str, typer.Option("--format", help="Masks as png, npy, rle (in JSONL) or none.")
     ] = "png",
@@ -71,7 +74,8 @@ def segment(
     GRES here is GROUP-wise referring segmentation (Wu et al., ICCV 2023): the images of a
     folder are compared with one another to find the target. One JSON record per image goes to
     stdout when piped (or --jsonl); masks are written at each image's original size under
-    --out. A re-run skips finished images (--overwrite redoes them).
+    --out. A re-run skips finished images (--overwrite redoes them); a re-run with other
+    settings (model, margin, threshold, format, experts, expression) is refused.
 
     Exit codes: 0 all images processed, 1 some images failed, 2 usage error.
 
