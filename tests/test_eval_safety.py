@@ -53,3 +53,24 @@ def test_an_unreadable_image_is_left_out_with_its_reason_not_scored_absent(
     assert len(r["missing"]) == 2
     assert all("0002.jpg" in m and "cannot read" in m for m in r["missing"])
     assert "2 pairs left out" in result.stderr
+
+
+def test_report_and_plots_never_land_on_an_input(tmp_path: Path):
+    """`--report` onto the predictions file or the manifest, or `--plots` inside the dataset,
+    would overwrite or litter an input: refused before any work."""
+    data = build_grd(tmp_path / "d", n_groups=1)
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("")
+    manifest = (data / "grd.json").read_bytes()
+    for option, target in (
+        ("--report", predictions),
+        ("--report", data / "grd.json"),
+        ("--plots", data / "plots"),
+    ):
+        args = ["eval", str(data), "--predictions", str(predictions), option, str(target)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert option in line
+    assert predictions.read_text() == "" and (data / "grd.json").read_bytes() == manifest
+    assert not (data / "plots").exists()

@@ -106,6 +106,12 @@ def evaluate(
 
     if (model is None) == (predictions is None):
         fail("pass exactly one of --model or --predictions")
+    for option, target in (("--report", report), ("--plots", plots)):  # never onto an input
+        for source in (dataset, predictions):
+            if target is not None and source is not None:
+                t, src = target.resolve(), source.resolve()
+                if t == src or src in t.parents:
+                    fail(f"{option} {target}: is or lies inside the input {source}; pick another")
     if report is not None:  # before the work, not after it
         if report.is_dir():
             fail(f"--report {report}: is a folder; give a file name such as report.json")
