@@ -169,7 +169,6 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_difference(
     ):
         line = _one_line_error(gres(*base, option, value))
         assert option in line and "--overwrite" in line
-    assert "EXPRESSION" in _one_line_error(gres(*base[:2], "y", *base[3:]))
     redo = gres(*base, "--margin", "100", "--overwrite")
     assert redo.exit_code == 0, redo.output
     assert [r["present"] for r in _records(redo.stdout)] == [False, False]
@@ -199,6 +198,34 @@ def test_jsonl_file_of_a_resumed_run_holds_each_record_once(model_dir: Path, tmp
     first = lines.read_text()
     assert gres(*args).exit_code == 0
     assert lines.read_text() == first and len(first.splitlines()) == 2
+
+
+def test_another_expression_never_overwrites_an_images_masks(model_dir: Path, tmp_path: Path):
+    """Masks are named after their image: a second expression on the same images into one
+    --out would overwrite the first one's masks under records still pointing at them. Other
+    groups (one expression each, as for `gres eval --predictions`) share an --out and FILE."""
+    _image(tmp_path / "g1" / "a.png", 0)
+    _image(tmp_path / "g2" / "a.png", 1)
+    out, lines = tmp_path / "o", tmp_path / "r.jsonl"
+    common = ("--model", str(model_dir), "--out", str(out), "--jsonl", str(lines))
+    assert gres("segment", str(tmp_path / "g1"), "x", *common).exit_code == 0
+    mask = (out / "g1" / "a.png").read_bytes()
+    line = _one_line_error(gres("segment", str(tmp_path / "g1"), "y", *common))
+    assert "'x'" in line and "another --out" in line
+    assert (out / "g1" / "a.png").read_bytes() == mask
+    assert gres("segment", str(tmp_path / "g2"), "y", *common).exit_code == 0
+    assert [r["expression"] for r in _records(lines.read_text())] == ["x", "y"]
+    rle = gres(
+        "segment",
+        str(tmp_path / "g1"),
+        "y",
+        *common[:4],
+        "--format",
+        "rle",
+        "--out",
+        str(tmp_path / "o2"),
+    )
+    assert rle.exit_code == 0, rle.output
 
 
 def test_markup_in_user_text_prints_literally(model_dir: Path, tmp_path: Path):

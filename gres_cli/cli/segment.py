@@ -75,7 +75,7 @@ def segment(
     folder are compared with one another to find the target. One JSON record per image goes to
     stdout when piped (or --jsonl); masks are written at each image's original size under
     --out. A re-run skips finished images (--overwrite redoes them); a re-run with other
-    settings (model, margin, threshold, format, experts, expression) is refused.
+    settings (model, margin, threshold, format, experts) is refused.
 
     Exit codes: 0 all images processed, 1 some images failed, 2 usage error.
 
@@ -112,10 +112,11 @@ def segment(
     with user_errors():
         net = GRSer.from_pretrained(model, revision=revision)
         engine = Segmenter(net, device, precision, batch_size, workers, experts, margin, threshold)
-        settings = run_settings(model, revision, expression, engine, fmt, overlay)
+        settings = run_settings(model, revision, engine, fmt, overlay)
         writer = OutputWriter(out, fmt, overlay)
         try:
             writer.claim(settings, overwrite)
+            writer.refuse_clash({str(p) for g in groups for p in g.images}, expression)
         except BaseException:
             writer.close()
             raise
@@ -123,12 +124,12 @@ def segment(
     if jsonl == "-" or (jsonl is None and not sys.stdout.isatty()):
         sink = sys.stdout
     elif jsonl is not None:
-        sink = JsonlFile(Path(jsonl), shared=shard_p > 1)
+        sink = JsonlFile(Path(jsonl), rewrite=overwrite and shard_p == 1)
     run(groups, expression, engine, writer, sink, overwrite)
 
 
 def run_settings(
-    model: str, revision: str | None, expression: str, engine: Any, fmt: str, overlay: bool
+    model: str, revision: str | None, engine: Any, fmt: str, overlay: bool
 ) -> dict[str, Any]:
     """What makes a run's answers what they are, kept in OUT/settings.json: a re-run with
     other settings is refused instead of passing the old answers off as new ones."""
@@ -136,7 +137,6 @@ def run_settings(
 
     return {
         **model_identity(model, revision),
-        "expression": expression,
         "margin": engine.margin,
         "threshold": engine.threshold,
         "experts": engine.experts,
@@ -146,15 +146,17 @@ def run_settings(
 
 
 class JsonlFile:
-    """--jsonl FILE: this run's records, each once. One process rewrites FILE (a resumed run
-    re-emits the finished records, so FILE ends whole); processes sharing FILE (--shard,
-    torchrun) append, leaving out a line FILE already holds word for word."""
+    """--jsonl FILE: records are appended, leaving out a line FILE already holds word for word
+    (a resumed run re-emits its finished records: FILE gets each once). With --overwrite, one
+    process rewrites FILE (processes sharing it under --shard/torchrun still append)."""
 
-    def __init__(self, path: Path, shared: bool) -> None:
+    def __init__(self, path: Path, rewrite: bool) -> None:
         self.known: set[str] = set()
-        if shared and path.is_file():
+        if not rewrite and path.is_file():
             self.known = set(path.read_text("utf-8").splitlines())
-        self.file = path.open("a" if shared else "w", encoding="utf-8")
+        self.file = path.open("w" if rewrite else "a", encoding="utf-8")
+        if self.file.tell() and path.read_bytes()[-1:] != b"\n":
+            self.file.write("\n")  # end a line a killed run cut, so the next stays whole
 
     def write(self, line: str) -> None:
         if line.rstrip("\n") not in self.known:

@@ -100,6 +100,19 @@ class OutputWriter:
             self._records.truncate(0)
             atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
 
+    def refuse_clash(self, images: set[str], expression: str) -> None:
+        """Output files are named after their image, not the expression: refuse (GresError)
+        when OUT holds files of one of `images` for another expression, which this run would
+        overwrite under a record that still points at them."""
+        if self.fmt not in ("png", "npy") and not self.overlay:
+            return  # this run writes no per-image file
+        for (image, text), rec in self.finished().items():
+            if image in images and text != expression and (rec.get("mask") or rec.get("overlay")):
+                raise GresError(
+                    f"--out {self.out}: holds the outputs of {image} for {text!r}, which "
+                    f"{expression!r} would overwrite; pick another --out"
+                )
+
     def finished(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Records of images already done, keyed by (image, expression)."""
         done = {}
