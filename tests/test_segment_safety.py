@@ -215,17 +215,6 @@ def test_another_expression_never_overwrites_an_images_masks(model_dir: Path, tm
     assert (out / "g1" / "a.png").read_bytes() == mask
     assert gres("segment", str(tmp_path / "g2"), "y", *common).exit_code == 0
     assert [r["expression"] for r in _records(lines.read_text())] == ["x", "y"]
-    rle = gres(
-        "segment",
-        str(tmp_path / "g1"),
-        "y",
-        *common[:4],
-        "--format",
-        "rle",
-        "--out",
-        str(tmp_path / "o2"),
-    )
-    assert rle.exit_code == 0, rle.output
 
 
 def test_markup_in_user_text_prints_literally(model_dir: Path, tmp_path: Path):
