@@ -96,7 +96,7 @@ def write_all(threads: int | None, photo: Image.Image, mask: np.ndarray, out: Pa
     t = time.perf_counter()
     for i in range(8):
         record = {"group": "g", "expression": "the red umbrella", "present": True, "score": 0.3}
-        writer.submit(record, Path(f"{i}.jpg"), mask, photo)
+        writer.submit(record, f"{i}", mask, photo)
     writer.drain()
     seconds = time.perf_counter() - t
     writer.close()

@@ -6,12 +6,12 @@ HF_HUB_OFFLINE=1 is honoured: pull then reads the local Hub cache only.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from grd_tools.card import dataset_card
 from grd_tools.errors import GRDError
 from grd_tools.format import MANIFEST, load
+from grd_tools.paths import resolve_inside
 
 
 def pull(
@@ -50,13 +50,63 @@ def pull(
         raise GRDError(f"{repo_id}: not a GRD dataset (no {MANIFEST}){hint}")
     import shutil
 
-    from grd_tools.fsutil import atomic_output_dir
+    from grd_tools.fsutil import atomic_output_dir, refuse_overlap
 
     out = Path(out) if out is not None else Path(repo_id.split("/")[-1])
+    refuse_overlap(folder, out, "--out")  # the Hub cache is the source here
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         shutil.copytree(folder, tmp, symlinks=False, dirs_exist_ok=True)
         load(tmp)  # a pulled dataset must at least load
     return out
+
+
+#: file suffixes of Python pickles (a pickle runs code when loaded): never published
+PICKLE_SUFFIXES = {".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib"}
+
+
+def refuse_pickles(folder: str | os.PathLike[str]) -> None:
+    """Raise GRDError naming the first pickle file under `folder`: a folder holding one (a
+    training checkpoint's trainer_state.pt, a D³ pickle) is not something to publish."""
+    for p in sorted(Path(folder).rglob("*")):
+        if p.suffix.lower() in PICKLE_SUFFIXES and p.is_file():
+            raise GRDError(
+                f"{p}: a pickle (Python code when loaded); push a folder without it "
+                "(a model folder is config.json + model.safetensors + tokenizer + README.md)"
+            )
+
+
+def upload_files(
+    repo_id: str,
+    root: str | os.PathLike[str],
+    files: list[str],
+    *,
+    repo_type: str = "model",
+    private: bool = False,
+    revision: str | None = None,
+    message: str,
+    generated: dict[str, bytes] | None = None,
+) -> str:
+    """Create `repo_id` if needed and upload exactly `files` (paths relative to `root`) plus
+    `generated` ({path in repo: bytes}, e.g. a card) in ONE commit: an allow-list, so nothing
+    else in the folder is published. Returns the commit's URL; GRDError in one line on failure."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    operations = [CommitOperationAdd(rel, str(Path(root) / rel)) for rel in files]
+    operations += [CommitOperationAdd(rel, data) for rel, data in (generated or {}).items()]
+    try:
+        api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+        info = api.create_commit(
+            repo_id,
+            operations,
+            commit_message=message,
+            repo_type=repo_type,
+            revision=revision,
+        )
+    except Exception as e:  # network, auth, offline: one line
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise GRDError(f"push to {repo_id} failed: {type(e).__name__}: {first}") from None
+    return str(info)
 
 
 def push(
@@ -66,33 +116,23 @@ def push(
     revision: str | None = None,
     commit_message: str | None = None,
 ) -> str:
-    """Upload a GRD dataset folder plus a generated dataset card; the local folder is untouched."""
+    """Upload a GRD dataset (grd.json, the images and masks it lists) plus a generated dataset
+    card in one commit; nothing else in the folder, and the local folder is untouched."""
     dataset = load(dataset_root)  # refuse what does not load
-    from huggingface_hub import HfApi
-
-    api = HfApi()
-    message = commit_message or f"Upload GRD dataset {dataset.name or repo_id}"
-    try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-        api.upload_folder(
-            folder_path=str(dataset_root),
-            repo_id=repo_id,
-            repo_type="dataset",
-            revision=revision,
-            commit_message=message,
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            card = Path(tmp) / "README.md"
-            card.write_text(dataset_card(dataset), encoding="utf-8")
-            info = api.upload_file(
-                path_or_fileobj=str(card),
-                path_in_repo="README.md",
-                repo_id=repo_id,
-                repo_type="dataset",
-                revision=revision,
-                commit_message="Dataset card",
-            )
-    except Exception as e:  # network, auth, offline: one line
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise GRDError(f"push to {repo_id} failed: {type(e).__name__}: {first}") from None
-    return str(info)
+    refuse_pickles(dataset_root)
+    files = {MANIFEST}
+    for g in dataset.groups:
+        files.update(i.file for i in g.images)
+        files.update(m for e in g.expressions for m in e.targets.values() if m is not None)
+    for rel in files:
+        resolve_inside(dataset_root, rel)  # never a file outside the dataset
+    return upload_files(
+        repo_id,
+        dataset_root,
+        sorted(files),
+        repo_type="dataset",
+        private=private,
+        revision=revision,
+        message=commit_message or f"Upload GRD dataset {dataset.name or repo_id}",
+        generated={"README.md": dataset_card(dataset).encode("utf-8")},
+    )

@@ -36,7 +36,7 @@ from typing import Any
 
 from grd_tools.errors import GRDError
 from grd_tools.format import GRDDataset, load, save
-from grd_tools.fsutil import atomic_output_dir
+from grd_tools.fsutil import atomic_output_dir, refuse_overlap
 from grd_tools.paths import resolve_inside
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -226,14 +226,6 @@ def split_summary(dataset: GRDDataset) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items(), key=lambda kv: order.get(kv[0], len(order))))
 
 
-def _refuse_overlap(root: Path, out: Path) -> None:
-    src, dst = root.resolve(), out.resolve()
-    if dst == src or src in dst.parents:
-        raise GRDError(f"--out {out}: inside the source dataset {root}, which is never modified")
-    if dst in src.parents:
-        raise GRDError(f"--out {out}: contains the source dataset {root}")
-
-
 def _place_file(src: Path, dst: Path, copy_files: bool, out: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -268,7 +260,7 @@ def split_dataset(
     """
     root, out = Path(root), Path(out)
     dataset = load(root)
-    _refuse_overlap(root, out)
+    refuse_overlap(root, out, "--out")
     splits = assign_splits(dataset, ratios, seed)
     result = GRDDataset(
         copy.deepcopy(dataset.groups), dataset.name, dataset.license, copy.deepcopy(dataset.meta)

@@ -65,9 +65,9 @@ def grd_dataset(tmp_path: Path) -> Path:
     return build_grd(tmp_path / "tiny-grd")
 
 
-def torchrun_gres(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    """`torchrun --nproc-per-node P -m gres_cli ARGS` on a free local port (a fixed port can
-    collide with another run on the same machine)."""
+def torchrun(*argv: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node P ARGV` (a script, or -m module ...) on a free local port (a
+    fixed port can collide with another run on the same machine)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -82,14 +82,17 @@ def torchrun_gres(*args: str, processes: int = 2) -> subprocess.CompletedProcess
             "127.0.0.1",
             "--master-port",
             str(port),
-            "-m",
-            "gres_cli",
-            *args,
+            *argv,
         ],
         capture_output=True,
         text=True,
         timeout=240,
     )
+
+
+def torchrun_gres(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """`torchrun --nproc-per-node P -m gres_cli ARGS`."""
+    return torchrun("-m", "gres_cli", *args, processes=processes)
 
 
 def populate_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "a" * 40) -> None:

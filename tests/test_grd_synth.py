@@ -10,7 +10,7 @@ import pytest
 
 from grd_tools import GRDError, load
 from grd_tools.imageio import read_mask
-from grd_tools.synth import _CELL_SIDES, COLOURS, SHAPES, Referent, _shape_mask, generate
+from grd_tools.synth import _CELL_SIDES, COLOURS, SHAPES, generate
 from grd_tools.validate import validate
 
 
@@ -46,20 +46,30 @@ def test_output_is_a_valid_complete_grd_dataset(synth: Path):
     assert {g.split for g in ds.groups} <= {"train", "val", "test"}
 
 
-def test_masks_are_exactly_the_described_objects_pixels(synth: Path):
-    ds = load(synth)
+def test_masks_cover_exactly_the_pixels_of_the_named_colour(synth: Path):
+    """Read from the image itself, not from the generator: under a present mask every pixel is
+    one flat colour nearest to the colour the expression names, and no pixel of the ring just
+    outside the mask has that colour (the mask is neither short of the object nor beyond it)."""
+    from grd_tools.imageio import open_image
+
+    palette = {name: np.array(rgb, float) for name, rgb in COLOURS.items()}
     checked = 0
-    for pair in ds.pairs():
-        ref = Referent(**pair.expression.meta["referent"])
-        objects = pair.image.meta["objects"]
-        matching = [o for o in objects if ref.matches(o)]
+    for pair in load(synth).pairs():
         if pair.mask is None:
-            assert matching == []  # absent: no object fits the words
             continue
-        assert len(matching) == 1  # present: exactly one object fits
-        o = matching[0]
-        expected = _shape_mask(o["shape"], 64, *o["center"], o["radius"])
-        np.testing.assert_array_equal(read_mask(synth / pair.mask) > 0, expected)
+        pixels = np.asarray(open_image(synth / pair.image.file), dtype=float)
+        mask = read_mask(synth / pair.mask) > 0
+        named = next(w for w in pair.expression.text.split() if w in COLOURS)
+        inside = pixels[mask]
+        assert np.ptp(inside, axis=0).max() == 0  # one flat colour
+        nearest = min(palette, key=lambda c: np.abs(palette[c] - inside[0]).sum())
+        assert nearest == named
+        ring = np.zeros_like(mask)
+        for axis in (0, 1):
+            for step in (1, -1):
+                ring |= np.roll(mask, step, axis=axis)
+        ring &= ~mask
+        assert not (np.abs(pixels[ring] - inside[0]).max(axis=1) == 0).any()
         checked += 1
     assert checked > 10
 

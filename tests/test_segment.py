@@ -239,6 +239,39 @@ def test_large_folder_uses_top_k_of_the_whole_folder(model_dir: Path, tmp_path: 
 
 
 @torch.no_grad()
+def test_top_k_experts_of_a_folder_larger_than_k_match_the_all_pairs_forward(
+    model_dir: Path, tmp_path: Path
+):
+    """11 images, K = 4, batches of 4: pass 1 sees the folder in three batches, yet the engine
+    picks the same K experts as the paper's forward over all 11 images at once (not the top K
+    of a batch), and so makes the same d_pos / d_neg for every image."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(11):
+        paths.append(tmp_path / f"{i:02d}.png")
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(paths[-1])
+    model = GRSer.from_pretrained(model_dir)
+    assert model.config.experts == 4
+    chosen = []
+    select = model.select_experts
+
+    def recording_select(scores, k=None):
+        picked = select(scores, k)
+        chosen.append(picked.tolist())
+        return picked
+
+    model.select_experts = recording_select
+    engine = Segmenter(model, "cpu", batch_size=4, all_masks=True)
+    results = sorted(engine.run_group(ImageGroup("g", paths), "the cat"), key=lambda r: r.index)
+    out = model(preprocess([Image.open(p).convert("RGB") for p in paths], 64), "the cat")
+    assert chosen == [out.expert_order[0].tolist()]
+    assert max(chosen[0]) >= 4  # experts from beyond the first batch: the whole folder counts
+    for k, r in enumerate(results):
+        assert r.d_pos == pytest.approx(float(out.d_pos[0, k]), abs=1e-4)
+        assert r.d_neg == pytest.approx(float(out.d_neg[0, k]), abs=1e-4)
+
+
+@torch.no_grad()
 def test_python_predict_agrees_with_the_engine(model_dir: Path, tmp_path: Path):
     """GRSer.predict (in-memory API) makes the engine's decisions and masks: two passes with
     the encoder output reused when the group exceeds one batch, one all-pairs forward within
@@ -422,7 +455,7 @@ def test_writer_threads_keep_the_submission_order(tmp_path: Path):
         mask = np.zeros((h, w), bool)
         mask[: h // 2] = True
         photo = big if i == 0 else Image.new("RGB", (w, h))
-        written += writer.submit(record, tmp_path / f"{i}.jpg", mask, photo)
+        written += writer.submit(record, f"{i}", mask, photo)
     written += writer.drain()
     writer.close()
     assert [r["i"] for r in written] == list(range(8))

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import torchrun_gres
+from conftest import torchrun
 from safetensors.torch import load_file
 
 from gres_cli.errors import GresError
 from gres_cli.training.config import TrainConfig
-from gres_cli.training.loop import train
+from gres_cli.training.loop import build_model, train
 
 MODEL = {"preset": "grser-tiny", "image_size": 64, "swin_window_size": 4, "decoder_dim": 16}
 
@@ -121,19 +121,48 @@ def test_cli_refuses_an_invalid_dataset(synth: Path, tmp_path: Path):
     assert not (tmp_path / "o").exists()
 
 
+DDP_SCRIPT = """
+import os, sys
+from pathlib import Path
+from safetensors.torch import save_file
+from gres_cli.training import loop
+from gres_cli.training.config import TrainConfig
+
+built = []
+build = loop.build_model
+loop.build_model = lambda cfg: built.append(build(cfg)) or built[-1]  # keep this rank's model
+data, out, config = sys.argv[1:]
+loop.train(data, out, TrainConfig.load(config))
+state = {k: v.contiguous() for k, v in built[0].state_dict().items()}
+save_file(state, str(Path(out) / f"rank{os.environ['RANK']}.safetensors"))
+"""
+
+
 def test_two_process_ddp_on_gloo(synth: Path, tmp_path: Path):
+    """Two ranks draw different groups, average their gradients, and so end with identical
+    weights, which differ from the start; rank 0 alone writes the log and the checkpoint."""
     config = tmp_path / "c.yaml"
     config.write_text(
         "preset: tiny-synth\nmodel: {preset: grser-tiny, image_size: 64, swin_window_size: 4}\n"
         "steps: 3\ngroups_per_step: 2\nimages_per_group: 3\nval_split: null\n"
         "checkpoint_every: 3\nlog_every: 1\nwarmup_steps: 1\n"
     )
-    proc = torchrun_gres(
-        "train", str(synth), "--out", str(tmp_path / "run"), "--config", str(config)
-    )
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    run = tmp_path / "run"
+    proc = torchrun(str(script), str(synth), str(run), str(config))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    lines = (run / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [1, 2, 3]  # rank 0 alone writes
-    from gres_cli.model.grser import GRSer
-
-    GRSer.from_pretrained(tmp_path / "run" / "checkpoint")  # a whole, loadable checkpoint
+    rank0, rank1 = load_file(run / "rank0.safetensors"), load_file(run / "rank1.safetensors")
+    torch.manual_seed(0)  # the loop's seed: the weights both ranks started from
+    model = build_model(TrainConfig.load(config))
+    start = model.state_dict()
+    weights = [name for name, _ in model.named_parameters()]
+    assert rank0.keys() == rank1.keys() and set(weights) <= rank0.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in weights)
+    assert sum(not torch.equal(start[k], rank0[k]) for k in weights) > len(weights) // 2
+    # BatchNorm running statistics are buffers: each rank keeps its own batches' (DDP
+    # broadcasts rank 0's at every forward), and the checkpoint holds rank 0's
+    saved = load_file(run / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(saved[k], rank0[k]) for k in saved)

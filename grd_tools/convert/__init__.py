@@ -24,7 +24,7 @@ from typing import Any
 
 from grd_tools.errors import GRDError
 from grd_tools.format import MANIFEST, GRDDataset, load, save
-from grd_tools.fsutil import atomic_output_dir, link_or_copy
+from grd_tools.fsutil import atomic_output_dir, link_or_copy, refuse_overlap
 from grd_tools.paths import resolve_inside
 
 #: formats `--to` accepts (readers and writers exist for each)
@@ -82,13 +82,19 @@ def convert(
     from_ = from_ or detect_format(src)
     if from_ not in READABLE:
         raise GRDError(f"--from {from_}: unknown format (choose from {', '.join(READABLE)})")
-    if dst.resolve() == src.resolve() or src.resolve() in dst.resolve().parents:
-        raise GRDError(f"{dst}: DST may not be SRC or lie inside it (SRC is never modified)")
+    refuse_overlap(src, dst)
     reader = read_grd if from_ == "grd" else _module(from_).read
     try:
         _run(reader, src, dst, to, from_, overwrite, options)
     except OSError as e:  # a missing/unreadable file inside SRC: one line, DST never appears
         raise GRDError(f"{e.filename or src}: {e.strerror or e}") from None
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        # a reader met a file that breaks its format's shape (a missing key, a list where a
+        # record goes): one line naming SRC, never a traceback; DST never appears
+        detail = str(e).splitlines()[0] if str(e) else ""
+        raise GRDError(
+            f"{src}: not a readable {from_} dataset ({type(e).__name__}: {detail})"
+        ) from None
     return dst
 
 

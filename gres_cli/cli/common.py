@@ -15,6 +15,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 err_console = Console(stderr=True, highlight=False)
 
@@ -24,8 +25,9 @@ EXIT_USAGE = 2
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-    """Print `gres: error: <message>` on stderr (one line) and exit with `code`."""
-    err_console.print(f"[bold red]gres: error:[/] {message}", soft_wrap=True, markup=True)
+    """Print `gres: error: <message>` on stderr (one line, `message` printed literally: a path
+    holding `[draft]` is no markup) and exit with `code`."""
+    err_console.print(f"[bold red]gres: error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from gres_cli.cli.common import err_console, fail, user_errors, writable_folder
 
@@ -128,6 +129,7 @@ def evaluate(
         open_dataset,
         score_model,
         score_predictions,
+        sweep_metrics,
     )
     from gres_cli.metrics.cosod import REFERENCES
     from gres_cli.metrics.masks import PROTOCOLS
@@ -139,6 +141,12 @@ def evaluate(
 
     if (model is None) == (predictions is None):
         fail("pass exactly one of --model or --predictions")
+    for option, target in (("--report", report), ("--plots", plots)):  # never onto an input
+        for source in (dataset, predictions):
+            if target is not None and source is not None:
+                t, src = target.resolve(), source.resolve()
+                if t == src or src in t.parents:
+                    fail(f"{option} {target}: is or lies inside the input {source}; pick another")
     if report is not None:  # before the work, not after it
         if report.is_dir():
             fail(f"--report {report}: is a folder; give a file name such as report.json")
@@ -174,6 +182,9 @@ def evaluate(
 
         with user_errors():  # a GRSer or an unknown model is refused before the work
             calibrated(model, revision, 0.0, {})
+    if calibrate is not None and calibrate not in sweep_metrics(protocol):
+        names = ", ".join(sweep_metrics(protocol))
+        fail(f"--calibrate {calibrate!r}: not a metric of the margin sweep ({names})")
     with user_errors(), open_dataset(dataset) as (ds, source_format):
         if split is None:
             split = "test" if any(g.split == "test" for g in ds.groups) else None
@@ -228,10 +239,12 @@ def evaluate(
             )
     meter = scorer.masks
     metrics = scorer.metrics()
+    missing += scorer.left_out
     result = {
         "metrics": metrics,
         "settings": settings,
         "pairs": meter.pairs,
+        "left_out": len(scorer.left_out),
         "missing": missing,
         "warnings": scorer.warnings,
         "groups": meter.per_group(),
@@ -240,8 +253,6 @@ def evaluate(
         curve = {str(m): sweeps[m].compute() for m in sweep}
         result["margin_sweep"] = curve
         if calibrate is not None:
-            if calibrate not in metrics:
-                fail(f"--calibrate {calibrate!r}: not a metric ({', '.join(metrics)})")
             best = max(sweep, key=lambda m: (curve[str(m)][calibrate], -abs(m)))
             result["calibrated"] = {"metric": calibrate, "margin": best, **curve[str(best)]}
             weight = None
@@ -278,7 +289,7 @@ def evaluate(
                 result.get("margin_sweep"),
                 scorer.cosod.curves() if scorer.cosod is not None else None,
             )
-        err_console.print(f"plots: {', '.join(str(p) for p in written)}")
+        err_console.print(escape(f"plots: {', '.join(str(p) for p in written)}"))
     from rich.table import Table
 
     table = Table(
@@ -289,10 +300,17 @@ def evaluate(
     for k, v in metrics.items():
         table.add_row(k, f"{v:.4f}")
     err_console.print(table)
-    if missing:
-        err_console.print(f"{len(missing)} pairs had no prediction (counted as empty)")
+    if scorer.left_out:
+        err_console.print(
+            f"{len(scorer.left_out)} pairs left out (image or prediction unreadable; see "
+            "`missing` in the report)"
+        )
+    if len(missing) > len(scorer.left_out):
+        err_console.print(
+            f"{len(missing) - len(scorer.left_out)} pairs had no prediction (counted as empty)"
+        )
     for line in scorer.warnings[:5]:
-        err_console.print(f"[yellow]warning:[/] {line}", soft_wrap=True)
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
     if len(scorer.warnings) > 5:
         err_console.print(f"... {len(scorer.warnings) - 5} more warnings (see --report)")
     if sweep:

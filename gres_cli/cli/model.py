@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from gres_cli.cli.common import err_console, fail, user_errors
 
@@ -83,7 +84,7 @@ def init(
         torch.manual_seed(seed)
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             GRSer(config).save_pretrained(tmp)
-    err_console.print(f"wrote untrained {preset} to {out}")
+    err_console.print(escape(f"wrote untrained {preset} to {out}"))
 
 
 def _init_backend(
@@ -135,7 +136,7 @@ def info(
     from rich.table import Table
 
     c = net.config
-    table = Table(title=f"GRSer: {model}", show_header=False)
+    table = Table(title=escape(f"GRSer: {model}"), show_header=False)
     table.add_row("preset", str(c.name))
     table.add_row("input size", f"{c.image_size} px")
     table.add_row("Swin", f"embed {c.swin_embed_dim}, depths {list(c.swin_depths)}")
@@ -184,17 +185,34 @@ def push(
     repo_id: Annotated[str, typer.Argument(help="Hub repo id (org/name).")],
     private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
 ) -> None:
-    """Upload a model folder (validated by loading it first) to the Hugging Face Hub."""
+    """Upload a GRSer folder (validated by loading it first) or a gres-backend settings folder
+    to the Hugging Face Hub.
+
+    Only the model's files go up (config.json, model.safetensors, tokenizer files, README.md),
+    in one commit; a folder holding a pickle (a training checkpoint's trainer_state.pt) is
+    refused.
+    """
+    from fnmatch import fnmatch
+
     with user_errors():
+        from grd_tools.hub import refuse_pickles, upload_files
+        from gres_cli.backends.settings import MODEL_TYPE as SETTINGS_TYPE
+        from gres_cli.backends.settings import BackendSettings
         from gres_cli.model.grser import GRSer
+        from gres_cli.model.hub import MODEL_FILES, read_config
 
-        GRSer.from_pretrained(folder)  # refuse a folder that does not load
-    try:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(folder_path=str(folder), repo_id=repo_id)
-    except Exception as e:  # network, auth, offline: one line, not a traceback
-        fail(f"push to {repo_id} failed: {type(e).__name__}: {str(e).splitlines()[0]}")
+        refuse_pickles(folder)
+        config = read_config(folder) if folder.is_dir() else {}
+        if config.get("model_type") == SETTINGS_TYPE:  # settings only: they must parse
+            BackendSettings.from_dict(config, folder / "config.json")
+        else:
+            GRSer.from_pretrained(folder)  # refuse a folder that does not load
+        files = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.is_file() and any(fnmatch(p.name, pattern) for pattern in MODEL_FILES)
+        )
+        info = upload_files(
+            repo_id, folder, files, private=private, message=f"Upload gres model {folder.name}"
+        )
     typer.echo(str(info))

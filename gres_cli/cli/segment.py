@@ -16,6 +16,7 @@ from gres_cli.cli.common import (
     err_console,
     fail,
     user_errors,
+    user_errors_types,
     writable_folder,
 )
 
@@ -37,9 +38,12 @@ def segment(
     margin: Annotated[
         float | None, typer.Option(help="m in d_pos + m < d_neg; larger = fewer, surer positives.")
     ] = None,
-    out: Annotated[Path, typer.Option(help="Folder for masks, overlays and records.jsonl.")] = Path(
-        "gres-out"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for masks, overlays, records.jsonl and settings.json; never an input's."
+        ),
+    ] = Path("gres-out"),
     fmt: Annotated[
         str, typer.Option("--format", help="Masks as png, npy, rle (in JSONL) or none.")
     ] = "png",
@@ -85,7 +89,8 @@ def segment(
     GRES here is GROUP-wise referring segmentation (Wu et al., ICCV 2023): the images of a
     folder are compared with one another to find the target. One JSON record per image goes to
     stdout when piped (or --jsonl); masks are written at each image's original size under
-    --out. A re-run skips finished images (--overwrite redoes them).
+    --out. A re-run skips finished images (--overwrite redoes them); a re-run with other
+    settings (model, margin, threshold, format, experts) is refused.
 
     Exit codes: 0 all images processed, 1 some images failed, 2 usage error.
 
@@ -95,7 +100,7 @@ def segment(
 
     Example: `gres segment ./photos "the red umbrella" --jsonl umbrella.jsonl`
     """
-    from gres_cli.inference.inputs import discover, parse_shard
+    from gres_cli.inference.inputs import check_out, discover, parse_shard
     from gres_cli.inference.writers import FORMATS
 
     if fmt not in FORMATS:
@@ -107,6 +112,8 @@ def segment(
         stdin = sys.stdin if path == "-" else None
         groups = discover(path, recursive, stdin)
     groups = [g for k, g in enumerate(groups) if k % shard_p == shard_i]
+    with user_errors():
+        check_out(out, path, groups)
     writable_folder(out, "--out")
     if jsonl not in (None, "-"):
         if Path(jsonl).is_dir():
@@ -115,7 +122,7 @@ def segment(
     if margin is not None and margin != margin:
         fail("--margin must be a number")
 
-    from gres_cli.backends import load_default_model, load_model
+    from gres_cli.backends import DEFAULT_MODEL, load_default_model, load_model
     from gres_cli.inference.engine import Segmenter
     from gres_cli.inference.writers import OutputWriter
 
@@ -125,15 +132,65 @@ def segment(
         else:
             net = load_model(model, revision, group=not no_group)
         engine = Segmenter(net, device, precision, batch_size, workers, experts, margin, threshold)
+        settings = run_settings(model or DEFAULT_MODEL, revision, engine, fmt, overlay)
+        settings["group"] = not no_group
+        writer = OutputWriter(out, fmt, overlay)
+        try:
+            writer.claim(settings, overwrite)
+            writer.refuse_clash({str(p) for g in groups for p in g.images}, expression)
+        except BaseException:
+            writer.close()
+            raise
     sink = None
     if jsonl == "-" or (jsonl is None and not sys.stdout.isatty()):
         sink = sys.stdout
     elif jsonl is not None:
-        sink = open(jsonl, "a", encoding="utf-8")  # noqa: SIM115 (closed in run)
+        sink = JsonlFile(Path(jsonl), rewrite=overwrite and shard_p == 1)
     from gres_cli.cli.view import site_after_run
 
     with site_after_run(out if view else None):
-        run(groups, expression, engine, OutputWriter(out, fmt, overlay), sink, overwrite)
+        run(groups, expression, engine, writer, sink, overwrite)
+
+
+def run_settings(
+    model: str, revision: str | None, engine: Any, fmt: str, overlay: bool
+) -> dict[str, Any]:
+    """What makes a run's answers what they are, kept in OUT/settings.json: a re-run with
+    other settings is refused instead of passing the old answers off as new ones."""
+    from gres_cli.model.hub import model_identity
+
+    return {
+        **model_identity(model, revision),
+        "margin": engine.margin,
+        "threshold": engine.threshold,
+        "experts": engine.experts,
+        "format": fmt,
+        "overlay": overlay,
+    }
+
+
+class JsonlFile:
+    """--jsonl FILE: records are appended, leaving out a line FILE already holds word for word
+    (a resumed run re-emits its finished records: FILE gets each once). With --overwrite, one
+    process rewrites FILE (processes sharing it under --shard/torchrun still append)."""
+
+    def __init__(self, path: Path, rewrite: bool) -> None:
+        self.known: set[str] = set()
+        if not rewrite and path.is_file():
+            self.known = set(path.read_text("utf-8").splitlines())
+        self.file = path.open("w" if rewrite else "a", encoding="utf-8")
+        if self.file.tell() and path.read_bytes()[-1:] != b"\n":
+            self.file.write("\n")  # end a line a killed run cut, so the next stays whole
+
+    def write(self, line: str) -> None:
+        if line.rstrip("\n") not in self.known:
+            self.file.write(line)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
@@ -166,6 +223,7 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
         with progress:
             task = progress.add_task("segment", total=total)
             jobs = []
+            names = [group.output_stems() for group in groups]
             for group in groups:
                 skip = set()
                 for i, p in enumerate(group.images):
@@ -179,7 +237,8 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
             for res in engine.run(jobs, writer.overlay):
                 rec, mask = _record(res, groups[res.job].name, expression, engine.margin)
                 counts["failed" if res.error else "present" if res.present else "absent"] += 1
-                for written in writer.submit(rec, res.path, mask, res.photo):
+                name = names[res.job][res.index]
+                for written in writer.submit(rec, name, mask, res.photo):
                     emit(written)
                     progress.advance(task)
             for written in writer.drain():
@@ -201,20 +260,23 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
             "fix it and run the same command again to resume",
             EXIT_FAULTS,
         )
+    except user_errors_types() as e:  # e.g. a symlink in OUT that leads out of it
+        fail(f"cannot write outputs ({e}); finished images are saved", EXIT_FAULTS)
     finally:
         writer.close()
         if sink is not None and sink is not sys.stdout:
             sink.close()
     seconds = time.perf_counter() - started
     if show or sink is not sys.stdout:
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=f'"{expression}"', show_header=False)
+        table = Table(title=escape(f'"{expression}"'), show_header=False)
         for k, v in counts.items():
             table.add_row(k, str(v))
         processed = counts["present"] + counts["absent"]
         table.add_row("time", f"{seconds:.1f} s ({processed / max(seconds, 1e-9):.1f} images/s)")
-        table.add_row("outputs", str(writer.out))
+        table.add_row("outputs", escape(str(writer.out)))
         err_console.print(table)
     raise typer.Exit(EXIT_FAULTS if counts["failed"] else EXIT_OK)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from gres_cli.cli.common import EXIT_FAULTS, err_console, fail, user_errors, writable_folder
 
@@ -17,10 +18,14 @@ def train(
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON training config (may name a `preset`).")
     ] = None,
-    preset: Annotated[str, typer.Option(help="Training preset: tiny-synth or grser-base.")] = (
-        "tiny-synth"
-    ),
-    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint exactly.")] = False,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="Training preset: tiny-synth (default) or grser-base."),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(help="Continue OUT/checkpoint exactly, with the run's own saved config."),
+    ] = False,
     max_steps: Annotated[
         int | None, typer.Option(help="Stop after this many steps in this run.")
     ] = None,
@@ -44,7 +49,7 @@ def train(
     errors = [i for i in report.issues if i.severity == "error"]
     if errors:
         for issue in errors[:10]:
-            err_console.print(f"  {issue.where}: {issue.message}")
+            err_console.print(escape(f"  {issue.where}: {issue.message}"))
         fail(f"{dataset}: fails `gres grd validate` ({len(errors)} errors); fix it first")
     writable_folder(out, "--out")
 
@@ -52,14 +57,22 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from gres_cli.training.config import TrainConfig
+    from gres_cli.training.loop import check_resume_config, saved_config
     from gres_cli.training.loop import train as run
 
     with user_errors():
-        cfg = TrainConfig.load(config) if config else TrainConfig.preset(preset)
+        if config:
+            cfg = TrainConfig.load(config)
+        elif preset is None and resume and saved_config(out) is not None:
+            cfg = saved_config(out)  # the run's own recipe
+        else:
+            cfg = TrainConfig.preset(preset or "tiny-synth")
         if steps is not None:
             cfg.steps = steps
         if threads is not None:
             cfg.threads = threads
+        if resume:  # before the progress bar: a refusal is one line
+            check_resume_config(out, cfg)
         total = cfg.steps
         columns = (
             TextColumn("[bold]train"),
@@ -80,8 +93,10 @@ def train(
                 result = run(dataset, out, cfg, resume, max_steps, device, on_step)
         except KeyboardInterrupt:
             err_console.print(
-                f"interrupted; resume from the last checkpoint with: "
-                f"gres train {dataset} --out {out} --resume"
+                escape(
+                    "interrupted; resume from the last checkpoint with: "
+                    f"gres train {dataset} --out {out} --resume"
+                )
             )
             raise typer.Exit(EXIT_FAULTS) from None
         except torch.OutOfMemoryError:
@@ -94,7 +109,7 @@ def train(
             f" at m={best['margin']} -> {out / 'best'}"
         )
     if os.environ.get("RANK", "0") == "0":
-        err_console.print(summary)
+        err_console.print(escape(summary))
 
 
 def register(app: typer.Typer) -> None:

@@ -23,6 +23,14 @@ from gres_cli.metrics.cosod import CoSODMeter
 from gres_cli.metrics.masks import GRESMeter, resize_nearest
 
 
+def sweep_metrics(protocol: str) -> list[str]:
+    """The metric names a margin sweep reports under `protocol` (what --calibrate may name):
+    the mask and decision metrics, not the co-SOD ones, which need grey levels."""
+    meter = GRESMeter(protocol)
+    meter.update(np.zeros((1, 1), bool), None, False)
+    return list(meter.compute())
+
+
 def dataset_hash(root: Path) -> str:
     return hashlib.sha256((root / MANIFEST).read_bytes()).hexdigest()
 
@@ -60,6 +68,8 @@ class Scorer:
             raise GresError(str(e)) from None
         self.strict = strict
         self.warnings: list[str] = []
+        # pairs whose image or prediction could not be read, with the reason: never scored
+        self.left_out: list[str] = []
 
     def ground_truth(self, dataset: GRDDataset, pair: Pair) -> np.ndarray | None:
         """The pair's target mask (bool, image size) or None when absent."""
@@ -136,15 +146,23 @@ class JsonlPredictions:
             self.by_path[key] = rec
             self.by_stem[(rec.get("group", ""), Path(rec["image"]).stem, rec["expression"])] = rec
 
+    def _record(self, dataset: GRDDataset, pair: Pair) -> dict | None:
+        image = str(resolve_inside(dataset.root, pair.image.file).resolve())
+        text = pair.expression.text
+        return self.by_path.get((image, text)) or self.by_stem.get(
+            (pair.group.id, Path(pair.image.file).stem, text)
+        )
+
+    def error(self, dataset: GRDDataset, pair: Pair) -> str | None:
+        """Why `gres segment` could not answer this pair (its record's error), or None."""
+        rec = self._record(dataset, pair)
+        return None if rec is None else rec.get("error")
+
     def mask(
         self, dataset: GRDDataset, pair: Pair, shape: tuple[int, int]
     ) -> tuple[Any, bool, Any]:
         """(predicted bool mask or None if missing, present decision, grey levels or None)."""
-        image = str(resolve_inside(dataset.root, pair.image.file).resolve())
-        text = pair.expression.text
-        rec = self.by_path.get((image, text)) or self.by_stem.get(
-            (pair.group.id, Path(pair.image.file).stem, text)
-        )
+        rec = self._record(dataset, pair)
         if rec is None or rec.get("error"):
             return None, False, None
         if rec.get("rle"):
@@ -166,6 +184,9 @@ class FolderPredictions:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+
+    def error(self, dataset: GRDDataset, pair: Pair) -> str | None:
+        return None  # a mask file is there or missing; missing ones count as empty
 
     def mask(
         self, dataset: GRDDataset, pair: Pair, shape: tuple[int, int]
@@ -197,6 +218,10 @@ def score_predictions(
         gt = scorer.ground_truth(dataset, pair)
         pred, present, grey = source.mask(dataset, pair, shape)
         where = f"{pair.group.id}/{Path(pair.image.file).name} | {pair.expression.text}"
+        error = source.error(dataset, pair)
+        if error:  # no answer was made: scoring it as "absent" would flatter N-acc
+            scorer.left_out.append(f"{where}: {error}")
+            continue
         if pred is None:
             missing.append(where)
             pred, grey = np.zeros(shape, bool), None
@@ -274,8 +299,11 @@ def score_model(
             shape = (img.height, img.width)
             gt = scorer.ground_truth(dataset, Pair(group, expr, img, expr.targets.get(img.id)))
             r = results.get(k)
-            ok = r is not None and not r.error
-            present = ok and r.present
+            if r is None or r.error:  # unreadable: no answer, so not scored as "absent"
+                reason = "no result" if r is None else r.error
+                scorer.left_out.append(f"{group.id}/{Path(img.file).name} | {expr.text}: {reason}")
+                continue
+            present = r.present
             empty = np.zeros(shape, bool)
             scorer.update(
                 r.mask if present else empty,
@@ -286,11 +314,11 @@ def score_model(
             )
             gt_r = None if gt is None or not sweeps else protocol.resize(gt)
             for m, meter in sweeps.items():
-                present = ok and presence(r.d_pos, r.d_neg, m)
+                present = presence(r.d_pos, r.d_neg, m)
                 pred = protocol.resize(r.mask if present else empty)
                 meter.update(pred, gt_r, present, group=group.id)
             for (w, m), meter in weighed.items():
-                present = ok and reweighted_score(r.d_pos, r.d_neg, r.alone, weight, w) > m
+                present = reweighted_score(r.d_pos, r.d_neg, r.alone, weight, w) > m
                 pred = protocol.resize(r.mask if present else empty)
                 meter.update(pred, gt_r, present, group=group.id)
         if on_scored:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,12 @@ class ImageGroup:
     name: str
     images: list[Path]
 
+    def output_stems(self) -> list[str]:
+        """The name each image's outputs take under OUT/<group>/: its stem, or its whole file
+        name where two images of the group share a stem (p.jpg and p.png), so none share one."""
+        stems = Counter(p.stem.casefold() for p in self.images)
+        return [p.stem if stems[p.stem.casefold()] == 1 else p.name for p in self.images]
+
 
 def _images_in(folder: Path) -> list[Path]:
     return sorted(
@@ -40,29 +47,56 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
+def _folder_name(folder: Path) -> str:
+    """A group's name from its folder's real path: never `.` or `..`, whatever was typed."""
+    return folder.resolve().name or "root"
+
+
+def _stdin_groups(lines: Iterable[str]) -> list[ImageGroup]:
+    """Paths grouped by their parent FOLDER (its full path, not its name): `a/day1/1.png` and
+    `b/day1/1.png` are two groups. One folder's group takes the folder's name; several are named
+    by their path below the folders' common ancestor (`day1`, `a/day1` and `b/day1`...)."""
+    by_parent: dict[Path, list[Path]] = {}
+    seen: set[Path] = set()
+    for line in lines:
+        if not line.strip():
+            continue
+        p = Path(line.strip())
+        real = Path(os.path.abspath(p))  # a symlinked image stays in the folder it is listed in
+        if real not in seen:  # a path listed twice is segmented once
+            seen.add(real)
+            by_parent.setdefault(real.parent, []).append(p)
+    if not by_parent:
+        raise GresError("no image paths on standard input")
+    if len(by_parent) == 1:
+        ((parent, images),) = by_parent.items()
+        return [ImageGroup(parent.name or "root", images)]
+    common = Path(os.path.commonpath([str(p) for p in by_parent]))
+    top = common.name or "root"
+    return [
+        ImageGroup((Path(top) / parent.relative_to(common)).as_posix(), images)
+        for parent, images in by_parent.items()
+    ]
+
+
 def discover(
     path: str, recursive: bool = False, stdin_lines: Iterable[str] | None = None
 ) -> list[ImageGroup]:
-    """Groups to segment. `-` reads paths from `stdin_lines` (grouped by parent folder)."""
+    """Groups to segment. `-` reads paths from `stdin_lines` (grouped by parent folder).
+
+    Group names are relative paths (no `.` or `..` part) and no two images map to one output
+    name; anything else is a GresError before any work."""
     if path == "-":
-        lines = [ln.strip() for ln in (stdin_lines or []) if ln.strip()]
-        by_parent: dict[str, list[Path]] = {}
-        for ln in lines:
-            p = Path(ln)
-            by_parent.setdefault(p.parent.name or ".", []).append(p)
-        groups = [ImageGroup(name, imgs) for name, imgs in by_parent.items()]
-        if not groups:
-            raise GresError("no image paths on standard input")
-        return groups
+        return _unique_outputs(_stdin_groups(stdin_lines or []))
     root = Path(path)
     if not root.exists():
         raise GresError(f"{root}: no such file or folder")
     if root.is_file():
-        return [ImageGroup(root.parent.name or ".", [root])]
+        return [ImageGroup(_folder_name(root.parent), [root])]
     groups = []
     top = _images_in(root)
     if top:
-        groups.append(ImageGroup(root.name or ".", top))
+        groups.append(ImageGroup(_folder_name(root), top))
     if recursive:
         for sub in sorted(p for p in root.rglob("*") if p.is_dir() and not p.name.startswith(".")):
             imgs = _images_in(sub)
@@ -71,7 +105,41 @@ def discover(
     if not groups:
         hint = "" if recursive else " (sub-folders are groups with --recursive)"
         raise GresError(f"{root}: no images found{hint}")
+    return _unique_outputs(groups)
+
+
+def _unique_outputs(groups: list[ImageGroup]) -> list[ImageGroup]:
+    """Refuse, in one line, two groups of one name or two images of one output name (a name
+    that differs only in case is the same file on macOS and Windows)."""
+    names = Counter(g.name.casefold() for g in groups)
+    clash = next((g.name for g in groups if names[g.name.casefold()] > 1), None)
+    if clash is not None:
+        raise GresError(f"two groups are named {clash!r}; their outputs would share OUT/{clash}/")
+    for g in groups:
+        stems = Counter(s.casefold() for s in g.output_stems())
+        for image, stem in zip(g.images, g.output_stems(), strict=True):
+            if stems[stem.casefold()] > 1:
+                raise GresError(
+                    f"{image}: another image of group {g.name!r} has the same output name "
+                    f"{stem!r}; rename one of them"
+                )
     return groups
+
+
+def check_out(out: Path, path: str, groups: list[ImageGroup]) -> None:
+    """Refuse an --out that is, holds or lies inside an input folder, or that holds an input
+    image: gres never writes over an input (a GresError before any work)."""
+    target = out.resolve()
+    if path != "-" and Path(path).is_dir():
+        folder = Path(path).resolve()
+        if target == folder or folder in target.parents:
+            raise GresError(f"--out {out}: lies inside the input folder {path}; pick another")
+    for g in groups:
+        for image in g.images:
+            if target in image.resolve().parents:
+                raise GresError(
+                    f"--out {out}: holds the input {image}; pick an --out outside the inputs"
+                )
 
 
 def parse_shard(shard: str | None) -> tuple[int, int]:

@@ -2,15 +2,19 @@
 
 `OUT/records.jsonl` lists every finished image (one JSON record per line, flushed as images
 finish); a re-run reads it and skips those images unless --overwrite, so an interrupted run
-resumes where it stopped.
+resumes where it stopped. `OUT/settings.json` names what made those records (model, its config,
+margin, threshold, format...): a re-run with other settings is refused, so old answers are
+never passed off as answers of new settings.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,10 +22,13 @@ from typing import Any, TextIO
 import numpy as np
 from PIL import Image, ImageDraw
 
-from grd_tools.fsutil import atomic_write_bytes
+from grd_tools.fsutil import atomic_write_bytes, atomic_write_text
 from grd_tools.imageio import mask_png, mask_to_grey
+from grd_tools.paths import resolve_inside
+from gres_cli.errors import GresError
 
 RECORDS = "records.jsonl"
+SETTINGS = "settings.json"
 FORMATS = ("png", "npy", "rle", "none")
 
 
@@ -57,10 +64,54 @@ class OutputWriter:
         self.out, self.fmt, self.overlay = out, fmt, overlay
         out.mkdir(parents=True, exist_ok=True)
         self._records: TextIO = (out / RECORDS).open("a", encoding="utf-8")
+        if self._records.tell() and _last_byte(out / RECORDS) != b"\n":
+            self._records.write("\n")  # end a line a killed run cut, so the next stays whole
         self.threads = threads or min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gres-writer")
         self._pending: deque[Future] = deque()
         self._queue_limit = 2 * self.threads  # images in flight: bounds the masks and photos held
+
+    def claim(self, settings: dict[str, Any], overwrite: bool) -> None:
+        """Make OUT the output of `settings` (a JSON-ready dict: `OUT/settings.json`).
+
+        OUT made with other settings (or by a gres that wrote none) is refused with a GresError
+        naming the first difference, unless `overwrite`: then its records are dropped, so no
+        old answer survives next to the new ones. Several processes sharing OUT (--shard,
+        torchrun) check and switch under one lock: only the first drops the records."""
+        with _locked(self.out / ".gres.lock"):
+            path = self.out / SETTINGS
+            try:
+                old = json.loads(path.read_text("utf-8")) if path.exists() else None
+            except (OSError, json.JSONDecodeError):
+                old = {}
+            if old == settings:
+                return
+            if old is None and not (self.out / RECORDS).stat().st_size:
+                difference = None  # a fresh OUT
+            elif old is None:
+                difference = "records but no settings.json (made by an older gres)"
+            else:
+                difference = _difference(old, settings)
+            if difference is not None and not overwrite:
+                raise GresError(
+                    f"--out {self.out}: holds outputs made with {difference}; pass --overwrite "
+                    "to redo them, or pick another --out"
+                )
+            self._records.truncate(0)
+            atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+
+    def refuse_clash(self, images: set[str], expression: str) -> None:
+        """Output files are named after their image, not the expression: refuse (GresError)
+        when OUT holds files of one of `images` for another expression, which this run would
+        overwrite under a record that still points at them."""
+        if self.fmt not in ("png", "npy") and not self.overlay:
+            return  # this run writes no per-image file
+        for (image, text), rec in self.finished().items():
+            if image in images and text != expression and (rec.get("mask") or rec.get("overlay")):
+                raise GresError(
+                    f"--out {self.out}: holds the outputs of {image} for {text!r}, which "
+                    f"{expression!r} would overwrite; pick another --out"
+                )
 
     def finished(self) -> dict[tuple[str, str], dict[str, Any]]:
         """Records of images already done, keyed by (image, expression)."""
@@ -75,20 +126,21 @@ class OutputWriter:
                 done[(rec["image"], rec["expression"])] = rec
         return done
 
-    def mask_path(self, group: str, image: Path) -> Path:
-        suffix = ".npy" if self.fmt == "npy" else ".png"
-        return self.out / group / f"{image.stem}{suffix}"
+    def output_path(self, group: str, name: str, suffix: str) -> Path:
+        """OUT/<group>/<name><suffix>, refused (GRDError) unless it resolves inside OUT."""
+        return resolve_inside(self.out, f"{group}/{name}{suffix}")
 
     def submit(
         self,
         record: dict[str, Any],
-        image: Path,
+        name: str,
         mask: np.ndarray | None,
         photo: Image.Image | None = None,
     ) -> list[dict[str, Any]]:
-        """Queue one image's outputs. Returns the records finished meanwhile, in order, each
-        with its file paths and already appended to records.jsonl."""
-        self._pending.append(self._pool.submit(self._write_files, record, image, mask, photo))
+        """Queue one image's outputs, named `name` (ImageGroup.output_stems) in its group's
+        folder. Returns the records finished meanwhile, in order, each with its file paths and
+        already appended to records.jsonl."""
+        self._pending.append(self._pool.submit(self._write_files, record, name, mask, photo))
         done = []
         while self._pending and (self._pending[0].done() or len(self._pending) > self._queue_limit):
             done.append(self._append_next())
@@ -116,11 +168,11 @@ class OutputWriter:
         return record
 
     def _write_files(
-        self, record: dict[str, Any], image: Path, mask: np.ndarray | None, photo: Any
+        self, record: dict[str, Any], name: str, mask: np.ndarray | None, photo: Any
     ) -> dict[str, Any]:
         group = record["group"]
         if mask is not None and self.fmt in ("png", "npy") and record["present"]:
-            target = self.mask_path(group, image)
+            target = self.output_path(group, name, ".npy" if self.fmt == "npy" else ".png")
             if self.fmt == "png":
                 data = mask_png(mask)
             else:
@@ -132,12 +184,44 @@ class OutputWriter:
         if mask is not None and self.fmt == "rle" and record["present"]:
             record["rle"] = encode_rle(mask)
         if self.overlay and photo is not None and mask is not None:
-            target = self.out / group / f"{image.stem}.overlay.jpg"
+            target = self.output_path(group, name, ".overlay.jpg")
             buf = io.BytesIO()
             draw_overlay(photo, mask, record).save(buf, "JPEG", quality=90)
             atomic_write_bytes(target, buf.getvalue())
             record["overlay"] = str(target)
         return record
+
+
+def _last_byte(path: Path) -> bytes:
+    with path.open("rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The first setting that differs, as the option a user would type."""
+    options = {"expression": "EXPRESSION", "config_sha256": "the model's config.json"}
+    for key in list(new) + [k for k in old if k not in new]:
+        if old.get(key) != new.get(key):
+            label = options.get(key, f"--{key.replace('_', '-')}")
+            return f"{label} {old.get(key)!r}, not {new.get(key)!r}"
+    return "other settings"
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (POSIX flock; no lock where there is none)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: processes sharing one OUT are not coordinated
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def draw_overlay(photo: Image.Image, mask: np.ndarray, record: dict[str, Any]) -> Image.Image:

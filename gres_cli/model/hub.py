@@ -78,6 +78,19 @@ def resolve_model_dir(
     return Path(folder)
 
 
+def model_identity(model_id: str | os.PathLike[str], revision: str | None = None) -> dict[str, Any]:
+    """What names a model in a run's settings: the id or folder as given, the revision, and the
+    SHA-256 of its config.json (a retrained folder at the same path is another model)."""
+    import hashlib
+
+    config = resolve_model_dir(model_id, revision) / CONFIG_FILE
+    try:
+        digest = hashlib.sha256(config.read_bytes()).hexdigest()
+    except OSError as e:
+        raise ModelLoadError(f"{config}: cannot read ({e.strerror})") from None
+    return {"model": str(model_id), "revision": revision, "config_sha256": digest}
+
+
 def read_config(folder: Path) -> dict[str, Any]:
     try:
         return json.loads((folder / CONFIG_FILE).read_text("utf-8"))

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grd_tools.fsutil import atomic_output_dir, atomic_write_text
+from grd_tools.fsutil import atomic_output_dir, atomic_write_text, recover_output_dir
 from gres_cli.errors import GresError
 from gres_cli.metrics.masks import GRESMeter
 from gres_cli.model.config import GRSerConfig
@@ -33,6 +33,9 @@ from gres_cli.training.data import GroupData
 from gres_cli.training.losses import LossWeights, grser_losses
 
 STATE_FILE = "trainer_state.pt"
+CONFIG_FILE = "train_config.json"
+#: keys that change how fast a run goes, not what it computes: --resume may change them
+RUNTIME_KEYS = {"threads", "tensorboard"}
 
 
 @dataclass
@@ -114,13 +117,54 @@ def evaluate_groups(model: GRSer, data: GroupData, margins: list[float]) -> dict
     }
 
 
-def _save_checkpoint(out: Path, model: GRSer, opt, sched, step: int) -> None:
+def trainer_state(opt, sched, scaler, step: int) -> dict[str, Any]:
+    """What a checkpoint holds besides the weights: optimizer, scheduler, fp16 loss scale."""
+    return {
+        "step": step,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "scaler": scaler.state_dict(),
+    }
+
+
+def restore_trainer_state(state: dict[str, Any], opt, sched, scaler) -> int:
+    """Load `trainer_state` back; returns the step to continue from."""
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if state.get("scaler"):  # empty when the run had no fp16 scaling
+        scaler.load_state_dict(state["scaler"])
+    return int(state["step"])
+
+
+def saved_config(out: Path) -> TrainConfig | None:
+    """The config a run in OUT was started with (None when OUT has none)."""
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text("utf-8")))
+    except (OSError, json.JSONDecodeError, TypeError) as e:
+        raise GresError(f"{path}: cannot read the run's config ({e})") from None
+
+
+def check_resume_config(out: Path, cfg: TrainConfig) -> None:
+    """--resume continues the run's own recipe: a different one is refused, naming the key."""
+    saved = saved_config(out)
+    if saved is None:
+        return
+    old, new = saved.to_dict(), cfg.to_dict()
+    for key in old:
+        if key not in RUNTIME_KEYS and old[key] != new.get(key):
+            raise GresError(
+                f"--resume: {out} was trained with {key}={old[key]!r}, not {new.get(key)!r}; "
+                "resume without --config/--preset/--steps, or start a new --out"
+            )
+
+
+def _save_checkpoint(out: Path, model: GRSer, opt, sched, scaler, step: int) -> None:
     with atomic_output_dir(out / "checkpoint", overwrite=True) as tmp:
         model.save_pretrained(tmp)
-        torch.save(
-            {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict()},
-            tmp / STATE_FILE,
-        )
+        torch.save(trainer_state(opt, sched, scaler, step), tmp / STATE_FILE)
 
 
 class RunLog:
@@ -187,13 +231,17 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     ckpt = out / "checkpoint"
+    if main:
+        recover_output_dir(ckpt)  # a checkpoint a crash left moved aside
     if resume and not (ckpt / STATE_FILE).is_file():
         raise GresError(f"{out}: no checkpoint to resume from")
     if not resume and ckpt.exists():
         raise GresError(f"{out}: holds a checkpoint; pass --resume to continue or pick a new --out")
-    if main:
+    if resume:
+        check_resume_config(out, cfg)
+    if main and not (resume and (out / CONFIG_FILE).is_file()):
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "train_config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     torch.manual_seed(cfg.seed)
     model = GRSer.from_pretrained(ckpt) if resume else build_model(cfg)
@@ -211,12 +259,13 @@ def train(
         val_data = GroupData(ds, cfg.val_split, model.config.image_size)
     opt = _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    use_amp = device.startswith("cuda") and cfg.precision in ("bf16", "fp16")
+    amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16")
     start = 0
     if resume:
         state = torch.load(ckpt / STATE_FILE, weights_only=True)
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = int(state["step"])
+        start = restore_trainer_state(state, opt, sched, scaler)
     weights = LossWeights(
         cfg.mask_weight,
         cfg.dice_weight,
@@ -229,9 +278,6 @@ def train(
         cfg.dice_negatives,
     )
     end = cfg.steps if max_steps is None else min(cfg.steps, start + max_steps)
-    use_amp = device.startswith("cuda") and cfg.precision in ("bf16", "fp16")
-    amp_dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and cfg.precision == "fp16")
     best = None
     best_path = out / "best" / "metrics.json"
     if best_path.is_file():
@@ -305,7 +351,7 @@ def train(
                         model.save_pretrained(tmp)
                         atomic_write_text(tmp / "metrics.json", json.dumps(best, indent=2))
             if done % cfg.checkpoint_every == 0 or done == end:
-                _save_checkpoint(out, model, opt, sched, done)
+                _save_checkpoint(out, model, opt, sched, scaler, done)
     finally:
         if log is not None:
             log.close()

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gres_cli.cli.common import user_errors
@@ -56,7 +57,7 @@ def split(
     if json_output:
         print(json.dumps(summary, indent=1))
         return
-    table = Table(title=f"{summary['out']} (seed {seed})", title_justify="left")
+    table = Table(title=escape(f"{summary['out']} (seed {seed})"), title_justify="left")
     for column in ("split", "groups", "images", "pairs", "negative share"):
         table.add_column(column, justify="left" if column == "split" else "right")
     total_pairs = sum(row["pairs"] for row in summary["splits"].values()) or 1
@@ -66,4 +67,5 @@ def split(
         table.add_row(name, str(row["groups"]), f"{row['images']:,}", pairs, share)
     console = Console(highlight=False)
     console.print(table)
-    console.print(f"{summary['files']:,} files {summary['files_mode']} from {summary['dataset']}")
+    files = f"{summary['files']:,} files {summary['files_mode']} from {summary['dataset']}"
+    console.print(escape(files))

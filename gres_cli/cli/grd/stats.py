@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gres_cli.cli.common import user_errors
@@ -60,10 +61,10 @@ def _fmt(value: Any, percent: bool = False) -> str:
 
 def _print_table(result: dict[str, Any]) -> None:
     splits = result["splits"]
-    table = Table(title=f"{result['name'] or result['dataset']}", title_justify="left")
+    table = Table(title=escape(f"{result['name'] or result['dataset']}"), title_justify="left")
     table.add_column("")
     for name in splits:
-        table.add_column(name, justify="right")
+        table.add_column(escape(name), justify="right")
     for row in ROWS:
         label = row.replace("_", " ")
         table.add_row(

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from gres_cli.cli.common import err_console, fail, user_errors
 from gres_cli.cli.grd import app
@@ -57,4 +58,4 @@ def synth(
             overwrite=overwrite,
             progress=lambda n: bar.advance(task, n),
         )
-    err_console.print(f"wrote {groups} groups x {images_per_group} images to {dst}")
+    err_console.print(escape(f"wrote {groups} groups x {images_per_group} images to {dst}"))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gres_cli.cli.common import EXIT_FAULTS, EXIT_OK, err_console, user_errors
@@ -114,7 +115,12 @@ def _print_report(report: Report, strict: bool) -> None:
         table.add_column("problem", overflow="fold")
         for issue in report.issues[:SHOWN_ISSUES]:
             style = "red" if issue.severity == "error" else "yellow"
-            table.add_row(f"[{style}]{issue.severity}[/]", issue.code, issue.where, issue.message)
+            table.add_row(
+                f"[{style}]{issue.severity}[/]",
+                issue.code,
+                escape(issue.where),
+                escape(issue.message),
+            )
         out.print(table)
         if len(report.issues) > SHOWN_ISSUES:
             out.print(f"... and {len(report.issues) - SHOWN_ISSUES} more (use --json for all)")
@@ -127,4 +133,4 @@ def _print_report(report: Report, strict: bool) -> None:
         verdict = f"[red]invalid[/]: {n_err} errors, {n_warn} warnings" + (
             " (--strict: warnings fail)" if strict and not n_err else ""
         )
-    out.print(f"{report.root}: {verdict}; checked {checked}")
+    out.print(f"{escape(str(report.root))}: {verdict}; checked {checked}")

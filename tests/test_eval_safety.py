@@ -1,0 +1,76 @@
+"""`gres eval` checks its options before the work and never scores an unreadable image as an
+answer (issue 11)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import build_grd
+from typer.testing import CliRunner
+
+from gres_cli.cli import app
+from gres_cli.model.config import GRSerConfig
+from gres_cli.model.grser import GRSer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    GRSer(GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4)).save_pretrained(
+        folder
+    )
+    return folder
+
+
+def test_calibrate_names_a_metric_of_the_sweep_before_any_work(tmp_path: Path):
+    """Was: `--calibrate Sm` ran the whole model, then died with a KeyError."""
+    data = build_grd(tmp_path / "d")
+    for name in ("Sm", "nope"):
+        args = ["eval", str(data), "--model", "no/such-model", "--margins", "0,0.1"]
+        result = CliRunner().invoke(app, [*args, "--calibrate", name])
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert f"--calibrate {name!r}" in line and "acc" in line and "Sm," not in line
+
+
+def test_an_unreadable_image_is_left_out_with_its_reason_not_scored_absent(
+    model_dir: Path, tmp_path: Path
+):
+    """Was: `gres eval --model` scored an unreadable image as a correct "absent" answer,
+    listed neither in `missing` nor in `warnings` (N-acc inflated)."""
+    data = build_grd(tmp_path / "d", n_groups=1)
+    (data / "images" / "group-00" / "0002.jpg").write_bytes(b"not a jpeg")  # e1, e2: absent
+    report = tmp_path / "r.json"
+    args = ["eval", str(data), "--model", str(model_dir), "--report", str(report)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    r = json.loads(report.read_text())
+    assert r["pairs"] == 4 and r["left_out"] == 2  # 2 expressions x 3 images, 2 unreadable
+    assert len(r["missing"]) == 2
+    assert all("0002.jpg" in m and "cannot read" in m for m in r["missing"])
+    assert "2 pairs left out" in result.stderr
+
+
+def test_report_and_plots_never_land_on_an_input(tmp_path: Path):
+    """`--report` onto the predictions file or the manifest, or `--plots` inside the dataset,
+    would overwrite or litter an input: refused before any work."""
+    data = build_grd(tmp_path / "d", n_groups=1)
+    predictions = tmp_path / "p.jsonl"
+    predictions.write_text("")
+    manifest = (data / "grd.json").read_bytes()
+    for option, target in (
+        ("--report", predictions),
+        ("--report", data / "grd.json"),
+        ("--plots", data / "plots"),
+    ):
+        args = ["eval", str(data), "--predictions", str(predictions), option, str(target)]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert option in line
+    assert predictions.read_text() == "" and (data / "grd.json").read_bytes() == manifest
+    assert not (data / "plots").exists()
