@@ -64,9 +64,11 @@ def grd_dataset(tmp_path: Path) -> Path:
     return build_grd(tmp_path / "tiny-grd")
 
 
-def torchrun_gres(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+def torchrun_gres(
+    *args: str, processes: int = 2, program: tuple[str, ...] = ("-m", "gres_cli")
+) -> subprocess.CompletedProcess:
     """`torchrun --nproc-per-node P -m gres_cli ARGS` on a free local port (a fixed port can
-    collide with another run on the same machine)."""
+    collide with another run on the same machine); `program` may name a script instead."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -81,8 +83,7 @@ def torchrun_gres(*args: str, processes: int = 2) -> subprocess.CompletedProcess
             "127.0.0.1",
             "--master-port",
             str(port),
-            "-m",
-            "gres_cli",
+            *program,
             *args,
         ],
         capture_output=True,
