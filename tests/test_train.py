@@ -71,6 +71,10 @@ def test_resume_continues_bit_for_bit(synth: Path, tmp_path: Path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     best = tmp_path / "split" / "best"
     assert (best / "model.safetensors").is_file() and (best / "README.md").is_file()
+    config = json.loads((best / "config.json").read_text())
+    curve = config["extra"]["margin_curve"]  # the calibration is saved with the model
+    assert len(curve["margin"]) == len(curve["acc"]) > 2 and config["margin"] in curve["margin"]
+    assert max(curve["acc"]) == config["extra"]["metrics"]["val accuracy"]
 
 
 def test_tensorboard_events_mirror_the_jsonl_log(synth: Path, tmp_path: Path):
