@@ -1,7 +1,7 @@
 """Which language gate trains better: the same short grser-tiny run with each `language_gate`
 (random, lavt, lavt-open) on one synthetic set, validation figures side by side.
 
-    python benchmarks/bench_language_gate.py [--steps 600] [--groups 200] [--threads 1]
+    python benchmarks/bench_language_gate.py [--steps 600] [--groups 200] [--gates random,lavt]
 
 A from-scratch 64 px model, not a pretrained Swin-B: it shows whether the Swin stream needs
 the language (a closed LAVT gate never lets it in), not what a pretrained encoder would do.
@@ -24,11 +24,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--groups", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--gates", default="random,lavt,lavt-open", help="comma-separated")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = generate(Path(tmp) / "synth", groups=args.groups, images_per_group=8, size=64)
         rows = []
-        for gate in ("random", "lavt", "lavt-open"):
+        for gate in args.gates.split(","):
             cfg = TrainConfig.preset("tiny-synth")
             cfg.model = {**cfg.model, "language_gate": gate}
             cfg.steps, cfg.val_every, cfg.checkpoint_every = args.steps, args.steps // 2, args.steps
