@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from gres_cli.errors import GresError
 from gres_cli.model.config import GRSerConfig
 from gres_cli.model.grser import GRSer, presence
 from gres_cli.model.hierarchizer import expert_order
@@ -215,6 +216,9 @@ def test_base_preset_is_the_paper_architecture():
         swin_window_size=3,
     )
     model = GRSer(offline).eval()
+    # LAVT's PWAM: key/value width = the stage's own width; LAVT's gate: no bias, zero weights
+    assert [f.key.out_features for f in model.image_encoder.fusions] == [128, 256, 512, 1024]
+    assert config.fusion_dims == [128, 256, 512, 1024]
     params = model.num_parameters()
     assert 85e6 < params["image_encoder"] < 100e6  # Swin-B (87.8 M) + PWAMs and gates
     assert model.text_encoder.dim == 768 and model.text_encoder.bert.config.num_hidden_layers == 12
@@ -233,3 +237,65 @@ def test_coordinate_option_builds_and_round_trips(tmp_path):
     with torch.no_grad():
         a, b = model(x, "the red circle"), GRSer.from_pretrained(tmp_path)(x, "the red circle")
     assert torch.equal(a.mask_logits, b.mask_logits)
+
+
+def _stage_outputs_without_gates(model: GRSer, pixels: torch.Tensor, text) -> list[torch.Tensor]:
+    """The encoder's maps when each stage passes its Swin output on unchanged (no gate)."""
+    enc = model.image_encoder
+    x, maps = enc.swin.patch_embed(pixels), []
+    for stage, fuse, norm in zip(enc.swin.layers, enc.fusions, enc.norms, strict=True):
+        x = stage(x)
+        fused = fuse(x.permute(0, 3, 1, 2), text.words, text.word_mask).permute(0, 2, 3, 1)
+        maps.append(norm(fused).permute(0, 3, 1, 2))
+    return maps
+
+
+def _gate_training_steps(gate: str, steps: int) -> GRSer:
+    torch.manual_seed(0)
+    config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4, language_gate=gate)
+    model = GRSer(config).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randn(1, 2, 3, 64, 64)
+    for _ in range(steps):
+        out = model(x, ["the red circle"])
+        loss = out.mask_logits.sigmoid().mean() + (out.d_pos - out.d_neg).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+@pytest.mark.parametrize("gate", ["lavt", "lavt-open"])
+def test_lavt_gates_start_closed_without_bias(gate: str):
+    torch.manual_seed(0)
+    config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4, language_gate=gate)
+    model = GRSer(config).eval()
+    for g in model.image_encoder.gates:
+        assert g.net[0].bias is None and g.net[2].bias is None
+        assert not g.net[2].weight.any()  # W_2 = 0: gamma = tanh(0) = 0
+        assert g.net[0].weight.any() == (gate == "lavt-open")
+    pixels = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        text = model.encode_text(["the red circle"]).expand(2)
+        got = model.image_encoder(pixels, text)
+        want = _stage_outputs_without_gates(model, pixels, text)
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+def test_lavt_gate_gets_zero_gradient_and_never_opens():
+    model = _gate_training_steps("lavt", steps=5)
+    for g in model.image_encoder.gates:
+        assert not g.net[0].weight.any() and not g.net[2].weight.any()
+        assert not g.net[0].weight.grad.any() and not g.net[2].weight.grad.any()
+    # the control: the same steps open a gate whose W_1 starts random
+    opened = _gate_training_steps("lavt-open", steps=5)
+    assert all(g.net[2].weight.abs().max() > 1e-3 for g in opened.image_encoder.gates)
+
+
+def test_configs_without_gate_keys_keep_the_shipped_architecture():
+    config = GRSerConfig.from_dict({"image_size": 64, "swin_window_size": 4})
+    assert config.language_gate == "random" and config.fusion_dims == [32, 64, 64, 64]
+    model = GRSer(config)
+    assert model.image_encoder.gates[0].net[2].bias is not None
+    with pytest.raises(GresError, match="language_gate"):
+        GRSerConfig.from_dict({"language_gate": "open"})

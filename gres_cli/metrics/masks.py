@@ -187,12 +187,25 @@ class GRESMeter:
         gt_present = gt is not None and bool(np.any(gt))
         nonempty = bool(np.any(pred))
         decided = nonempty if pred_present is None else bool(pred_present)
-        self._all.add(iou, inter, union, gt_present, decided, nonempty)
+        self.add_measured(iou, inter, union, gt_present, decided, nonempty, group)
+        return iou
+
+    def add_measured(
+        self,
+        iou: float,
+        inter: int,
+        union: int,
+        gt_present: bool,
+        pred_present: bool,
+        pred_nonempty: bool,
+        group: str | None = None,
+    ) -> None:
+        """Add one pair already measured by `pair_iou` (replaying stored pairs, no masks)."""
+        self._all.add(iou, inter, union, gt_present, pred_present, pred_nonempty)
         if group is not None:
             self._groups.setdefault(group, _Sums(self.protocol)).add(
-                iou, inter, union, gt_present, decided, nonempty
+                iou, inter, union, gt_present, pred_present, pred_nonempty
             )
-        return iou
 
     @property
     def pairs(self) -> int:

@@ -14,6 +14,8 @@ from gres_cli.errors import GresError
 
 #: `model_type` in a GRSer folder's config.json (how `gres_cli.backends.load_model` knows it)
 MODEL_TYPE = "grser"
+#: The language gate kinds (gres_cli.model.encoders.LanguageGate says what each one does).
+LANGUAGE_GATES = ("random", "lavt", "lavt-open")
 
 
 @dataclass
@@ -43,7 +45,8 @@ class GRSerConfig:
     pooling: str = "mean"  # sentence feature L from word features: "mean" (masked) or "cls"
     query_stage: int = 1  # which encoder stage gives V_n (0-based; 1 = stride 8)
     embed_dim: int = 64  # D, the shared embedding space of prototypes, z_n, L and L_anti
-    fusion_dim: int = 64  # key/value width of the pixel-word attention (PWAM)
+    fusion_dim: int | None = 64  # PWAM key/value width, min(stage width, this); None: LAVT's
+    language_gate: str = "random"  # "random" | "lavt" | "lavt-open" (encoders.LanguageGate)
     fusion_coords: bool = False  # give PWAM pixel coordinates (Swin has no absolute position)
     decoder_dim: int = 32  # hidden width of the mask decoder (LAVT: 512)
     decoder_film: bool = False  # ours: FiLM each decoder block by L (LAVT's decoder has no text)
@@ -66,6 +69,11 @@ class GRSerConfig:
             raise GresError(f"config: image_size {self.image_size} must be a multiple of {stride}")
         if self.pooling not in ("mean", "cls"):
             raise GresError(f"config: pooling must be 'mean' or 'cls', not {self.pooling!r}")
+        if self.language_gate not in LANGUAGE_GATES:
+            raise GresError(
+                f"config: language_gate must be one of {', '.join(LANGUAGE_GATES)}, "
+                f"not {self.language_gate!r}"
+            )
         if self.experts < 1:
             raise GresError("config: experts (K) must be >= 1")
 
@@ -73,6 +81,14 @@ class GRSerConfig:
     def stage_dims(self) -> list[int]:
         """Channel width of each encoder stage (Swin doubles it at each stage)."""
         return [self.swin_embed_dim * 2**i for i in range(len(self.swin_depths))]
+
+    @property
+    def fusion_dims(self) -> list[int]:
+        """PWAM key/value width per stage: the stage's own width (LAVT) when `fusion_dim` is
+        None, else min(stage width, fusion_dim)."""
+        if self.fusion_dim is None:
+            return self.stage_dims
+        return [min(d, self.fusion_dim) for d in self.stage_dims]
 
     @property
     def vision_dim(self) -> int:
@@ -140,7 +156,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "text_model": "bert-base-uncased",
         "query_stage": 2,
         "embed_dim": 256,
-        "fusion_dim": 512,
+        "fusion_dim": None,
+        "language_gate": "lavt-open",
         "decoder_dim": 512,
         "experts": 8,
     },

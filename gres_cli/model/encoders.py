@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gres_cli.model.config import GRSerConfig
+from gres_cli.model.config import LANGUAGE_GATES, GRSerConfig
 
 NEGATION_TOKEN = "<no>"
 
@@ -239,11 +239,29 @@ class PWAM(nn.Module):
 
 
 class LanguageGate(nn.Module):
-    """gamma = tanh(Linear(ReLU(Linear(F)))), per pixel and channel (LAVT's language gate)."""
+    """gamma = tanh(W_2 ReLU(W_1 F)), per pixel and channel (LAVT's language gate).
 
-    def __init__(self, dim: int) -> None:
+    `kind` sets the second Linear's bias and the initialisation:
+    - "lavt": LAVT's exactly: no bias, W_1 = W_2 = 0. The gate starts closed (gamma = 0) and
+      stays closed: dL/dW_2 = g relu(W_1 F)^T = 0 and dL/dW_1 = (W_2^T g * relu') F^T = 0, so
+      the Swin stream never receives the language; only the decoder sees the fused maps.
+    - "lavt-open": no bias, W_2 = 0, W_1 random: starts closed (a pretrained Swin starts
+      undisturbed) and can open, since dL/dW_2 = g relu(W_1 F)^T is not zero.
+    - "random": a bias on W_2 and PyTorch's default initialisation (open from step 0; the
+      shipped demo model's gate).
+    """
+
+    def __init__(self, dim: int, kind: str = "random") -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim, bias=False), nn.ReLU(), nn.Linear(dim, dim))
+        if kind not in LANGUAGE_GATES:
+            raise ValueError(f"language gate {kind!r}: choose from {', '.join(LANGUAGE_GATES)}")
+        first = nn.Linear(dim, dim, bias=False)  # built first: the random draws stay as before
+        second = nn.Linear(dim, dim, bias=kind == "random")
+        self.net = nn.Sequential(first, nn.ReLU(), second)
+        if kind in ("lavt", "lavt-open"):
+            nn.init.zeros_(second.weight)
+        if kind == "lavt":
+            nn.init.zeros_(first.weight)
 
     def forward(self, fused: Tensor) -> Tensor:  # B x H x W x C (channels last)
         return torch.tanh(self.net(fused))
@@ -274,10 +292,11 @@ class ImageEncoder(nn.Module):
         self.swin.norm = nn.Identity()
         dims = config.stage_dims
         self.fusions = nn.ModuleList(
-            PWAM(d, text_dim, min(d, config.fusion_dim), config.fusion_coords) for d in dims
+            PWAM(d, text_dim, key_dim, config.fusion_coords)
+            for d, key_dim in zip(dims, config.fusion_dims, strict=True)
         )
         # the last stage's gated residual would feed no further stage: LAVT's is unused, so omitted
-        self.gates = nn.ModuleList(LanguageGate(d) for d in dims[:-1])
+        self.gates = nn.ModuleList(LanguageGate(d, config.language_gate) for d in dims[:-1])
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims)
 
     def load_timm_weights(self, name: str) -> None:

@@ -6,9 +6,12 @@ import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gres_cli.errors import GresError
+
+if TYPE_CHECKING:
+    from gres_cli.training.data import Sampling
 
 
 @dataclass
@@ -19,7 +22,9 @@ class TrainConfig:
     init_from: str | None = None  # a model folder/Hub id to fine-tune instead of a fresh model
     steps: int = 1000
     groups_per_step: int = 4  # B expressions (each with its own group) per step
-    images_per_group: int = 6  # N images sampled from the expression's group
+    # N images sampled from the expression's group: a number, or [lo, hi] to draw N uniformly
+    # per expression (sizes below, at and above K, so padding at inference is not new)
+    images_per_group: int | list[int] = 6
     min_negatives: int = 1  # per sampled group, when the group has negatives
     min_positives: int = 1
     lr: float = 1e-3
@@ -38,6 +43,8 @@ class TrainConfig:
     triplet_margin: float = 0.3  # alpha of the triplet losses (not the inference margin m)
     positive_class_weight: float = 1.1  # LAVT's CE class weights [0.9, 1.1]
     negative_class_weight: float = 0.9
+    workers: int = 2  # DataLoader processes reading images and masks (0: in the main process)
+    preload: bool = False  # decode the whole split once (small sets: faster, memory grows)
     flip: bool = True  # horizontal flips, never when the expression says left/right
     train_split: str = "train"
     val_split: str | None = "val"
@@ -48,6 +55,23 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
     threads: int | None = None
     tensorboard: bool | None = None  # None: log TensorBoard events when the package is installed
+
+    def __post_init__(self) -> None:
+        sizes = self.images_per_group
+        sizes = [sizes, sizes] if isinstance(sizes, int) else list(sizes)
+        if len(sizes) != 2 or not 1 <= sizes[0] <= sizes[1]:
+            raise GresError(
+                f"training config: images_per_group must be N or [lo, hi] with 1 <= lo <= hi, "
+                f"not {self.images_per_group!r}"
+            )
+
+    def sampling(self) -> Sampling:
+        """How each training sample is drawn (gres_cli.training.data.Sampling)."""
+        from gres_cli.training.data import Sampling
+
+        sizes = self.images_per_group
+        lo, hi = (sizes, sizes) if isinstance(sizes, int) else sizes
+        return Sampling(lo, hi, self.min_positives, self.min_negatives, self.flip)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,15 +121,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model": {"preset": "grser-tiny", "image_size": 64, "swin_window_size": 4},
         "steps": 1500,
         "groups_per_step": 4,
-        "images_per_group": 6,
+        "images_per_group": [2, 8],  # K = 4: groups below, at and above K
         "lr": 1e-3,
         "warmup_steps": 50,
     },
     "grser-base": {
         "model": {"preset": "grser-base"},
         "steps": 52000,
-        "groups_per_step": 4,
-        "images_per_group": 8,
+        "groups_per_step": 2,
+        "images_per_group": [2, 16],  # K = 8: below, at and above K; at most 32 images a step
         "lr": 5e-5,
         "weight_decay": 1e-2,
         "schedule": "poly",

@@ -1,13 +1,18 @@
-"""Group batches from a GRD dataset: every step, B expressions x N images of their groups.
+"""Group samples from a GRD dataset, streamed: images and masks are read when a sample is drawn.
 
-Images and masks are decoded once and kept at the model's input size (uint8), so a step costs
-only the model. Sampling is a pure function of (seed, step): a resumed run draws exactly the
-batches the uninterrupted run would have drawn.
+The split is indexed by paths only (`SplitIndex`); `GroupSamples` turns a draw key into one
+expression with N images of its group, reading and resizing them in the DataLoader's workers.
+`DrawSampler` walks epoch after epoch through the expressions in the order of a
+`DistributedSampler`, so each rank reads only its share; a sample's randomness (group size,
+images, flip) is a pure function of (seed, epoch, expression), so a resumed run, any number of
+workers and `preload` all draw exactly the same batches. Memory holds one prefetched batch per
+worker, not the split (`preload: true` decodes the split once instead: faster on small sets).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from grd_tools.format import GRDDataset
 from grd_tools.imageio import open_image, read_mask
@@ -32,94 +38,214 @@ class GroupBatch:
     present: Tensor  # B x N bool
     image_mask: Tensor  # B x N bool (False = padding)
     texts: list[str]
+    items: list[int]  # the expressions' indices in the split (SplitIndex.items)
 
 
-class GroupData:
-    """The images, masks and (group, expression) items of one split, decoded at `size`."""
+@dataclass(frozen=True)
+class Item:
+    """One (group, expression) pair: the expression's mask file per image, None = absent."""
 
-    def __init__(self, dataset: GRDDataset, split: str | None, size: int) -> None:
+    group: int
+    text: str
+    targets: tuple[Path | None, ...]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a sample is drawn: N images (uniform in [min_images, max_images]) with at least
+    `min_positives` / `min_negatives` when the group has them; flips unless left/right."""
+
+    min_images: int
+    max_images: int
+    min_positives: int = 1
+    min_negatives: int = 1
+    flip: bool = False
+
+
+class SplitIndex:
+    """The files of one split: image paths per group and the (group, expression) items."""
+
+    def __init__(self, dataset: GRDDataset, split: str | None) -> None:
         root = dataset.root
         if root is None:
             raise GresError("dataset has no root folder")
         groups = [g for g in dataset.groups if split is None or g.split == split]
         if not groups:
             raise GresError(f"{root}: no groups in split {split!r}")
-        self.size = size
-        self.images: list[Tensor] = []  # 3 x S x S uint8
-        self.group_images: list[list[int]] = []
-        self.items: list[tuple[int, str, list[Tensor | None]]] = []  # (group, text, masks)
+        self.group_files: list[tuple[Path, ...]] = []
+        self.items: list[Item] = []
         for gi, g in enumerate(groups):
-            idx = []
-            for img in g.images:
-                pic = open_image(resolve_inside(root, img.file))
-                self.images.append(image_to_pixels(pic, size))
-                idx.append(len(self.images) - 1)
-            self.group_images.append(idx)
+            self.group_files.append(tuple(resolve_inside(root, img.file) for img in g.images))
             for e in g.expressions:
-                masks: list[Tensor | None] = []
-                for img in g.images:
-                    rel = e.targets.get(img.id)
-                    if rel is None:
-                        masks.append(None)
-                        continue
-                    m = Image.fromarray(read_mask(resolve_inside(root, rel)))
-                    m = m.resize((size, size), Image.NEAREST)
-                    masks.append(torch.from_numpy(np.asarray(m) > 0))
-                self.items.append((gi, e.text, masks))
+                targets = tuple(
+                    None if e.targets.get(img.id) is None
+                    else resolve_inside(root, e.targets[img.id])
+                    for img in g.images
+                )  # fmt: skip
+                self.items.append(Item(gi, e.text, targets))
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def batch(
-        self,
-        rng: np.random.Generator,
-        groups: int,
-        images: int,
-        min_pos: int = 1,
-        min_neg: int = 1,
-        flip: bool = False,
-    ) -> GroupBatch:
-        """B random expressions, each with N of its group's images (positives and negatives)."""
-        b, n, s = groups, images, self.size
-        pix = torch.zeros(b, n, 3, s, s)
-        masks = torch.zeros(b, n, s, s)
-        present = torch.zeros(b, n, dtype=torch.bool)
-        valid = torch.zeros(b, n, dtype=torch.bool)
-        texts = []
-        for bi, item in enumerate(rng.integers(len(self.items), size=b)):
-            gi, text, item_masks = self.items[int(item)]
-            chosen = self._choose(rng, item_masks, n, min_pos, min_neg)
-            do_flip = flip and not _SIDE_WORDS.search(text) and rng.random() < 0.5
-            for ni, k in enumerate(chosen):
-                img = normalize(self.images[self.group_images[gi][k]])
-                m = item_masks[k]
-                mask = m.float() if m is not None else torch.zeros(s, s)
-                if do_flip:
-                    img, mask = img.flip(-1), mask.flip(-1)
-                pix[bi, ni], masks[bi, ni] = img, mask
-                present[bi, ni] = m is not None
-                valid[bi, ni] = True
-            texts.append(text)
-        return GroupBatch(pix, masks, present, valid, texts)
 
-    @staticmethod
-    def _choose(
-        rng: np.random.Generator, masks: list[Tensor | None], n: int, min_pos: int, min_neg: int
-    ) -> list[int]:
-        pos = [i for i, m in enumerate(masks) if m is not None]
-        neg = [i for i, m in enumerate(masks) if m is None]
-        rng.shuffle(pos)
-        rng.shuffle(neg)
-        take = pos[: min(min_pos, len(pos))] + neg[: min(min_neg, len(neg))]
-        rest = [i for i in range(len(masks)) if i not in take]
-        rng.shuffle(rest)
-        chosen = (take + rest)[:n]
-        rng.shuffle(chosen)
-        return chosen
+def read_pixels(path: Path, size: int) -> Tensor:
+    """An image file -> 3 x S x S uint8 (the model's plain resize)."""
+    return image_to_pixels(open_image(path), size)
 
 
-def load_split(path: str | Path, split: str | None, size: int) -> GroupData:
-    """Validate-free fast path: the loop validates the dataset before calling this."""
-    from grd_tools.format import load
+def read_target(path: Path, size: int) -> Tensor:
+    """A mask file -> S x S bool (nearest resize, so the mask stays binary)."""
+    mask = Image.fromarray(read_mask(path)).resize((size, size), Image.NEAREST)
+    return torch.from_numpy(np.asarray(mask) > 0)
 
-    return GroupData(load(path), split, size)
+
+def choose_images(
+    rng: np.random.Generator, present: list[bool], n: int, min_pos: int, min_neg: int
+) -> list[int]:
+    """N of the group's images in random order: at least min_pos positives and min_neg
+    negatives when the group has them, the rest at random (fewer when the group is smaller)."""
+    pos = [i for i, p in enumerate(present) if p]
+    neg = [i for i, p in enumerate(present) if not p]
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+    take = pos[: min(min_pos, len(pos))] + neg[: min(min_neg, len(neg))]
+    rest = [i for i in range(len(present)) if i not in take]
+    rng.shuffle(rest)
+    chosen = (take + rest)[:n]
+    rng.shuffle(chosen)
+    return chosen
+
+
+class GroupSamples(Dataset):
+    """Draw key (epoch * len(index) + expression) -> one sample, read from disk in the worker.
+
+    A sample is a dict: pixels N x 3 x S x S uint8, masks N x S x S bool, present N bool, text,
+    item (the expression's index) and images (its group's image indices, in sample order).
+    With `preload`, every image and mask is decoded once here instead (today's small-set path).
+    """
+
+    def __init__(
+        self, index: SplitIndex, size: int, sampling: Sampling, seed: int, preload: bool = False
+    ) -> None:
+        self.index, self.size, self.sampling, self.seed = index, size, sampling, seed
+        self.images: dict[Path, Tensor] | None = None
+        self.masks: dict[Path, Tensor] | None = None
+        if preload:
+            self.images = {p: read_pixels(p, size) for f in index.group_files for p in f}
+            targets = {t for item in index.items for t in item.targets if t is not None}
+            self.masks = {t: read_target(t, size) for t in targets}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key: int) -> dict:
+        epoch, item_index = divmod(int(key), len(self.index))
+        item = self.index.items[item_index]
+        rng = np.random.default_rng([self.seed, epoch, item_index])
+        s = self.sampling
+        n = int(rng.integers(s.min_images, s.max_images + 1))
+        present = [t is not None for t in item.targets]
+        chosen = choose_images(rng, present, n, s.min_positives, s.min_negatives)
+        flip = s.flip and not _SIDE_WORDS.search(item.text) and rng.random() < 0.5
+        files = self.index.group_files[item.group]
+        pixels = torch.stack([self._pixels(files[k]) for k in chosen])
+        empty = torch.zeros(self.size, self.size, dtype=torch.bool)
+        masks = torch.stack(
+            [empty if item.targets[k] is None else self._target(item.targets[k]) for k in chosen]
+        )
+        if flip:
+            pixels, masks = pixels.flip(-1), masks.flip(-1)
+        return {
+            "pixels": pixels,
+            "masks": masks,
+            "present": torch.tensor([present[k] for k in chosen]),
+            "text": item.text,
+            "item": item_index,
+            "images": chosen,
+        }
+
+    def _pixels(self, path: Path) -> Tensor:
+        return self.images[path] if self.images is not None else read_pixels(path, self.size)
+
+    def _target(self, path: Path) -> Tensor:
+        return self.masks[path] if self.masks is not None else read_target(path, self.size)
+
+
+def collate(samples: list[dict]) -> GroupBatch:
+    """Samples of different group sizes -> one batch padded to the largest (image_mask)."""
+    b, n = len(samples), max(len(x["pixels"]) for x in samples)
+    s = samples[0]["pixels"].shape[-1]
+    pixels = torch.zeros(b, n, 3, s, s, dtype=torch.uint8)
+    masks = torch.zeros(b, n, s, s)
+    present = torch.zeros(b, n, dtype=torch.bool)
+    valid = torch.zeros(b, n, dtype=torch.bool)
+    for i, x in enumerate(samples):
+        k = len(x["pixels"])
+        pixels[i, :k], masks[i, :k], present[i, :k] = x["pixels"], x["masks"], x["present"]
+        valid[i, :k] = True
+    # padded slots hold zero bytes, which normalise to a constant image the model never uses
+    texts, items = [x["text"] for x in samples], [x["item"] for x in samples]
+    return GroupBatch(normalize(pixels), masks, present, valid, texts, items)
+
+
+class DrawSampler(Sampler[int]):
+    """Endless draw keys for one rank: epoch after epoch, this rank's share of a
+    DistributedSampler's shuffled order of the expressions (disjoint across ranks: the tail
+    that does not divide evenly is dropped), as epoch * n + expression. `start` skips the
+    draws a resumed run has already consumed, without reading anything."""
+
+    def __init__(self, n: int, world: int = 1, rank: int = 0, seed: int = 0, start: int = 0):
+        if n < world:
+            raise GresError(f"{n} expressions cannot be shared by {world} processes")
+        self.n, self.start = n, start
+        self.order = DistributedSampler(
+            range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, skip = divmod(self.start, len(self.order))
+        while True:
+            self.order.set_epoch(epoch)
+            for position, i in enumerate(self.order):
+                if position >= skip:
+                    yield epoch * self.n + i
+            epoch, skip = epoch + 1, 0
+
+
+def train_loader(
+    samples: GroupSamples,
+    batch_size: int,
+    workers: int,
+    world: int = 1,
+    rank: int = 0,
+    start: int = 0,
+) -> DataLoader:
+    """Batches of `batch_size` samples for this rank, from draw `start` of its stream on."""
+    sampler = DrawSampler(len(samples), world, rank, samples.seed, start)
+    return DataLoader(
+        samples,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+    )
+
+
+class GroupReader:
+    """Validation's view of a split: every expression on its whole group, read lazily, one
+    group's images at a time (the items of a group are consecutive)."""
+
+    def __init__(self, index: SplitIndex, size: int) -> None:
+        self.index, self.size = index, size
+
+    def __iter__(self) -> Iterator[tuple[Tensor, str, list[Tensor | None]]]:
+        """(pixels M x 3 x S x S uint8, text, per-image target S x S bool or None)."""
+        group, pixels = -1, torch.empty(0)
+        for item in self.index.items:
+            if item.group != group:
+                group = item.group
+                files = self.index.group_files[group]
+                pixels = torch.stack([read_pixels(p, self.size) for p in files])
+            masks = [None if t is None else read_target(t, self.size) for t in item.targets]
+            yield pixels, item.text, masks

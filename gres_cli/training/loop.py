@@ -24,12 +24,17 @@ import torch
 
 from grd_tools.fsutil import atomic_output_dir, atomic_write_text, recover_output_dir
 from gres_cli.errors import GresError
-from gres_cli.metrics.masks import GRESMeter
+from gres_cli.metrics.masks import GRESMeter, pair_iou
 from gres_cli.model.config import GRSerConfig
-from gres_cli.model.grser import GRSer, presence
+from gres_cli.model.grser import GRSer
 from gres_cli.model.preprocess import normalize
 from gres_cli.training.config import TrainConfig
-from gres_cli.training.data import GroupData
+from gres_cli.training.data import (
+    GroupReader,
+    GroupSamples,
+    SplitIndex,
+    train_loader,
+)
 from gres_cli.training.losses import LossWeights, grser_losses
 
 STATE_FILE = "trainer_state.pt"
@@ -78,42 +83,64 @@ def _optimizer(model: GRSer, cfg: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
+def margin_candidates(scores: np.ndarray, count: int = 41) -> list[float]:
+    """Margins m spanning the scores d_neg - d_pos actually take: midpoints between
+    consecutive quantiles (0, 1/(count-1), ..., 1) of the scores, plus one below the smallest
+    (every pair present) and the largest (every pair absent), plus 0."""
+    if scores.size == 0:
+        return [0.0]
+    q = np.unique(np.quantile(scores, np.linspace(0.0, 1.0, count)))
+    mids = [round(float(m), 4) for m in (q[1:] + q[:-1]) / 2]
+    # edges rounded outwards, so they still call every pair present / absent
+    edges = [math.floor(q[0] * 1e4 - 1) / 1e4, math.ceil(q[-1] * 1e4) / 1e4]
+    return sorted({m + 0.0 for m in [*mids, *edges, 0.0]})
+
+
 @torch.no_grad()
-def evaluate_groups(model: GRSer, data: GroupData, margins: list[float]) -> dict[str, Any]:
+def evaluate_groups(model: GRSer, data: GroupReader) -> dict[str, Any]:
     """`gres eval`'s metrics (GRESMeter, protocol gres, at input resolution) at the margin m
     that maximises present/absent accuracy, plus `mIoU_pos` (mean IoU over positives, a
-    positive called absent scoring 0) and the chosen `margin`.
+    positive called absent scoring 0), the chosen `margin` and the accuracy curve over the
+    candidates (`margin_curve`: margin_candidates of the scores, so m is searched over the
+    range d_neg - d_pos takes, not a fixed grid).
 
-    Every expression is run on its whole group (the paper's all-pairs computation); one forward
-    pass feeds one streaming meter per candidate margin.
+    Every expression is run on its whole group (the paper's all-pairs computation). Each pair
+    is measured once both ways (mask kept / called absent) and replayed at the chosen m, so
+    memory holds a few numbers per pair, never masks.
     """
     was = model.training
     model.eval()
-    meters = {m: GRESMeter() for m in margins}
-    positive_ious: dict[float, list[float]] = {m: [] for m in margins}
-    for gi, text, masks in data.items:
-        idx = data.group_images[gi]
-        pix = normalize(torch.stack([data.images[i] for i in idx]).to(model.device))
-        out = model(pix, [text])
+    empty_iou = GRESMeter().protocol.empty_iou
+    scores, kept, dropped, gt_present = [], [], [], []
+    for pixels, text, masks in data:
+        out = model(normalize(pixels.to(model.device)), [text])
         pred = (torch.sigmoid(out.mask_logits[0]) > 0.5).cpu().numpy()
         for k, m in enumerate(masks):
             gt = None if m is None else m.numpy()
-            d_pos, d_neg = float(out.d_pos[0, k]), float(out.d_neg[0, k])
-            for margin, meter in meters.items():
-                present = presence(d_pos, d_neg, margin)
-                mask = pred[k] if present else np.zeros_like(pred[k])
-                iou = meter.update(mask, gt, present)
-                if gt is not None:
-                    positive_ious[margin].append(iou)
+            scores.append(float(out.d_neg[0, k] - out.d_pos[0, k]))
+            kept.append((*pair_iou(pred[k], gt, empty_iou), bool(pred[k].any())))
+            dropped.append((*pair_iou(np.zeros_like(pred[k]), gt, empty_iou), False))
+            gt_present.append(gt is not None and bool(gt.any()))
     model.train(was)
-    scores = {m: meter.compute() for m, meter in meters.items()}
-    best_m = max(margins, key=lambda m: (scores[m]["acc"], -abs(m))) + 0.0  # no -0.0
-    ious = positive_ious[best_m]
+    score, truth = np.asarray(scores), np.asarray(gt_present, dtype=bool)
+    margins = margin_candidates(score)
+    # the presence rule d_pos + m < d_neg is score > m
+    accuracy = [float(np.mean((score > m) == truth)) if score.size else 0.0 for m in margins]
+    best = max(range(len(margins)), key=lambda i: (accuracy[i], -abs(margins[i])))
+    best_m = margins[best]
+    meter, positive_ious = GRESMeter(), []
+    for s, present, on, off in zip(score, truth, kept, dropped, strict=True):
+        decided = bool(s > best_m)
+        iou, inter, union, nonempty = on if decided else off
+        meter.add_measured(iou, inter, union, bool(present), decided, nonempty)
+        if present:
+            positive_ious.append(iou)
     return {
-        **scores[best_m],
+        **meter.compute(),
         "margin": best_m,
-        "mIoU_pos": float(np.mean(ious)) if ious else 0.0,
-        "pairs": meters[best_m].pairs,
+        "mIoU_pos": float(np.mean(positive_ious)) if positive_ious else 0.0,
+        "pairs": meter.pairs,
+        "margin_curve": {"margin": margins, "acc": accuracy},
     }
 
 
@@ -253,10 +280,13 @@ def train(
         # the BERT pooler is never used: DDP must not wait for its gradients
         net = DistributedDataParallel(model, find_unused_parameters=True)
     ds = load(dataset)
-    train_data = GroupData(ds, cfg.train_split, model.config.image_size)
+    size = model.config.image_size
+    samples = GroupSamples(
+        SplitIndex(ds, cfg.train_split), size, cfg.sampling(), cfg.seed, cfg.preload
+    )
     val_data = None
     if cfg.val_split and any(g.split == cfg.val_split for g in ds.groups):
-        val_data = GroupData(ds, cfg.val_split, model.config.image_size)
+        val_data = GroupReader(SplitIndex(ds, cfg.val_split), size)
     opt = _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     use_amp = device.startswith("cuda") and cfg.precision in ("bf16", "fp16")
@@ -282,7 +312,14 @@ def train(
     best_path = out / "best" / "metrics.json"
     if best_path.is_file():
         best = json.loads(best_path.read_text())
-    margins = [round(x, 3) for x in np.arange(-0.5, 0.501, 0.05)]
+    # each micro-batch is the next groups_per_step draws of this rank's stream: resume skips
+    # the draws already consumed
+    batches = iter(
+        train_loader(
+            samples, cfg.groups_per_step, cfg.workers, world, rank,
+            start * cfg.accumulate * cfg.groups_per_step,
+        )
+    )  # fmt: skip
     last = float("nan")
     log = RunLog(out, cfg.tensorboard) if main else None
     try:
@@ -291,17 +328,8 @@ def train(
             # each step's randomness is a pure function of (seed, step): resume is exact
             torch.manual_seed(cfg.seed * 1_000_003 + step)
             terms_sum: dict[str, float] = {}
-            for micro in range(cfg.accumulate):
-                key = [cfg.seed, step, micro] + ([rank] if world > 1 else [])
-                rng = np.random.default_rng(key)
-                batch = train_data.batch(
-                    rng,
-                    cfg.groups_per_step,
-                    cfg.images_per_group,
-                    cfg.min_positives,
-                    cfg.min_negatives,
-                    cfg.flip,
-                )
+            for _ in range(cfg.accumulate):
+                batch = next(batches)
                 with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
                     result = net(
                         batch.pixel_values.to(device), batch.texts, batch.image_mask.to(device)
@@ -335,7 +363,8 @@ def train(
                 rec = {"step": done, "lr": sched.get_last_lr()[0], "sec": time.perf_counter() - t0}
                 log.write({**rec, **terms_sum})
             if val_data is not None and (done % cfg.val_every == 0 or done == end):
-                metrics = evaluate_groups(model, val_data, margins)
+                metrics = evaluate_groups(model, val_data)
+                curve = metrics.pop("margin_curve")
                 log.write({"step": done, "val": metrics})
                 score = metrics["acc"] + metrics["mIoU_pos"]
                 if best is None or score > best["acc"] + best["mIoU_pos"]:
@@ -347,6 +376,7 @@ def train(
                         "margin m": metrics["margin"],
                         "step": done,
                     }
+                    model.config.extra["margin_curve"] = curve  # val accuracy per margin m
                     with atomic_output_dir(out / "best", overwrite=True) as tmp:
                         model.save_pretrained(tmp)
                         atomic_write_text(tmp / "metrics.json", json.dumps(best, indent=2))

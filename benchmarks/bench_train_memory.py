@@ -1,0 +1,124 @@
+"""Memory and speed of `gres train` against the dataset's size: the streaming loader on
+synthetic sets of 2,000 and 20,000 images, and the preloaded (in-memory) loader on the small
+one, side by side in one run.
+
+    python benchmarks/bench_train_memory.py [--steps 200] [--small 2000] [--large 20000]
+
+Each run is `gres train` (tiny-synth: grser-tiny at 64 px, 4 groups x 6 images a step, no
+validation) in its own process. Memory: the peak of the process tree's PSS (workers share the
+parent's pages; PSS counts each page once) and the peak RSS of the main process, polled from
+/proc every 0.1 s. Speed: steps/s over the steps after the first 20 (log.jsonl's seconds per
+step, data waits included); start-up: seconds from launch to the first step's log line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from grd_tools.synth import generate
+
+
+def _tree(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _kib(pid: int, path: str, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run(data: Path, out: Path, steps: int, preload: bool) -> dict[str, float]:
+    config = out.with_suffix(".yaml")
+    config.write_text(
+        "preset: tiny-synth\nimages_per_group: 6\ngroups_per_step: 4\nval_split: null\n"
+        f"steps: {steps}\ncheckpoint_every: {steps}\nlog_every: 1\nwarmup_steps: 10\n"
+        f"preload: {str(preload).lower()}\nworkers: {0 if preload else 2}\n"
+    )
+    cmd = [sys.executable, "-m", "gres_cli", "train", str(data), "--out", str(out)]
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [*cmd, "--config", str(config), "--threads", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    peak_pss = peak_rss = 0
+    first_step = None
+    log = out / "log.jsonl"
+    while proc.poll() is None:
+        pids = _tree(proc.pid)
+        peak_pss = max(peak_pss, sum(_kib(p, "smaps_rollup", "Pss:") for p in pids))
+        peak_rss = max(peak_rss, _kib(proc.pid, "status", "VmRSS:"))
+        if first_step is None and log.is_file() and log.stat().st_size:
+            first_step = time.perf_counter() - start
+        time.sleep(0.1)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-2000:]}")
+    secs = [json.loads(x)["sec"] for x in log.read_text().splitlines()][20:]
+    return {
+        "pss_mb": peak_pss / 1024,
+        "rss_mb": peak_rss / 1024,
+        "steps_per_s": len(secs) / sum(secs),
+        "startup_s": first_step or float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--small", type=int, default=2000, help="images in the small set")
+    parser.add_argument("--large", type=int, default=20000, help="images in the large set")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        sets = {}
+        for images in (args.small, args.large):
+            t = time.perf_counter()
+            sets[images] = generate(Path(tmp) / f"s{images}", groups=images // 8, size=64)
+            print(f"generated {images} images in {time.perf_counter() - t:.0f} s", flush=True)
+        plan = [("stream", args.small, False), ("stream", args.large, False)]
+        plan.append(("preload", args.small, True))
+        rows = [
+            (f"{name}, {images} images", run(sets[images], Path(tmp) / f"{name}{images}",
+                                             args.steps, preload))
+            for name, images, preload in plan
+        ]  # fmt: skip
+    base = rows[0][1]
+    print(f"\ngres train, tiny-synth, {args.steps} steps of 4 groups x 6 images at 64 px")
+    print(f"{'loader':<24} {'peak PSS MB':>11} {'main RSS MB':>11} {'steps/s':>8} {'start s':>8}"
+          f" {'PSS / small':>11} {'steps/s / small':>15}")  # fmt: skip
+    for name, r in rows:
+        print(
+            f"{name:<24} {r['pss_mb']:>11.0f} {r['rss_mb']:>11.0f} {r['steps_per_s']:>8.2f} "
+            f"{r['startup_s']:>8.1f} {r['pss_mb'] / base['pss_mb']:>11.2f} "
+            f"{r['steps_per_s'] / base['steps_per_s']:>15.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
