@@ -8,8 +8,8 @@ the folder, and memory bounded by the batch, not the folder:
      budget lasts (GRSer: the encoder output, which does not depend on the experts);
   2. the top-K experts of the WHOLE folder are chosen, and each image is decided against them
      (run through the model again only when it did not fit in the cache).
-For GRSer and a group of at most K images this equals the paper's all-pairs computation
-(tested).
+For GRSer and a group of at most K images this equals GRSer's own all-pairs forward (tested;
+both zero-pad the expert channels below K).
 One DataLoader streams the images of ALL jobs (group, expression) in order, decoding ahead of the
 model (workers, pinned memory on CUDA): a folder of many small groups pays for one loader, not
 one per group; consecutive jobs on the same images (a group's expressions in `gres eval`) read
