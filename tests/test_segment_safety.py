@@ -236,3 +236,19 @@ def test_markup_in_user_text_prints_literally(model_dir: Path, tmp_path: Path):
     )
     assert result.exit_code == 0, result.output
     assert '"the [/b] thing"' in result.stderr  # the summary table's title
+
+
+@pytest.mark.parametrize("experts", ["6", "0", "-1"])
+def test_experts_outside_the_models_range_is_a_usage_error(
+    model_dir: Path, tmp_path: Path, experts: str
+):
+    """--experts above the model's K (or below 1) is refused before any image is read; it was a
+    conv RuntimeError traceback with exit 1."""
+    photo = _image(tmp_path / "in" / "a.png", 0)
+    result = gres(
+        "segment", str(photo.parent), "x", "--model", str(model_dir), "--experts", experts,
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    line = _one_line_error(result)
+    assert f"--experts {experts}" in line and "1 to 4" in line
+    assert not (tmp_path / "out" / "records.jsonl").exists()
