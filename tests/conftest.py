@@ -157,3 +157,17 @@ def build_tiny_clipseg(folder: Path, seed: int = 0, size: int = 64) -> Path:
     CLIPSegProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
+
+
+def build_tiny_grser(folder: Path, seed: int = 0, **overrides) -> Path:
+    """A random grser-tiny at 64 px (window 4) saved as a model folder; `overrides` are config
+    fields (e.g. margin=-5.0 calls every image present, so masks get written)."""
+    import torch
+
+    from gres_cli.model.config import GRSerConfig
+    from gres_cli.model.grser import GRSer
+
+    torch.manual_seed(seed)
+    config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4, **overrides)
+    GRSer(config).save_pretrained(folder)
+    return folder

@@ -7,23 +7,15 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import build_grd
+from conftest import build_grd, build_tiny_grser
 from typer.testing import CliRunner
 
 from gres_cli.cli import app
-from gres_cli.model.config import GRSerConfig
-from gres_cli.model.grser import GRSer
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    GRSer(GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4)).save_pretrained(
-        folder
-    )
-    return folder
+    return build_tiny_grser(tmp_path_factory.mktemp("model") / "tiny")
 
 
 def test_calibrate_names_a_metric_of_the_sweep_before_any_work(tmp_path: Path):

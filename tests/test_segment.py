@@ -10,22 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny_grser
 from PIL import Image
 
 from gres_cli.inference.engine import Job, Segmenter
 from gres_cli.inference.inputs import ImageGroup
-from gres_cli.model.config import GRSerConfig
 from gres_cli.model.grser import GRSer
 from gres_cli.model.preprocess import preprocess, probability_to_original
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4, margin=-5.0)
-    GRSer(config).save_pretrained(folder)  # margin -5: every image "present", masks written
-    return folder
+    # margin -5: every image "present", masks written
+    return build_tiny_grser(tmp_path_factory.mktemp("model") / "tiny", margin=-5.0)
 
 
 @pytest.fixture(scope="module")

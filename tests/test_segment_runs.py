@@ -11,22 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from conftest import torchrun_gres
+from conftest import build_tiny_grser, torchrun_gres
 from PIL import Image
-
-from gres_cli.model.config import GRSerConfig
-from gres_cli.model.grser import GRSer
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    GRSer(GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4)).save_pretrained(
-        folder
-    )
-    return folder
+    return build_tiny_grser(tmp_path_factory.mktemp("model") / "tiny")
 
 
 def _photos(folder: Path, n: int, seed: int = 0) -> None:

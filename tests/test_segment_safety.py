@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import build_tiny_grser
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,11 +21,8 @@ from gres_cli.model.grser import GRSer
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model") / "tiny"
-    config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4, margin=-5.0)
-    GRSer(config).save_pretrained(folder)  # margin -5: every image "present", masks written
-    return folder
+    # margin -5: every image "present", masks written
+    return build_tiny_grser(tmp_path_factory.mktemp("model") / "tiny", margin=-5.0)
 
 
 def _image(path: Path, seed: int) -> Path:

@@ -19,8 +19,7 @@ from torch import Tensor
 
 from gres_cli.backends.protocol import FirstPass, SecondPass
 from gres_cli.model.encoders import TextFeatures
-from gres_cli.model.grser import Encoded, GRSer
-from gres_cli.model.hierarchizer import expert_order
+from gres_cli.model.grser import Encoded, ExpertScores, GRSer
 from gres_cli.model.preprocess import image_to_pixels, normalize, probability_to_original
 
 
@@ -62,8 +61,8 @@ class GRSerModel:
 
     def choose_experts(self, summary: dict[str, Tensor], k: int) -> Tensor:
         """The K' x C_v prototypes of the top-k experts, most reliable first."""
-        order = expert_order(summary["s_pos"], summary["s_neg"])[:k]
-        return summary["prototypes"][order]
+        scores = ExpertScores(summary["prototypes"], summary["s_pos"], summary["s_neg"])
+        return scores.prototypes[self.net.select_experts(scores, k)]
 
     def second_pass(
         self, pixels: Tensor | None, text: TextFeatures, experts: Tensor, items: list[Any] | None
