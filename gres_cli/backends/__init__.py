@@ -40,14 +40,22 @@ def model_types() -> list[str]:
 
 def backend_kind(checkpoint: str, revision: str | None = None) -> str:
     """The model_type of a backend checkpoint (its config.json only), or ModelLoadError."""
+    return _backend_folder(checkpoint, revision)[0]
+
+
+def _backend_folder(
+    checkpoint: str, revision: str | None, token: str | bool | None = None
+) -> tuple[str, Path]:
+    """(model_type, resolved folder) of a backend checkpoint, or ModelLoadError."""
     from gres_cli.model import hub
 
-    kind = hub.read_config(hub.resolve_model_dir(checkpoint, revision)).get("model_type")
+    folder = hub.resolve_model_dir(checkpoint, revision, token=token)
+    kind = hub.read_config(folder).get("model_type")
     if kind not in BACKENDS:
         raise ModelLoadError(
             f"{checkpoint}: model_type {kind!r} is not a backend ({', '.join(BACKENDS)})"
         )
-    return kind
+    return kind, folder
 
 
 def load_model(
@@ -106,10 +114,7 @@ def load_default_model(revision: str | None = None, *, group: bool = True) -> An
 def _load_backend(
     checkpoint: str, revision: str | None, group: bool, token: Any, **settings: Any
 ) -> Any:
-    from gres_cli.model import hub
-
-    kind = backend_kind(checkpoint, revision)
-    folder = hub.resolve_model_dir(checkpoint, revision, token=token)
+    kind, folder = _backend_folder(checkpoint, revision, token)
     if "sam" in settings and kind != "grounding-dino":
         raise ModelLoadError(f"{checkpoint}: a sam checkpoint pairs with grounding-dino only")
     return _construct(kind, folder, checkpoint, group, revision, **settings)

@@ -132,8 +132,9 @@ def segment(
         else:
             net = load_model(model, revision, group=not no_group)
         engine = Segmenter(net, device, precision, batch_size, workers, experts, margin, threshold)
-        settings = run_settings(model or DEFAULT_MODEL, revision, engine, fmt, overlay)
-        settings["group"] = not no_group
+        settings = run_settings(
+            model or DEFAULT_MODEL, revision, engine, fmt, overlay, group=not no_group
+        )
         writer = OutputWriter(out, fmt, overlay)
         try:
             writer.claim(settings, overwrite)
@@ -153,7 +154,7 @@ def segment(
 
 
 def run_settings(
-    model: str, revision: str | None, engine: Any, fmt: str, overlay: bool
+    model: str, revision: str | None, engine: Any, fmt: str, overlay: bool, group: bool = True
 ) -> dict[str, Any]:
     """What makes a run's answers what they are, kept in OUT/settings.json: a re-run with
     other settings is refused instead of passing the old answers off as new ones."""
@@ -166,6 +167,7 @@ def run_settings(
         "experts": engine.experts,
         "format": fmt,
         "overlay": overlay,
+        "group": group,
     }
 
 
