@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -63,6 +64,31 @@ def build_grd(
 def grd_dataset(tmp_path: Path) -> Path:
     """A small valid GRD dataset folder (2 groups x 3 images, 2 expressions each)."""
     return build_grd(tmp_path / "tiny-grd")
+
+
+def gres(
+    *args: str,
+    stdin: str | None = None,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess:
+    """Run `python -m gres_cli ARGS` in a subprocess, as a user's shell would."""
+    return subprocess.run(
+        [sys.executable, "-m", "gres_cli", *args],
+        capture_output=True,
+        text=True,
+        input=stdin,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def read_jsonl(source: str | Path) -> list[dict]:
+    """The records of a JSON-lines text, or of the file at a Path (blank lines ignored)."""
+    text = source.read_text() if isinstance(source, Path) else source
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def torchrun(*argv: str, processes: int = 2) -> subprocess.CompletedProcess:

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny_clipseg, populate_hub_cache
+from conftest import build_tiny_clipseg, gres, populate_hub_cache, read_jsonl
 from PIL import Image
 
 from gres_cli.backends import load_model
@@ -40,21 +38,6 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
             folder / f"{i:02d}.png"
         )
     return folder
-
-
-def gres(*args: str, env: dict | None = None, stdin: str | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "gres_cli", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        env=env,
-        timeout=300,
-    )
-
-
-def records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 # ---- the group rule, by its formula, on hand-made embeddings ---------------------------------
@@ -159,7 +142,7 @@ def test_masks_equal_the_library_processor_and_post_processing(
         "--out", str(out), "--jsonl", str(tmp_path / "r.jsonl"),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    recs = records(tmp_path / "r.jsonl")
+    recs = read_jsonl(tmp_path / "r.jsonl")
     assert len(recs) == 6 and all(r["present"] for r in recs)
     processor = CLIPSegProcessor.from_pretrained(clipseg_dir)
     model = CLIPSegForImageSegmentation.from_pretrained(clipseg_dir).eval()

@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import populate_hub_cache, tiny_clip_tokenizer
+from conftest import gres, populate_hub_cache, read_jsonl, tiny_clip_tokenizer
 from PIL import Image
-from test_backends import EXPRESSION, gres, records
 
 from gres_cli.backends import load_model
 from gres_cli.errors import ModelLoadError
 from gres_cli.inference.engine import Segmenter
 from gres_cli.inference.inputs import ImageGroup
+
+EXPRESSION = "the red umbrella"
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +41,7 @@ def cli_masks(model: Path, photos: Path, out: Path, env: dict | None = None) -> 
         "--out", str(out), "--jsonl", str(out / "r.jsonl"), env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    recs = records(out / "r.jsonl")
+    recs = read_jsonl(out / "r.jsonl")
     assert all(r["present"] for r in recs)
     for r in recs:
         r["mask_array"] = None if r["mask"] is None else np.asarray(Image.open(r["mask"])) > 0

@@ -1,13 +1,7 @@
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def gres(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "gres_cli", *args], capture_output=True, text=True, env=env
-    )
+from conftest import gres
 
 
 def test_init_then_info_reports_parameters(tmp_path: Path):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_grser
+from conftest import build_tiny_grser, gres, read_jsonl
 from PIL import Image
 
 from gres_cli.inference.engine import Job, Segmenter
@@ -40,27 +38,13 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def gres(*args: str, stdin: str | None = None, cwd: Path | None = None):
-    return subprocess.run(
-        [sys.executable, "-m", "gres_cli", *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        cwd=cwd,
-    )
-
-
-def _records(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines()]
-
-
 def test_folder_of_real_photos_gives_records_and_masks_at_original_size(
     model_dir: Path, photos: Path, tmp_path: Path
 ):
     out = tmp_path / "out"
     proc = gres("segment", str(photos), "the cat", "--model", str(model_dir), "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    recs = _records(proc.stdout)
+    recs = read_jsonl(proc.stdout)
     assert len(recs) == 7
     keys = {"image", "group", "expression", "present", "d_pos", "d_neg", "margin", "score"}
     keys |= {"mask", "area", "bbox", "width", "height", "error"}
@@ -95,7 +79,7 @@ def test_bad_images_get_an_error_record_and_exit_1(model_dir: Path, tmp_path: Pa
         str(tmp_path / "o"),
     )
     assert proc.returncode == 1, proc.stderr
-    by_name = {Path(r["image"]).name: r for r in _records(proc.stdout)}
+    by_name = {Path(r["image"]).name: r for r in read_jsonl(proc.stdout)}
     assert by_name["good.jpg"]["error"] is None and by_name["one-pixel.png"]["error"] is None
     for bad in ("empty.jpg", "notes.png", "truncated.jpg", "bomb.png"):
         assert by_name[bad]["error"], bad
@@ -112,10 +96,10 @@ def test_rerun_skips_finished_images_and_overwrite_redoes_them(
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     second = gres(*args)
     assert second.returncode == 0
-    assert _records(second.stdout) == _records(first.stdout)
+    assert read_jsonl(second.stdout) == read_jsonl(first.stdout)
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == mtimes
     third = gres(*args, "--overwrite")
-    assert third.returncode == 0 and len(_records(third.stdout)) == 7
+    assert third.returncode == 0 and len(read_jsonl(third.stdout)) == 7
 
 
 def test_stdin_paths_and_rle_format(model_dir: Path, photos: Path, tmp_path: Path):
@@ -135,7 +119,7 @@ def test_stdin_paths_and_rle_format(model_dir: Path, photos: Path, tmp_path: Pat
         stdin=paths,
     )
     assert proc.returncode == 0, proc.stderr
-    recs = _records(proc.stdout)
+    recs = read_jsonl(proc.stdout)
     assert len(recs) == 4
     for r in recs:
         rle = {"size": r["rle"]["size"], "counts": r["rle"]["counts"].encode()}
@@ -404,7 +388,7 @@ def test_overlays_tint_the_mask_and_write_the_verdict(
         args = ("--model", str(model_dir), "--margin", margin, "--overlay", "--out", str(out))
         proc = gres("segment", str(photos), "the cat", *args)
         assert proc.returncode == 0, proc.stderr
-        for r in _records(proc.stdout):
+        for r in read_jsonl(proc.stdout):
             assert r["present"] is present
             photo = np.asarray(open_image(r["image"]), dtype=np.float32)
             overlay = np.asarray(Image.open(r["overlay"]).convert("RGB"), dtype=np.float32)
@@ -481,7 +465,7 @@ def test_an_output_that_cannot_be_written_stops_with_one_line_and_resumes(
     (out / "g").unlink()
     again = gres(*args)
     assert again.returncode == 0, again.stderr
-    assert sorted(Path(r["mask"]).name for r in _records(again.stdout)) == [
+    assert sorted(Path(r["mask"]).name for r in read_jsonl(again.stdout)) == [
         "00.png",
         "01.png",
         "02.png",

@@ -43,10 +43,6 @@ class CLIPSegBackend(OpenVocabModel):
         size = self.processor.image_processor.size
         self.input_size = int(size.get("height") or size.get("shortest_edge") or 352)
 
-    def to(self, device: torch.device) -> CLIPSegBackend:
-        self.net = self.net.to(device).eval()
-        return self
-
     def preparer(self) -> Callable[[Image.Image], Tensor]:
         return ProcessImage(self.processor.image_processor)
 

@@ -183,7 +183,9 @@ class OpenVocabModel:
         raise NotImplementedError
 
     def to(self, device: torch.device) -> OpenVocabModel:
-        raise NotImplementedError
+        """Moves `self.net` (a backend with more than one network overrides this)."""
+        self.net = self.net.to(device).eval()
+        return self
 
     def probability_at(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
         return probability_to_original(mask_logits, size)

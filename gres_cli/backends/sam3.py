@@ -63,10 +63,6 @@ class Sam3Backend(OpenVocabModel):
         ).eval()
         self.input_size = int(self.processor.image_processor.size["height"])
 
-    def to(self, device: torch.device) -> Sam3Backend:
-        self.net = self.net.to(device).eval()
-        return self
-
     def preparer(self) -> Callable[[Image.Image], Tensor]:
         return ProcessImage(self.processor.image_processor)
 
