@@ -210,7 +210,8 @@ def export(
         escape(
             f"wrote ONNX export of {model} to {out} (opset {opset}; onnxruntime "
             f"{facts['onnxruntime']} vs torch, worst absolute error: {errors})"
-        )
+        ),
+        soft_wrap=True,
     )
 
 
