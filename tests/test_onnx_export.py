@@ -198,6 +198,9 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path: Path):
     assert [p.name for p in taken.iterdir()] == ["keep.txt"]
     proc = gres("model", "export", str(DEMO), str(tmp_path / "b"), "--format", "tflite")
     assert proc.returncode == 2 and "the only export format is onnx" in proc.stderr
+    proc = gres("model", "export", str(DEMO), str(tmp_path / "c"), "--opset", "99")
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "--opset 99: the export supports opsets 14 to" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clipseg", "taken"]
 
 

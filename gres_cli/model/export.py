@@ -33,6 +33,17 @@ from gres_cli.model.grser import GRSer, expert_slots
 CHECK_EXPRESSIONS = ("the small red circle", "a dog without a leash on the left")
 CHECK_BATCHES = (1, 3)
 CHECK_SEED = 0
+#: the opsets this export supports: scaled_dot_product_attention (BERT) needs 14; torch's
+#: TorchScript-based exporter goes up to its own maximum
+MIN_OPSET = 14
+
+
+def max_opset() -> int:
+    from torch.onnx import _constants
+
+    return int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))
+
+
 #: the self-check fails when a graph's worst error exceeds this, relative to max(1, max |torch|)
 CHECK_TOLERANCE = 1e-3
 
@@ -328,6 +339,8 @@ def export_onnx(
     from grd_tools.fsutil import atomic_output_dir
 
     _, ort = require_onnx()
+    if not MIN_OPSET <= opset <= max_opset():
+        raise GresError(f"--opset {opset}: the export supports opsets {MIN_OPSET} to {max_opset()}")
     if out.is_dir() and not any(out.iterdir()):
         overwrite = True  # an empty folder holds nothing to lose
     elif out.exists() and not overwrite:
