@@ -203,15 +203,22 @@ def _worst(ort_out: list[Any], torch_out: tuple[Tensor, ...], names: tuple[str, 
 
 
 def self_check(net: GRSer, folder: Path) -> dict[str, float]:
-    """Run the graphs in `folder` on onnxruntime and torch; the worst error of each graph.
+    """Validate the graphs in `folder` (onnx's checker, with shape inference), run them on
+    onnxruntime and torch; the worst error of each graph.
 
     text: each of CHECK_EXPRESSIONS; encode: random images, B in CHECK_BATCHES; query: those
     images' maps against the top-K' experts of a pool of max(K, 3) images, K' = 1 and K, each B.
     Also: `tokenizers` alone, reading the folder's tokenizer.json, gives the ids transformers
     gives (what the torch-free runtime feeds text.onnx)."""
-    _, ort = require_onnx()
+    onnx, ort = require_onnx()
     c = net.config
     stages = len(c.swin_depths)
+    for file in spec.GRAPH_FILES.values():
+        try:
+            onnx.checker.check_model(str(folder / file), full_check=True)
+        except onnx.checker.ValidationError as e:
+            first = str(e).strip().splitlines()[0]
+            raise GresError(f"self-check failed: {file} is not valid ONNX ({first})") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3
     sessions = {
