@@ -102,6 +102,17 @@ def test_export_folder_is_the_contract(demo_onnx: Path):
     assert f"An ONNX export of the GRSer model `{DEMO}`" in card
 
 
+def test_model_info_reads_an_export_without_loading_it(demo_onnx: Path):
+    proc = gres("model", "info", str(demo_onnx), "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["config"]["model_type"] == spec.MODEL_TYPE
+    assert report["config"][spec.CONFIG_KEY]["graphs"] == spec.GRAPH_FILES
+    proc = gres("model", "info", str(demo_onnx))
+    assert proc.returncode == 0 and "GRSer ONNX export" in proc.stderr
+    assert "self-check: query" in proc.stderr
+
+
 @torch.no_grad()
 def test_onnx_round_trip_on_synth_demo_matches_torch(demo_onnx: Path):
     """Each graph on real images: B = 8 (one group) and B = 1, K' = 1..K experts; probabilities
