@@ -1,4 +1,5 @@
-"""`gres model init|info|pull|push`: create, inspect, download and publish GRSer models.
+"""`gres model init|info|pull|push|export`: create, inspect, download, publish and export GRSer
+models.
 
 torch is imported inside each command, never at module level, so `gres --help` stays fast.
 """
@@ -119,11 +120,18 @@ def info(
     revision: RevisionOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
 ) -> None:
-    """Show a model's configuration, parameter counts per part and default margin m."""
+    """Show a model's configuration, parameter counts per part and default margin m (for an
+    ONNX export: its config, opset, versions and the self-check's measured errors)."""
     with user_errors():
         from gres_cli.backends import load_model
+        from gres_cli.model import hub, onnx_spec
 
-        loaded = load_model(model, revision)
+        folder = hub.resolve_model_dir(model, revision)
+        config = hub.read_config(folder)
+        if config.get("model_type") == onnx_spec.MODEL_TYPE:  # read, not loaded: no runtime
+            _onnx_info(model, config, json_out)
+            return
+        loaded = load_model(str(folder))
     if loaded.kind != "grser":
         _backend_info(model, loaded, json_out)
         return
@@ -145,6 +153,32 @@ def info(
     table.add_row("default margin m", str(c.margin))
     for part, n in params.items():
         table.add_row(f"parameters: {part}", f"{n:,}")
+    err_console.print(table)
+
+
+def _onnx_info(model: str, config: dict, json_out: bool) -> None:
+    from gres_cli.model import onnx_spec
+
+    if json_out:
+        typer.echo(json.dumps({"model": model, "config": config}, indent=2))
+        return
+    from rich.table import Table
+
+    facts = config.get(onnx_spec.CONFIG_KEY, {})
+    source = facts.get("source") or {}
+    table = Table(title=escape(f"GRSer ONNX export: {model}"), show_header=False)
+    table.add_row("exported from", escape(str(source.get("model"))))
+    table.add_row("preset", str(config.get("name")))
+    table.add_row("input size", f"{config.get('image_size')} px")
+    table.add_row("experts K", str(config.get("experts")))
+    table.add_row("default margin m", str(config.get("margin")))
+    table.add_row("opset", str(facts.get("opset")))
+    table.add_row(
+        "exported with", f"torch {facts.get('torch')}, onnxruntime {facts.get('onnxruntime')}"
+    )
+    table.add_row("graphs", ", ".join((facts.get("graphs") or {}).values()))
+    for graph, error in (facts.get("max_abs_error") or {}).items():
+        table.add_row(f"self-check: {graph}", f"max abs error {error:.1e}")
     err_console.print(table)
 
 
@@ -177,6 +211,41 @@ def pull(
 
         folder = resolve_model_dir(model, revision)
     typer.echo(str(folder))
+
+
+@app.command()
+def export(
+    model: ModelArg,
+    out: Annotated[Path, typer.Argument(help="Folder to write the exported model into.")],
+    fmt: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17).")] = None,
+    revision: RevisionOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Export a GRSer (folder or Hub id) as ONNX graphs plus tokenizer and config: a folder
+    `gres segment --model OUT` runs on onnxruntime, without torch (`pip install "gres[onnx]"`).
+
+    Before it reports success the export runs onnxruntime against torch on a few inputs
+    (batch 1 and 3, one expert and K) and records each graph's worst error in OUT/config.json;
+    a failed export leaves nothing at OUT.
+    """
+    if fmt != "onnx":
+        fail(f"--format {fmt}: the only export format is onnx")
+    with user_errors():
+        from gres_cli.model import onnx_spec
+        from gres_cli.model.export import export_onnx, require_onnx
+
+        require_onnx()  # before loading anything
+        opset = onnx_spec.DEFAULT_OPSET if opset is None else opset
+        facts = export_onnx(model, out, opset=opset, revision=revision, overwrite=overwrite)
+    errors = ", ".join(f"{g} {e:.1e}" for g, e in facts["max_abs_error"].items())
+    err_console.print(
+        escape(
+            f"wrote ONNX export of {model} to {out} (opset {opset}; onnxruntime "
+            f"{facts['onnxruntime']} vs torch, worst absolute error: {errors})"
+        ),
+        soft_wrap=True,
+    )
 
 
 @app.command()
