@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_clipseg, build_tiny_grser
+from conftest import build_tiny_clipseg, build_tiny_grser, gres
 from PIL import Image
 
 from gres_cli.model import onnx_spec as spec
@@ -23,10 +23,6 @@ ort = pytest.importorskip("onnxruntime")  # the dev extra installs it; CI always
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "demo-model"
 SYNTH = ROOT / "examples" / "synth-demo"
-
-
-def gres(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gres_cli", *args], capture_output=True, text=True)
 
 
 class OnnxModel:
