@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_grd
+from conftest import DEMO_MODEL, build_grd, demo_group
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -404,7 +404,7 @@ def test_eval_view_of_a_model_report_says_how_to_get_galleries(tmp_path: Path):
     report.write_text(json.dumps(content))
     assert runner.invoke(app, ["view", str(report)]).exit_code == 0
     data = read_data(tmp_path / "model-view")
-    assert data["galleries"] == [] and "--predictions" in data["gallery_note"]
+    assert data["galleries"] == [] and "--save-predictions" in data["gallery_note"]
     assert data["margin_sweep"] == sweep
 
 
@@ -430,6 +430,33 @@ def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
     assert sizes == [40, 40]
     assert page.evaluate("window.pwned") is None
     assert page.problems == []
+
+
+def test_eval_page_of_a_model_run_shows_its_galleries(browser, tmp_path: Path):
+    """Issue 13: `gres eval --model ... --view` saves the model's answers beside the report
+    (REPORT-predictions), so its page has the galleries. At m = 0.313 the demo model on
+    synth-0003 calls one absent target present, misses three targets and finds ten."""
+    data = demo_group(tmp_path / "data")
+    report = tmp_path / "r.json"
+    args = ["eval", str(data), "--model", str(DEMO_MODEL), "--margin", "0.313"]
+    result = runner.invoke(app, [*args, "--report", str(report), "--view"])
+    assert result.exit_code == 0, result.output
+    saved = tmp_path / "r-predictions" / "records.jsonl"
+    assert json.loads(report.read_text())["settings"]["saved_predictions"] == str(saved)
+    page = open_page(browser, tmp_path / "r-view" / "index.html")
+    names = ("false_positives", "misses", "worst_iou")
+    counts = {name: page.locator(f"#gallery-{name} .card").count() for name in names}
+    assert counts == {"false_positives": 1, "misses": 3, "worst_iou": 10}
+    assert page.locator(".gallery .card img").count() == 2 * 14  # ground truth, prediction
+    wrong = page.locator("#gallery-false_positives .card").inner_text()
+    assert "0002.png" in wrong and "the yellow circle" in wrong
+    assert page.locator("#plots img").count() >= 3
+    screenshot(page, "evaluation-model.png")
+    assert page.problems == []
+    # later, `gres view REPORT` finds the saved predictions through the report
+    again = runner.invoke(app, ["view", str(report), "--out", str(tmp_path / "again")])
+    assert again.exit_code == 0
+    assert read_data(tmp_path / "again")["galleries"] == read_data(tmp_path / "r-view")["galleries"]
 
 
 # ---- datasets -------------------------------------------------------------------------------
