@@ -137,7 +137,7 @@ def test_saved_predictions_never_land_on_an_input_or_another_output(tmp_path: Pa
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    run = tmp_path / "run"
+    run = tmp_path / "run-predictions"
     run.mkdir()
     (run / "settings.json").write_text('{"model": "m"}')
     (run / "records.jsonl").write_text("")
@@ -165,6 +165,8 @@ def test_saved_predictions_never_land_on_an_input_or_another_output(tmp_path: Pa
         ("no/such-model", ["--save-predictions", run], "holds a gres segment run"),
         ("no/such-model", ["--save-predictions", notes], "holds other files"),
         ("no/such-model", ["--report", notes / "r.json", "--view"], None),
+        # --view saves to REPORT-predictions: here that is the segment run
+        ("no/such-model", ["--report", tmp_path / "run.json", "--view"], "--save-predictions DIR"),
     ]
     for model_id, extra, message in cases:
         result = invoke("eval", data, "--model", model_id, *extra)

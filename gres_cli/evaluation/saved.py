@@ -42,6 +42,11 @@ class SavedPredictions:
     def __init__(self, out: Path, option: str, dataset_sha256: str, split: str | None) -> None:
         self.out, self.option = out, option
         self.identity = {"dataset_sha256": dataset_sha256, "split": split}
+        self.hint = (
+            "pick another folder"
+            if option == "--save-predictions"
+            else "pass --save-predictions DIR (or another --report)"
+        )
         self.previous = self._previous_settings()
         self.writer: Any = None
         self.records = 0
@@ -62,10 +67,7 @@ class SavedPredictions:
             settings = None
         if not isinstance(settings, dict) or settings.get("made_by") != MADE_BY:
             made = "a gres segment run" if isinstance(settings, dict) else "other files"
-            raise GresError(
-                f"{where}: holds {made}, not predictions gres eval saved; pick a new or empty "
-                "folder"
-            )
+            raise GresError(f"{where}: holds {made}, not predictions gres eval saved; {self.hint}")
         return settings
 
     @contextlib.contextmanager
@@ -78,7 +80,7 @@ class SavedPredictions:
             try:
                 yield self
                 if self.writer is not None:
-                    self.writer.drain()  # raises if a mask could not be written
+                    self._writing(self.writer.drain)  # raises if a mask could not be written
             finally:
                 if self.writer is not None:
                     self.writer.close()
@@ -96,7 +98,7 @@ class SavedPredictions:
         if self.previous is not None and self.previous != settings:
             raise GresError(
                 f"{self.option} {self.out}: holds predictions made with "
-                f"{settings_difference(self.previous, settings)}; pick another folder"
+                f"{settings_difference(self.previous, settings)}; {self.hint}"
             )
         assert self._tmp is not None, "begin() runs inside writing()"
         self.margin = engine.margin
@@ -109,8 +111,18 @@ class SavedPredictions:
         from gres_cli.cli.segment import _record
 
         record, mask = _record(result, group, expression.text, self.margin)
-        self.writer.submit(record, f"{expression.id}/{name}", mask)
+        self._writing(self.writer.submit, record, f"{expression.id}/{name}", mask)
         self.records += 1
+
+    def _writing(self, write: Any, *args: Any) -> Any:
+        """A disk full or a file where a folder goes: one line (DIR is left as it was)."""
+        try:
+            return write(*args)
+        except OSError as e:
+            where = f": {e.filename}" if e.filename else ""
+            raise GresError(
+                f"{self.option} {self.out}: cannot write ({e.strerror or e}{where})"
+            ) from None
 
     @property
     def records_file(self) -> Path:
