@@ -432,17 +432,17 @@ def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
     assert page.problems == []
 
 
-def test_eval_page_of_a_model_run_shows_its_galleries(browser, tmp_path: Path):
+def test_eval_page_of_a_model_run_shows_its_galleries(browser, tmp_path: Path, monkeypatch):
     """Issue 13: `gres eval --model ... --view` saves the model's answers beside the report
     (REPORT-predictions), so its page has the galleries. At m = 0.313 the demo model on
     synth-0003 calls one absent target present, misses three targets and finds ten."""
-    data = demo_group(tmp_path / "data")
-    report = tmp_path / "r.json"
-    args = ["eval", str(data), "--model", str(DEMO_MODEL), "--margin", "0.313"]
-    result = runner.invoke(app, [*args, "--report", str(report), "--view"])
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed: the report and records keep them
+    demo_group(Path("data"))
+    args = ["eval", "data", "--model", str(DEMO_MODEL), "--margin", "0.313"]
+    result = runner.invoke(app, [*args, "--report", "r.json", "--view"])
     assert result.exit_code == 0, result.output
-    saved = tmp_path / "r-predictions" / "records.jsonl"
-    assert json.loads(report.read_text())["settings"]["saved_predictions"] == str(saved)
+    settings = json.loads(Path("r.json").read_text())["settings"]
+    assert settings["saved_predictions"] == "r-predictions/records.jsonl"
     page = open_page(browser, tmp_path / "r-view" / "index.html")
     names = ("false_positives", "misses", "worst_iou")
     counts = {name: page.locator(f"#gallery-{name} .card").count() for name in names}
@@ -453,10 +453,20 @@ def test_eval_page_of_a_model_run_shows_its_galleries(browser, tmp_path: Path):
     assert page.locator("#plots img").count() >= 3
     screenshot(page, "evaluation-model.png")
     assert page.problems == []
-    # later, `gres view REPORT` finds the saved predictions through the report
-    again = runner.invoke(app, ["view", str(report), "--out", str(tmp_path / "again")])
-    assert again.exit_code == 0
-    assert read_data(tmp_path / "again")["galleries"] == read_data(tmp_path / "r-view")["galleries"]
+    # later, from another folder, `gres view REPORT` finds the predictions and their masks
+    monkeypatch.chdir(Path("data").resolve())
+    again = runner.invoke(app, ["view", "../r.json", "--out", "../again"])
+    assert again.exit_code == 0, again.output
+
+    def shown(site: Path) -> list:
+        return [
+            (g["id"], [(i["name"], i["iou"], "thumb" in i["prediction"]) for i in g["items"]])
+            for g in read_data(site)["galleries"]
+        ]
+
+    assert shown(tmp_path / "again") == shown(tmp_path / "r-view")
+    found = [i for g in read_data(tmp_path / "again")["galleries"] for i in g["items"]]
+    assert all("thumb" in i["truth"] and "thumb" in i["prediction"] for i in found)
 
 
 # ---- datasets -------------------------------------------------------------------------------

@@ -164,7 +164,13 @@ def evaluate(
                 if t == src or src in t.parents:
                     fail(f"{option} {target}: is or lies inside the input {source}; pick another")
     if saving is not None:
-        _refuse_overlaps(saving, saving_option, dataset, model, report, plots, view)
+        site = None
+        if view:  # where site_of_evaluation puts it
+            site = report.with_name(f"{report.stem}-view") if report else Path("gres-eval-view")
+        model_folder = [Path(model)] if model is not None and Path(model).exists() else []
+        outputs = {"--report": report, "--plots": plots, "--save-calibrated": save_calibrated}
+        outputs["the --view site"] = site
+        _refuse_overlaps(saving, saving_option, [dataset, *model_folder], outputs)
     if report is not None:  # before the work, not after it
         if report.is_dir():
             fail(f"--report {report}: is a folder; give a file name such as report.json")
@@ -384,27 +390,17 @@ def _predictions_beside(report: Path | None) -> Path:
 
 
 def _refuse_overlaps(
-    folder: Path,
-    option: str,
-    dataset: Path,
-    model: str | None,
-    report: Path | None,
-    plots: Path | None,
-    view: bool,
+    folder: Path, option: str, inputs: list[Path], outputs: dict[str, Path | None]
 ) -> None:
-    """The predictions folder is replaced when the evaluation ends: it may hold no input (the
-    dataset, a model folder) and no other output (the report, the plots, the site), nor lie
-    inside an input (one line, exit 2, before any work)."""
+    """The predictions folder is replaced when the evaluation ends: it may not be, hold or lie
+    inside an input (the dataset, a model folder) nor another output of the run (one line,
+    exit 2, before any work)."""
     where = folder.resolve()
-    inputs = [dataset] + ([Path(model)] if model is not None and Path(model).exists() else [])
     for source in inputs:
         src = source.resolve()
         if where == src or src in where.parents or where in src.parents:
             fail(f"{option} {folder}: is, holds or lies inside the input {source}; pick another")
-    site = None
-    if view:  # where site_of_evaluation puts it
-        site = report.with_name(f"{report.stem}-view") if report else Path("gres-eval-view")
-    for name, other in (("--report", report), ("--plots", plots), ("the --view site", site)):
+    for name, other in outputs.items():
         if other is None:
             continue
         o = other.resolve()

@@ -132,6 +132,7 @@ class JsonlPredictions:
     """Records of `gres segment`, matched to pairs by image path (or group + file stem)."""
 
     def __init__(self, path: Path) -> None:
+        self.folder = path.parent
         self.by_path: dict[tuple[str, str], dict] = {}
         self.by_stem: dict[tuple[str, str, str], dict] = {}
         try:
@@ -174,10 +175,18 @@ class JsonlPredictions:
             rle = {"size": rec["rle"]["size"], "counts": rec["rle"]["counts"].encode()}
             pred = mask_utils.decode(rle).astype(bool)
         elif rec.get("mask"):
-            pred = read_mask(rec["mask"]) > 0
+            pred = read_mask(self.mask_file(rec["mask"])) > 0
         else:
             pred = np.zeros(shape, bool)
         return pred, bool(rec.get("present")), None
+
+    def mask_file(self, written: str) -> Path:
+        """A record's mask file: as written (relative to where `gres segment` or `gres eval`
+        ran), else from the folder above the records' folder (where it ran, when it was given
+        that folder by name: `--save-predictions r-predictions`)."""
+        path = Path(written)
+        beside = self.folder.parent / path
+        return beside if not path.is_file() and beside.is_file() else path
 
 
 class FolderPredictions:

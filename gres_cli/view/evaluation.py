@@ -230,7 +230,7 @@ def _prediction_mask(source: Any, ds: Any, pair: Any) -> MaskSource | None:
             return None
         if rec.get("rle"):
             return MaskSource(rle=rec["rle"])
-        return MaskSource(path=Path(rec["mask"])) if rec.get("mask") else None
+        return MaskSource(path=source.mask_file(rec["mask"])) if rec.get("mask") else None
     for rel in (f"{pair.group.id}/{pair.expression.id}/{stem}.png", f"{pair.group.id}/{stem}.png"):
         if (source.root / rel).is_file():
             return MaskSource(path=source.root / rel, threshold=128)
