@@ -108,7 +108,7 @@ def evaluate(
         Path | None,
         typer.Option(
             help="With --model: also save its answers here as gres segment writes them "
-            "(records.jsonl, masks <group>/<expression id>/<stem>.png); the report points at "
+            "(records.jsonl, masks GROUP/EXPRESSION_ID/STEM.png); the report points at "
             "them, so gres view shows galleries. New, empty, or saved before with the same "
             "settings."
         ),
