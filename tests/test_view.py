@@ -391,6 +391,23 @@ def test_eval_view_has_metrics_plots_groups_and_galleries(tmp_path: Path):
     assert read_data(tmp_path / "again")["galleries"] == data["galleries"]
 
 
+def test_eval_galleries_leave_out_a_pair_whose_record_is_an_error(tmp_path: Path):
+    """An unreadable image got no answer: gres eval leaves it out, so no gallery may show it
+    as a miss (was: its record counted as "called absent")."""
+    root, preds = make_evaluation(tmp_path)
+    recs = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert recs[3]["image"].endswith("0000.jpg") and not recs[3]["present"]  # the miss
+    recs[3] |= {"present": None, "error": "cannot read image (truncated)"}
+    preds.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    report = tmp_path / "r.json"
+    args = ["eval", str(root), "--predictions", str(preds), "--report", str(report), "--view"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert json.loads(report.read_text())["left_out"] == 1
+    galleries = {g["id"]: g for g in read_data(tmp_path / "r-view")["galleries"]}
+    assert galleries["misses"]["total"] == 0
+    assert galleries["false_positives"]["total"] == 1 and galleries["worst_iou"]["total"] == 2
+
+
 def test_eval_view_of_a_model_report_says_how_to_get_galleries(tmp_path: Path):
     report = tmp_path / "model.json"
     sweep = {"0.0": {k: 0.5 for k in ("acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc")}}
