@@ -91,6 +91,24 @@ def read_jsonl(source: str | Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+REPO = Path(__file__).resolve().parents[1]
+DEMO_MODEL = REPO / "examples" / "demo-model"
+
+
+def demo_group(root: Path, group: str = "synth-0003") -> Path:
+    """One group of examples/synth-demo (8 images of 64 px, 3 expressions: 24 pairs) as a GRD
+    dataset of its own at `root`, for runs of examples/demo-model with real answers."""
+    import json
+
+    demo = REPO / "examples" / "synth-demo"
+    manifest = json.loads((demo / "grd.json").read_text())
+    manifest["groups"] = [g for g in manifest["groups"] if g["id"] == group]
+    for sub in ("images", "masks"):
+        shutil.copytree(demo / sub / group, root / sub / group)
+    (root / "grd.json").write_text(json.dumps(manifest))
+    return root
+
+
 def torchrun(*argv: str, processes: int = 2) -> subprocess.CompletedProcess:
     """`torchrun --nproc-per-node P ARGV` (a script, or -m module ...) on a free local port (a
     fixed port can collide with another run on the same machine)."""

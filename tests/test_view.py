@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_grd
+from conftest import DEMO_MODEL, build_grd, demo_group
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -391,6 +391,23 @@ def test_eval_view_has_metrics_plots_groups_and_galleries(tmp_path: Path):
     assert read_data(tmp_path / "again")["galleries"] == data["galleries"]
 
 
+def test_eval_galleries_leave_out_a_pair_whose_record_is_an_error(tmp_path: Path):
+    """An unreadable image got no answer: gres eval leaves it out, so no gallery may show it
+    as a miss (was: its record counted as "called absent")."""
+    root, preds = make_evaluation(tmp_path)
+    recs = [json.loads(line) for line in preds.read_text().splitlines()]
+    assert recs[3]["image"].endswith("0000.jpg") and not recs[3]["present"]  # the miss
+    recs[3] |= {"present": None, "error": "cannot read image (truncated)"}
+    preds.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    report = tmp_path / "r.json"
+    args = ["eval", str(root), "--predictions", str(preds), "--report", str(report), "--view"]
+    assert runner.invoke(app, args).exit_code == 0
+    assert json.loads(report.read_text())["left_out"] == 1
+    galleries = {g["id"]: g for g in read_data(tmp_path / "r-view")["galleries"]}
+    assert galleries["misses"]["total"] == 0
+    assert galleries["false_positives"]["total"] == 1 and galleries["worst_iou"]["total"] == 2
+
+
 def test_eval_view_of_a_model_report_says_how_to_get_galleries(tmp_path: Path):
     report = tmp_path / "model.json"
     sweep = {"0.0": {k: 0.5 for k in ("acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc")}}
@@ -404,7 +421,7 @@ def test_eval_view_of_a_model_report_says_how_to_get_galleries(tmp_path: Path):
     report.write_text(json.dumps(content))
     assert runner.invoke(app, ["view", str(report)]).exit_code == 0
     data = read_data(tmp_path / "model-view")
-    assert data["galleries"] == [] and "--predictions" in data["gallery_note"]
+    assert data["galleries"] == [] and "--save-predictions" in data["gallery_note"]
     assert data["margin_sweep"] == sweep
 
 
@@ -430,6 +447,43 @@ def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
     assert sizes == [40, 40]
     assert page.evaluate("window.pwned") is None
     assert page.problems == []
+
+
+def test_eval_page_of_a_model_run_shows_its_galleries(browser, tmp_path: Path, monkeypatch):
+    """Issue 13: `gres eval --model ... --view` saves the model's answers beside the report
+    (REPORT-predictions), so its page has the galleries. At m = 0.313 the demo model on
+    synth-0003 calls one absent target present, misses three targets and finds ten."""
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed: the report and records keep them
+    demo_group(Path("data"))
+    args = ["eval", "data", "--model", str(DEMO_MODEL), "--margin", "0.313"]
+    result = runner.invoke(app, [*args, "--report", "r.json", "--view"])
+    assert result.exit_code == 0, result.output
+    settings = json.loads(Path("r.json").read_text())["settings"]
+    assert settings["saved_predictions"] == "r-predictions/records.jsonl"
+    page = open_page(browser, tmp_path / "r-view" / "index.html")
+    names = ("false_positives", "misses", "worst_iou")
+    counts = {name: page.locator(f"#gallery-{name} .card").count() for name in names}
+    assert counts == {"false_positives": 1, "misses": 3, "worst_iou": 10}
+    assert page.locator(".gallery .card img").count() == 2 * 14  # ground truth, prediction
+    wrong = page.locator("#gallery-false_positives .card").inner_text()
+    assert "0002.png" in wrong and "the yellow circle" in wrong
+    assert page.locator("#plots img").count() >= 3
+    screenshot(page, "evaluation-model.png")
+    assert page.problems == []
+    # later, from another folder, `gres view REPORT` finds the predictions and their masks
+    monkeypatch.chdir(Path("data").resolve())
+    again = runner.invoke(app, ["view", "../r.json", "--out", "../again"])
+    assert again.exit_code == 0, again.output
+
+    def shown(site: Path) -> list:
+        return [
+            (g["id"], [(i["name"], i["iou"], "thumb" in i["prediction"]) for i in g["items"]])
+            for g in read_data(site)["galleries"]
+        ]
+
+    assert shown(tmp_path / "again") == shown(tmp_path / "r-view")
+    found = [i for g in read_data(tmp_path / "again")["galleries"] for i in g["items"]]
+    assert all("thumb" in i["truth"] and "thumb" in i["prediction"] for i in found)
 
 
 # ---- datasets -------------------------------------------------------------------------------

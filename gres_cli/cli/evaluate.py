@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -103,11 +104,21 @@ def evaluate(
             "the single-image baseline.",
         ),
     ] = False,
+    save_predictions: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --model: also save its answers here as gres segment writes them "
+            "(records.jsonl, masks GROUP/EXPRESSION_ID/STEM.png); the report points at "
+            "them, so gres view shows galleries. New, empty, or saved before with the same "
+            "settings."
+        ),
+    ] = None,
     view: Annotated[
         bool,
         typer.Option(
             help="Also write a report site (gres view): REPORT-view beside --report, else "
-            "./gres-eval-view."
+            "./gres-eval-view. With --model, the predictions are saved for its galleries "
+            "(default --save-predictions: REPORT-predictions, else ./gres-eval-predictions)."
         ),
     ] = False,
 ) -> None:
@@ -141,12 +152,25 @@ def evaluate(
 
     if (model is None) == (predictions is None):
         fail("pass exactly one of --model or --predictions")
+    if save_predictions is not None and model is None:
+        fail("--save-predictions needs --model (--predictions are saved already)")
+    saving, saving_option = save_predictions, "--save-predictions"
+    if saving is None and view and model is not None:  # the site's galleries need the masks
+        saving, saving_option = _predictions_beside(report), "--view"
     for option, target in (("--report", report), ("--plots", plots)):  # never onto an input
         for source in (dataset, predictions):
             if target is not None and source is not None:
                 t, src = target.resolve(), source.resolve()
                 if t == src or src in t.parents:
                     fail(f"{option} {target}: is or lies inside the input {source}; pick another")
+    if saving is not None:
+        site = None
+        if view:  # where site_of_evaluation puts it
+            site = report.with_name(f"{report.stem}-view") if report else Path("gres-eval-view")
+        model_folder = [Path(model)] if model is not None and Path(model).exists() else []
+        outputs = {"--report": report, "--plots": plots, "--save-calibrated": save_calibrated}
+        outputs["the --view site"] = site
+        _refuse_overlaps(saving, saving_option, [dataset, *model_folder], outputs)
     if report is not None:  # before the work, not after it
         if report.is_dir():
             fail(f"--report {report}: is a folder; give a file name such as report.json")
@@ -197,6 +221,18 @@ def evaluate(
         settings["dataset_format"] = source_format
         settings["dataset_sha256"] = dataset_hash(ds.root)
         missing: list[str] = []
+        saved = None
+        if saving is not None and source_format != "grd" and saving_option == "--view":
+            saving = None  # records of a temporary conversion's images: galleries need GRD
+        elif saving is not None and source_format != "grd":
+            fail(
+                f"--save-predictions: {dataset} is read through a temporary conversion from "
+                f"{source_format}; convert it with gres grd convert --to grd and evaluate that"
+            )
+        elif saving is not None:
+            from gres_cli.evaluation.saved import SavedPredictions
+
+            saved = SavedPredictions(saving, saving_option, settings["dataset_sha256"], split)
         if predictions is not None:
             if not predictions.exists():
                 fail(f"--predictions {predictions}: no such file or folder")
@@ -217,7 +253,7 @@ def evaluate(
                 console=err_console,
                 disable=not err_console.is_terminal,
             )
-            with progress:
+            with progress, saved.writing() if saved else contextlib.nullcontext():
                 task = progress.add_task("pairs", total=sum(1 for _ in ds.pairs(split)))
                 scorer, used, sweeps, weighed = score_model(
                     ds,
@@ -230,6 +266,7 @@ def evaluate(
                     on_scored=lambda n: progress.advance(task, n),
                     group=not no_group,
                     group_weights=weights,
+                    saved=saved,
                     device=device,
                     batch_size=batch_size,
                     workers=workers,
@@ -237,6 +274,11 @@ def evaluate(
             settings.update(
                 {"model": model, "revision": revision, "margin": used, "group": not no_group}
             )
+            if saved is not None:
+                settings["saved_predictions"] = str(saved.records_file)
+                err_console.print(
+                    escape(f"predictions: {saved.out} ({saved.records} records)"), soft_wrap=True
+                )
     meter = scorer.masks
     metrics = scorer.metrics()
     missing += scorer.left_out
@@ -337,6 +379,33 @@ def evaluate(
         from gres_cli.cli.view import site_of_evaluation
 
         site_of_evaluation(result, report, plots)
+
+
+def _predictions_beside(report: Path | None) -> Path:
+    """Where `--view` saves a --model run's predictions: REPORT-predictions beside the report
+    (the name of the site, REPORT-view, with another suffix), else ./gres-eval-predictions."""
+    if report is None:
+        return Path("gres-eval-predictions")
+    return report.with_name(f"{report.stem}-predictions")
+
+
+def _refuse_overlaps(
+    folder: Path, option: str, inputs: list[Path], outputs: dict[str, Path | None]
+) -> None:
+    """The predictions folder is replaced when the evaluation ends: it may not be, hold or lie
+    inside an input (the dataset, a model folder) nor another output of the run (one line,
+    exit 2, before any work)."""
+    where = folder.resolve()
+    for source in inputs:
+        src = source.resolve()
+        if where == src or src in where.parents or where in src.parents:
+            fail(f"{option} {folder}: is, holds or lies inside the input {source}; pick another")
+    for name, other in outputs.items():
+        if other is None:
+            continue
+        o = other.resolve()
+        if o == where or where in o.parents or o in where.parents:
+            fail(f"{option} {folder}: overlaps {name} {other}; pick another folder")
 
 
 def _save_calibrated(

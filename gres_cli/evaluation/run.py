@@ -11,7 +11,7 @@ import json
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from grd_tools.paths import resolve_inside
 from gres_cli.errors import GresError
 from gres_cli.metrics.cosod import CoSODMeter
 from gres_cli.metrics.masks import GRESMeter, resize_nearest
+
+if TYPE_CHECKING:
+    from gres_cli.evaluation.saved import SavedPredictions
 
 
 def sweep_metrics(protocol: str) -> list[str]:
@@ -129,6 +132,7 @@ class JsonlPredictions:
     """Records of `gres segment`, matched to pairs by image path (or group + file stem)."""
 
     def __init__(self, path: Path) -> None:
+        self.folder = path.parent
         self.by_path: dict[tuple[str, str], dict] = {}
         self.by_stem: dict[tuple[str, str, str], dict] = {}
         try:
@@ -171,10 +175,18 @@ class JsonlPredictions:
             rle = {"size": rec["rle"]["size"], "counts": rec["rle"]["counts"].encode()}
             pred = mask_utils.decode(rle).astype(bool)
         elif rec.get("mask"):
-            pred = read_mask(rec["mask"]) > 0
+            pred = read_mask(self.mask_file(rec["mask"])) > 0
         else:
             pred = np.zeros(shape, bool)
         return pred, bool(rec.get("present")), None
+
+    def mask_file(self, written: str) -> Path:
+        """A record's mask file: as written (relative to where `gres segment` or `gres eval`
+        ran), else from the folder above the records' folder (where it ran, when it was given
+        that folder by name: `--save-predictions r-predictions`)."""
+        path = Path(written)
+        beside = self.folder.parent / path
+        return beside if not path.is_file() and beside.is_file() else path
 
 
 class FolderPredictions:
@@ -252,6 +264,7 @@ def score_model(
     on_scored: Callable[[int], None] | None = None,
     group: bool = True,
     group_weights: list[float] | None = None,
+    saved: SavedPredictions | None = None,
     **engine: Any,
 ) -> tuple[Scorer, float, dict[float, GRESMeter], dict[tuple[float, float], GRESMeter]]:
     """Run the model over every (group, expression) of the split and score it; `on_scored(n)`
@@ -262,6 +275,7 @@ def score_model(
     Any model gres runs (GRSer, an open-vocabulary backend); `group=False` scores it without
     the group-wise step. `group_weights` (backends) also scores every (gamma, m) of those
     weights and the sweep's margins, from the same pass (the group term is linear in gamma).
+    `saved` (inside its `writing()` block) gets every answer as `gres segment` records it.
     """
     from gres_cli.backends import load_model
     from gres_cli.backends.openvocab import reweighted_score
@@ -283,6 +297,8 @@ def score_model(
             "--group-weights needs an open-vocabulary backend run with its group step "
             "(a group weight other than 0)"
         )
+    if saved is not None:
+        saved.begin(seg, model_id, revision, group)
     protocol = scorer.masks.protocol
     sweeps = {m: GRESMeter(protocol) for m in sweep or []}
     weighed = {(w, m): GRESMeter(protocol) for w in group_weights or [] for m in sweep or []}
@@ -294,11 +310,15 @@ def score_model(
             for expr in group.expressions:
                 asked.append((group, expr))
                 jobs.append(Job(ImageGroup(group.id, paths), expr.text))
-    for (group, expr), results in zip(asked, _job_by_job(seg.run(jobs), len(jobs)), strict=True):
+    answers = _job_by_job(seg.run(jobs), len(jobs))
+    for (group, expr), job, results in zip(asked, jobs, answers, strict=True):
+        names = job.group.output_stems() if saved is not None else []
         for k, img in enumerate(group.images):
             shape = (img.height, img.width)
             gt = scorer.ground_truth(dataset, Pair(group, expr, img, expr.targets.get(img.id)))
             r = results.get(k)
+            if saved is not None and r is not None:
+                saved.add(group.id, expr, names[k], r)
             if r is None or r.error:  # unreadable: no answer, so not scored as "absent"
                 reason = "no result" if r is None else r.error
                 scorer.left_out.append(f"{group.id}/{Path(img.file).name} | {expr.text}: {reason}")

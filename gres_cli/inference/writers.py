@@ -60,8 +60,18 @@ class OutputWriter:
     whose outputs are missing, whenever the run stops.
     """
 
-    def __init__(self, out: Path, fmt: str, overlay: bool, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        out: Path,
+        fmt: str,
+        overlay: bool,
+        threads: int | None = None,
+        shown_as: Path | None = None,
+    ) -> None:
         self.out, self.fmt, self.overlay = out, fmt, overlay
+        # the folder records name: OUT itself, or the folder that OUT (a temporary folder
+        # beside it) replaces once every output is written (`gres eval --save-predictions`)
+        self.shown_as = out if shown_as is None else shown_as
         out.mkdir(parents=True, exist_ok=True)
         self._records: TextIO = (out / RECORDS).open("a", encoding="utf-8")
         if self._records.tell() and _last_byte(out / RECORDS) != b"\n":
@@ -91,7 +101,7 @@ class OutputWriter:
             elif old is None:
                 difference = "records but no settings.json (made by an older gres)"
             else:
-                difference = _difference(old, settings)
+                difference = settings_difference(old, settings)
             if difference is not None and not overwrite:
                 raise GresError(
                     f"--out {self.out}: holds outputs made with {difference}; pass --overwrite "
@@ -180,7 +190,7 @@ class OutputWriter:
                 np.save(buf, mask)
                 data = buf.getvalue()
             atomic_write_bytes(target, data)
-            record["mask"] = str(target)
+            record["mask"] = str(self._shown(target))
         if mask is not None and self.fmt == "rle" and record["present"]:
             record["rle"] = encode_rle(mask)
         if self.overlay and photo is not None and mask is not None:
@@ -188,8 +198,11 @@ class OutputWriter:
             buf = io.BytesIO()
             draw_overlay(photo, mask, record).save(buf, "JPEG", quality=90)
             atomic_write_bytes(target, buf.getvalue())
-            record["overlay"] = str(target)
+            record["overlay"] = str(self._shown(target))
         return record
+
+    def _shown(self, target: Path) -> Path:
+        return self.shown_as / target.relative_to(self.out) if self.shown_as != self.out else target
 
 
 def _last_byte(path: Path) -> bytes:
@@ -198,9 +211,13 @@ def _last_byte(path: Path) -> bytes:
         return f.read(1)
 
 
-def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+def settings_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The first setting that differs, as the option a user would type."""
-    options = {"expression": "EXPRESSION", "config_sha256": "the model's config.json"}
+    options = {
+        "expression": "EXPRESSION",
+        "config_sha256": "the model's config.json",
+        "dataset_sha256": "the dataset's grd.json",
+    }
     for key in list(new) + [k for k in old if k not in new]:
         if old.get(key) != new.get(key):
             label = options.get(key, f"--{key.replace('_', '-')}")

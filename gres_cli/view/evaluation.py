@@ -3,8 +3,9 @@ when the report scored saved predictions, galleries of false positives, misses a
 IoUs with ground truth and prediction side by side.
 
 The report holds numbers only, so the galleries come from scoring the report's predictions
-again on its dataset, pair by pair, with the report's protocol and split. A report that ran a
-model directly (`--model`) has no saved predictions: the page says how to get galleries.
+again on its dataset, pair by pair, with the report's protocol and split: the predictions it
+scored (`--predictions`), or those a `--model` run saved (`--save-predictions`, or `--view`).
+A `--model` report that saved none: the page says how to get galleries.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ PLOT_NAMES = (
 )
 GROUP_COLUMNS = ("pairs", "acc", "mIoU", "oIoU", "N-acc", "T-acc", "f1")
 NO_PREDICTIONS = (
-    "This report scored a model directly, so no predicted masks were saved. For galleries, "
-    "save predictions and score them: gres segment ... --jsonl preds.jsonl, then "
-    "gres eval DATASET --predictions preds.jsonl --report r.json --view."
+    "This report scored a model directly and saved no predicted masks. For galleries, run it "
+    "again with --save-predictions DIR (or --view, which saves them beside the report): "
+    "gres eval DATASET --model M --report r.json --view."
 )
 
 
@@ -92,9 +93,10 @@ def evaluation_data(
     slots: list[tuple[dict[str, Any], Picture | None]] = []
     beside = report_path.parent if report_path is not None else None
     dataset = _locate(settings.get("dataset"), beside)
-    predictions = _locate(settings.get("predictions"), beside)
+    scored = "predictions" if "predictions" in settings else "saved_predictions"
+    predictions = _locate(settings.get(scored), beside)
     histogram = None
-    if "predictions" not in settings:
+    if scored not in settings:
         data["gallery_note"] = NO_PREDICTIONS
     elif dataset is not None and not (dataset / "grd.json").is_file():
         data["gallery_note"] = (
@@ -102,7 +104,7 @@ def evaluation_data(
             "gres grd convert and score that)."
         )
     elif dataset is None or predictions is None:
-        missing = "dataset" if dataset is None else "predictions"
+        missing = "dataset" if dataset is None else scored
         data["gallery_note"] = (
             f"The report's {missing} ({settings.get(missing)}) is not found from here or beside "
             "the report: run gres view from where gres eval ran."
@@ -154,6 +156,8 @@ def _galleries(
     for pair in ds.pairs(settings.get("split")):
         shape = (pair.image.height, pair.image.width)
         gt = scorer.ground_truth(ds, pair)
+        if source.error(ds, pair):  # no answer was made: gres eval left it out, not a miss
+            continue
         pred, present, grey = source.mask(ds, pair, shape)
         where = f"{pair.group.id}/{Path(pair.image.file).name}"
         if pred is None:
@@ -195,6 +199,8 @@ def _galleries(
             slots.append((item["prediction"], Picture(photo, predicted, "prediction")))
             gallery["items"].append(item)
         data["galleries"].append(gallery)
+    # the records a --model run saved hold binary masks, not the grey levels it was scored on
+    grey_levels = scorer.cosod is not None and "saved_predictions" not in settings
     try:
         from gres_cli.evaluation.plots import write_plots
 
@@ -204,7 +210,7 @@ def _galleries(
             scorer.masks.iou_histogram(),
             scorer.masks.confusion(),
             report.get("margin_sweep"),
-            scorer.cosod.curves() if scorer.cosod is not None else None,
+            scorer.cosod.curves() if grey_levels else None,
         )
     except GresError:  # matplotlib missing: the page shows the numbers without figures
         return None
@@ -224,7 +230,7 @@ def _prediction_mask(source: Any, ds: Any, pair: Any) -> MaskSource | None:
             return None
         if rec.get("rle"):
             return MaskSource(rle=rec["rle"])
-        return MaskSource(path=Path(rec["mask"])) if rec.get("mask") else None
+        return MaskSource(path=source.mask_file(rec["mask"])) if rec.get("mask") else None
     for rel in (f"{pair.group.id}/{pair.expression.id}/{stem}.png", f"{pair.group.id}/{stem}.png"):
         if (source.root / rel).is_file():
             return MaskSource(path=source.root / rel, threshold=128)
