@@ -3,6 +3,7 @@ fixture in the REFER layout, `gres grd convert --from refcoco --group-by categor
 few steps of grser-base with random weights (nothing is downloaded).
 
     python benchmarks/bench_refcoco_dry_run.py [--images 5000] [--max-steps 2] [--keep DIR]
+    python benchmarks/bench_refcoco_dry_run.py --phases --keep DIR   # start-up, phase by phase
 
 The fixture: `--images` photos of 640 x 480 (smooth colour fields with rectangles, JPEG, as
 COCO's), 80 categories, two refs per image (one object each, a polygon) with 1-3 sentences,
@@ -15,7 +16,10 @@ validation (a grser-base pass over the val split takes hours on a CPU).
 
 Reported: seconds for each command, seconds from `gres train`'s launch until its first
 training step starts (the first log line's time minus that step's own seconds), seconds per
-step, and the peak PSS of its process tree (polled every 0.2 s).
+step, and the peak PSS of its process tree (polled every 0.2 s). `--phases` (on the converted
+set a `--keep` run left) times what `gres train` does before its first step, one phase at a
+time in this process, in wall and CPU seconds (CPU: this process and its finished children,
+so a loaded machine's wait is visible as the difference).
 """
 
 from __future__ import annotations
@@ -127,13 +131,56 @@ def gres(*args: str, log: Path | None = None) -> dict[str, float]:
     return result
 
 
+def phases(grd: Path, config: Path) -> None:
+    """Wall and CPU seconds of each thing `gres train` does before its first step."""
+
+    def clock() -> tuple[float, float]:
+        t = os.times()
+        return time.perf_counter(), t.user + t.system + t.children_user + t.children_system
+
+    def report(name: str, since: tuple[float, float]) -> tuple[float, float]:
+        now = clock()
+        print(f"{name:<44} {now[0] - since[0]:>7.1f} s wall {now[1] - since[1]:>7.1f} s CPU",
+              flush=True)  # fmt: skip
+        return now
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    start = t = clock()
+    from grd_tools.validate import validate
+
+    t = report("import grd_tools.validate", t)
+    validate(grd, check_pixels=False)
+    t = report("gres grd validate (headers, as gres train)", t)
+    import torch
+
+    from gres_cli.training.config import TrainConfig
+    from gres_cli.training.data import GroupSamples, train_loader
+    from gres_cli.training.loop import _split_indexes, build_model
+
+    t = report("import torch, gres_cli.training", t)
+    cfg = TrainConfig.load(config)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    t = report(f"build grser-base ({sum(p.numel() for p in model.parameters()):,} params)", t)
+    train_index, _ = _split_indexes(grd, cfg)
+    t = report(f"index the train split ({len(train_index)} expressions)", t)
+    samples = GroupSamples(train_index, model.config.image_size, cfg.sampling(), cfg.seed)
+    next(iter(train_loader(samples, cfg.groups_per_step, cfg.workers)))
+    t = report("start the loader, first batch", t)
+    report("total before the first step", start)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=5000)
     parser.add_argument("--max-steps", type=int, default=2)
     parser.add_argument("--images-per-step", type=int, default=2)
     parser.add_argument("--keep", type=Path, help="build in this folder and keep it")
+    parser.add_argument("--phases", action="store_true", help="time the start-up's phases")
     args = parser.parse_args()
+    if args.phases:
+        phases(args.keep / "rc-grd", args.keep / "dry-run.yaml")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         src, grd, run = root / "refcoco", root / "rc-grd", root / "run"

@@ -3,7 +3,7 @@ synthetic sets of 2,000 and 20,000 images, and the preloaded (in-memory) loader 
 one, side by side in one run.
 
     python benchmarks/bench_train_memory.py [--steps 200] [--small 2000] [--large 20000]
-        [--repeats 2] [--before OTHER_CHECKOUT]
+        [--repeats 2] [--before OTHER_CHECKOUT] [--sets DIR]
 
 Speed: the streaming and the preloaded loader on the small set alternate `--repeats` times.
 `--before` runs the streaming rows with another source tree too (PYTHONPATH), interleaved with
@@ -103,6 +103,7 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=20000, help="images in the large set")
     parser.add_argument("--repeats", type=int, default=2, help="stream/preload speed pairs")
     parser.add_argument("--before", type=Path, help="another source tree to compare with")
+    parser.add_argument("--sets", type=Path, help="keep the synthetic sets here (reused)")
     args = parser.parse_args()
     here = Path(__file__).resolve().parents[1]
     trees = [("this", here)] + ([("before", args.before.resolve())] if args.before else [])
@@ -115,9 +116,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         sets = {}
         for images in (args.small, args.large):
-            t = time.perf_counter()
-            sets[images] = generate(Path(tmp) / f"s{images}", groups=images // 8, size=64)
-            print(f"generated {images} images in {time.perf_counter() - t:.0f} s", flush=True)
+            sets[images] = (args.sets or Path(tmp)) / f"s{images}"
+            if not (sets[images] / "grd.json").is_file():
+                t = time.perf_counter()
+                generate(sets[images], groups=images // 8, size=64)
+                print(f"generated {images} images in {time.perf_counter() - t:.0f} s", flush=True)
         for i, (name, code, images, preload) in enumerate(plan):
             r = run(sets[images], Path(tmp) / f"run{i}", args.steps, preload, code)
             rows.append((name, images, r))
