@@ -135,7 +135,10 @@ def main() -> None:
             f"{r['steps_per_s']:>8.2f} {r['startup_s']:>8.1f}"
         )
     for t, _ in trees:
-        pss = {im: r["pss_mb"] for name, im, r in rows if name == f"{t}: stream"}
+        pss: dict[int, float] = {}  # the first streaming run at each size (the memory rows)
+        for name, im, r in rows:
+            if name == f"{t}: stream":
+                pss.setdefault(im, r["pss_mb"])
         print(f"{t}: peak PSS {args.large} / {args.small} images: "
               f"{pss[args.large] / pss[args.small]:.2f}x")  # fmt: skip
     for name in ("this: stream", "this: preload"):
