@@ -3,6 +3,11 @@ synthetic sets of 2,000 and 20,000 images, and the preloaded (in-memory) loader 
 one, side by side in one run.
 
     python benchmarks/bench_train_memory.py [--steps 200] [--small 2000] [--large 20000]
+        [--repeats 2] [--before OTHER_CHECKOUT] [--sets DIR]
+
+Speed: the streaming and the preloaded loader on the small set alternate `--repeats` times.
+`--before` runs the streaming rows with another source tree too (PYTHONPATH), interleaved with
+this one's: `git archive COMMIT | tar -x -C /tmp/before` gives one.
 
 Each run is `gres train` (tiny-synth: grser-tiny at 64 px, 4 groups x 6 images a step, no
 validation) in its own process. Memory: the peak of the process tree's PSS (workers share the
@@ -53,7 +58,7 @@ def _kib(pid: int, path: str, field: str) -> int:
     return 0
 
 
-def run(data: Path, out: Path, steps: int, preload: bool) -> dict[str, float]:
+def run(data: Path, out: Path, steps: int, preload: bool, code: Path) -> dict[str, float]:
     config = out.with_suffix(".yaml")
     config.write_text(
         "preset: tiny-synth\nimages_per_group: 6\ngroups_per_step: 4\nval_split: null\n"
@@ -67,6 +72,8 @@ def run(data: Path, out: Path, steps: int, preload: bool) -> dict[str, float]:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "PYTHONPATH": str(code)},
+        cwd=code,
     )
     peak_pss = peak_rss = 0
     first_step = None
@@ -94,30 +101,50 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--small", type=int, default=2000, help="images in the small set")
     parser.add_argument("--large", type=int, default=20000, help="images in the large set")
+    parser.add_argument("--repeats", type=int, default=2, help="stream/preload speed pairs")
+    parser.add_argument("--before", type=Path, help="another source tree to compare with")
+    parser.add_argument("--sets", type=Path, help="keep the synthetic sets here (reused)")
     args = parser.parse_args()
+    here = Path(__file__).resolve().parents[1]
+    trees = [("this", here)] + ([("before", args.before.resolve())] if args.before else [])
+    plan = [(f"{t}: stream", code, images, False) for images in (args.small, args.large)
+            for t, code in trees]  # fmt: skip
+    for _ in range(args.repeats):
+        for name in ("preload", "stream"):
+            plan.append((f"this: {name}", here, args.small, name == "preload"))
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         sets = {}
         for images in (args.small, args.large):
-            t = time.perf_counter()
-            sets[images] = generate(Path(tmp) / f"s{images}", groups=images // 8, size=64)
-            print(f"generated {images} images in {time.perf_counter() - t:.0f} s", flush=True)
-        plan = [("stream", args.small, False), ("stream", args.large, False)]
-        plan.append(("preload", args.small, True))
-        rows = [
-            (f"{name}, {images} images", run(sets[images], Path(tmp) / f"{name}{images}",
-                                             args.steps, preload))
-            for name, images, preload in plan
-        ]  # fmt: skip
-    base = rows[0][1]
-    print(f"\ngres train, tiny-synth, {args.steps} steps of 4 groups x 6 images at 64 px")
-    print(f"{'loader':<24} {'peak PSS MB':>11} {'main RSS MB':>11} {'steps/s':>8} {'start s':>8}"
-          f" {'PSS / small':>11} {'steps/s / small':>15}")  # fmt: skip
-    for name, r in rows:
+            sets[images] = (args.sets or Path(tmp)) / f"s{images}"
+            if not (sets[images] / "grd.json").is_file():
+                t = time.perf_counter()
+                generate(sets[images], groups=images // 8, size=64)
+                print(f"generated {images} images in {time.perf_counter() - t:.0f} s", flush=True)
+        for i, (name, code, images, preload) in enumerate(plan):
+            r = run(sets[images], Path(tmp) / f"run{i}", args.steps, preload, code)
+            rows.append((name, images, r))
+            print(f"{name}, {images} images: {r}", flush=True)
+    print(f"\ngres train, tiny-synth, {args.steps} steps of 4 groups x 6 images at 64 px; "
+          f"load average {os.getloadavg()[0]:.2f} at the end")  # fmt: skip
+    print(f"{'run':<16} {'images':>7} {'peak PSS MB':>11} {'main RSS MB':>11} {'steps/s':>8} "
+          f"{'start s':>8}")  # fmt: skip
+    for name, images, r in rows:
         print(
-            f"{name:<24} {r['pss_mb']:>11.0f} {r['rss_mb']:>11.0f} {r['steps_per_s']:>8.2f} "
-            f"{r['startup_s']:>8.1f} {r['pss_mb'] / base['pss_mb']:>11.2f} "
-            f"{r['steps_per_s'] / base['steps_per_s']:>15.2f}"
+            f"{name:<16} {images:>7} {r['pss_mb']:>11.0f} {r['rss_mb']:>11.0f} "
+            f"{r['steps_per_s']:>8.2f} {r['startup_s']:>8.1f}"
         )
+    for t, _ in trees:
+        pss: dict[int, float] = {}  # the first streaming run at each size (the memory rows)
+        for name, im, r in rows:
+            if name == f"{t}: stream":
+                pss.setdefault(im, r["pss_mb"])
+        print(f"{t}: peak PSS {args.large} / {args.small} images: "
+              f"{pss[args.large] / pss[args.small]:.2f}x")  # fmt: skip
+    for name in ("this: stream", "this: preload"):
+        speeds = [r["steps_per_s"] for n, im, r in rows if n == name and im == args.small]
+        print(f"{name} on {args.small} images: steps/s " + ", ".join(f"{v:.2f}" for v in speeds)
+              + f" (mean {sum(speeds) / len(speeds):.2f})")  # fmt: skip
 
 
 if __name__ == "__main__":

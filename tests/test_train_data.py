@@ -163,3 +163,41 @@ def test_margin_candidates_span_the_scores():
     margins = margin_candidates(scores)
     assert margins[0] < scores.min() and margins[-1] >= scores.max()
     assert 0.0 in margins and len(margins) == 43  # 40 midpoints, 2 edges, 0
+
+
+def _tracked_objects(root: object) -> int:
+    """Objects the garbage collector tracks, reachable from `root` (classes and what they
+    reach left out): the ones a forked worker copies page by page as it touches them."""
+    import gc
+
+    seen, todo = set(), [root]
+    while todo:
+        x = todo.pop()
+        if id(x) in seen or not gc.is_tracked(x) or isinstance(x, type):
+            continue
+        seen.add(id(x))
+        todo.extend(gc.get_referents(x))
+    return len(seen)
+
+
+def test_the_index_holds_no_object_per_file(synth: Path):
+    ds = load(synth)
+    train, everything = SplitIndex(ds, "train"), SplitIndex(ds, None)
+    assert len(everything) > len(train) and len(everything.group_files) == len(ds.groups)
+    assert _tracked_objects(train) == _tracked_objects(everything)  # flat arrays, whatever the size
+    g = ds.groups[-1]
+    assert everything.group_files[-1 + len(ds.groups)] == tuple(synth / i.file for i in g.images)
+    e = g.expressions[-1]
+    last = everything.items[len(everything) - 1]
+    assert last.text == e.text and last.group == len(ds.groups) - 1
+    assert last.targets == tuple(
+        None if e.targets.get(i.id) is None else synth / e.targets[i.id] for i in g.images
+    )
+
+
+def test_string_table_round_trips_any_path():
+    from gres_cli.training.data import StringTable
+
+    strings = ["a/b.png", "", "déjà vu/ü.jpg", "bad\udcffbyte", "z"]
+    table = StringTable(strings)
+    assert [table[i] for i in range(len(table))] == strings

@@ -12,7 +12,7 @@ worker, not the split (`preload: true` decodes the split once instead: faster on
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,8 +62,35 @@ class Sampling:
     flip: bool = False
 
 
+class StringTable:
+    """Many strings in one bytes object plus an array of end offsets.
+
+    DataLoader workers are forked: a list of Path objects would be copied into every worker,
+    page by page, as reference counts and the garbage collector touch each object. One bytes
+    object and one numpy array are two objects whose contents nobody writes, so the workers
+    share the parent's pages and the index costs the same whatever the number of workers.
+    """
+
+    def __init__(self, strings: list[str]) -> None:
+        encoded = [s.encode("utf-8", "surrogateescape") for s in strings]
+        self.blob = b"".join(encoded)
+        self.ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def __getitem__(self, i: int) -> str:
+        start = int(self.ends[i - 1]) if i > 0 else 0
+        return self.blob[start : int(self.ends[i])].decode("utf-8", "surrogateescape")
+
+
 class SplitIndex:
-    """The files of one split: image paths per group and the (group, expression) items."""
+    """The files of one split: image paths per group and the (group, expression) items.
+
+    Held as flat arrays (StringTable, numpy), not Python objects per file, so forked workers
+    share it (see StringTable); `group_files` and `items` read it back as tuples of Paths and
+    `Item`s.
+    """
 
     def __init__(self, dataset: GRDDataset, split: str | None) -> None:
         root = dataset.root
@@ -72,20 +99,74 @@ class SplitIndex:
         groups = [g for g in dataset.groups if split is None or g.split == split]
         if not groups:
             raise GresError(f"{root}: no groups in split {split!r}")
-        self.group_files: list[tuple[Path, ...]] = []
-        self.items: list[Item] = []
+        images: list[str] = []
+        group_ends: list[int] = []
+        texts: list[str] = []
+        item_groups: list[int] = []
+        targets: list[str] = []
+        target_ids: list[int] = []  # per item, per image of its group: a `targets` index, -1 absent
         for gi, g in enumerate(groups):
-            self.group_files.append(tuple(resolve_inside(root, img.file) for img in g.images))
+            images.extend(str(resolve_inside(root, img.file)) for img in g.images)
+            group_ends.append(len(images))
             for e in g.expressions:
-                targets = tuple(
-                    None if e.targets.get(img.id) is None
-                    else resolve_inside(root, e.targets[img.id])
-                    for img in g.images
-                )  # fmt: skip
-                self.items.append(Item(gi, e.text, targets))
+                texts.append(e.text)
+                item_groups.append(gi)
+                for img in g.images:
+                    target = e.targets.get(img.id)
+                    if target is None:
+                        target_ids.append(-1)
+                    else:
+                        target_ids.append(len(targets))
+                        targets.append(str(resolve_inside(root, target)))
+        self._images = StringTable(images)
+        self._group_ends = np.asarray(group_ends, dtype=np.int64)
+        self._texts = StringTable(texts)
+        self._item_groups = np.asarray(item_groups, dtype=np.int64)
+        sizes = np.diff(self._group_ends, prepend=0)[self._item_groups]
+        self._item_ends = np.cumsum(sizes, dtype=np.int64)  # into _target_ids
+        self._target_ids = np.asarray(target_ids, dtype=np.int64)
+        self._targets = StringTable(targets)
+        self.group_files = _GroupFiles(self)
+        self.items = _Items(self)
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._item_groups)
+
+
+class _GroupFiles(Sequence[tuple[Path, ...]]):
+    """`SplitIndex.group_files[g]`: the image files of group g."""
+
+    def __init__(self, index: SplitIndex) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index._group_ends)
+
+    def __getitem__(self, group: int) -> tuple[Path, ...]:  # type: ignore[override]
+        if not 0 <= group < len(self):
+            raise IndexError(group)
+        ends = self.index._group_ends
+        start = int(ends[group - 1]) if group > 0 else 0
+        return tuple(Path(self.index._images[i]) for i in range(start, int(ends[group])))
+
+
+class _Items(Sequence[Item]):
+    """`SplitIndex.items[i]`: expression i of the split as an `Item`."""
+
+    def __init__(self, index: SplitIndex) -> None:
+        self.index = index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> Item:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        x = self.index
+        start = int(x._item_ends[i - 1]) if i > 0 else 0
+        ids = x._target_ids[start : int(x._item_ends[i])].tolist()
+        targets = tuple(None if t < 0 else Path(x._targets[t]) for t in ids)
+        return Item(int(x._item_groups[i]), x._texts[i], targets)
 
 
 def read_pixels(path: Path, size: int) -> Tensor:

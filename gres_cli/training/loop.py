@@ -11,6 +11,7 @@ Layout of OUT:
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -250,8 +251,6 @@ def train(
     rank draws its own groups (its rank joins the step's seed), gradients are averaged, and only
     rank 0 writes (log, checkpoints, best model, validation).
     """
-    from grd_tools.format import load
-
     world, rank, device = _distributed_setup(device)
     main = rank == 0
     out = Path(out)
@@ -279,14 +278,10 @@ def train(
 
         # the BERT pooler is never used: DDP must not wait for its gradients
         net = DistributedDataParallel(model, find_unused_parameters=True)
-    ds = load(dataset)
+    train_index, val_index = _split_indexes(dataset, cfg)
     size = model.config.image_size
-    samples = GroupSamples(
-        SplitIndex(ds, cfg.train_split), size, cfg.sampling(), cfg.seed, cfg.preload
-    )
-    val_data = None
-    if cfg.val_split and any(g.split == cfg.val_split for g in ds.groups):
-        val_data = GroupReader(SplitIndex(ds, cfg.val_split), size)
+    samples = GroupSamples(train_index, size, cfg.sampling(), cfg.seed, cfg.preload)
+    val_data = None if val_index is None else GroupReader(val_index, size)
     opt = _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     use_amp = device.startswith("cuda") and cfg.precision in ("bf16", "fp16")
@@ -314,12 +309,18 @@ def train(
         best = json.loads(best_path.read_text())
     # each micro-batch is the next groups_per_step draws of this rank's stream: resume skips
     # the draws already consumed
-    batches = iter(
-        train_loader(
-            samples, cfg.groups_per_step, cfg.workers, world, rank,
-            start * cfg.accumulate * cfg.groups_per_step,
-        )
+    loader = train_loader(
+        samples, cfg.groups_per_step, cfg.workers, world, rank,
+        start * cfg.accumulate * cfg.groups_per_step,
     )  # fmt: skip
+    # the workers are forked when the loader starts: frozen, the parent's objects are left
+    # alone by the workers' garbage collector, so their pages stay shared, not copied
+    gc.collect()
+    gc.freeze()
+    try:
+        batches = iter(loader)
+    finally:
+        gc.unfreeze()  # the workers keep theirs frozen
     last = float("nan")
     log = RunLog(out, cfg.tensorboard) if main else None
     try:
@@ -391,6 +392,18 @@ def train(
             dist.barrier()
             dist.destroy_process_group()
     return TrainResult(end, last, best, out)
+
+
+def _split_indexes(dataset: str | Path, cfg: TrainConfig) -> tuple[SplitIndex, SplitIndex | None]:
+    """The train split's index and the validation split's (None when it has no groups).
+    The parsed dataset is dropped on return: only the compact indexes outlive it."""
+    from grd_tools.format import load
+
+    ds = load(dataset)
+    train_index = SplitIndex(ds, cfg.train_split)
+    if cfg.val_split and any(g.split == cfg.val_split for g in ds.groups):
+        return train_index, SplitIndex(ds, cfg.val_split)
+    return train_index, None
 
 
 def _distributed_setup(device: str) -> tuple[int, int, str]:
