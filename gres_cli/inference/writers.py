@@ -200,7 +200,11 @@ def _last_byte(path: Path) -> bytes:
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     """The first setting that differs, as the option a user would type."""
-    options = {"expression": "EXPRESSION", "config_sha256": "the model's config.json"}
+    options = {
+        "expression": "EXPRESSION",
+        "config_sha256": "the model's config.json",
+        "layout": "the layout (--jobs: masks in a folder per expression)",
+    }
     for key in list(new) + [k for k in old if k not in new]:
         if old.get(key) != new.get(key):
             label = options.get(key, f"--{key.replace('_', '-')}")
