@@ -52,6 +52,36 @@ def test_save_load_local_folder_gives_identical_outputs(saved):
     _same_outputs(model, GRSer.from_pretrained(folder))
 
 
+def test_loaded_for_inference_the_text_encoder_is_transformers_bert_without_transformers(
+    saved, tmp_path: Path
+):
+    """Loading builds gres's own BERT (no transformers modeling import: a faster start) with
+    outputs equal, bit for bit, to transformers' BertModel on the same weights; training needs
+    transformers' (dropout), so it loads with trainable=True and the light one refuses .train()."""
+    from gres_cli.model.bert import BertEncoder
+
+    _, folder = saved
+    light, full = GRSer.from_pretrained(folder), GRSer.from_pretrained(folder, trainable=True)
+    assert isinstance(light.text_encoder.bert, BertEncoder)
+    assert not isinstance(full.text_encoder.bert, BertEncoder)
+    texts = ["the red circle", "a", "the small blue square on the left of the big green star"]
+    with torch.no_grad():
+        a, b = light.text_encoder(texts), full.text_encoder(texts)
+    for x, y in zip(a._tensors(), b._tensors(), strict=True):
+        assert torch.equal(x, y)
+    with pytest.raises(RuntimeError, match="trainable=True"):
+        light.train()
+    full.train()
+    code = (
+        "import sys\n"
+        "from gres_cli.model.grser import GRSer\n"
+        f"GRSer.from_pretrained({str(folder)!r})\n"
+        "print(sorted(m for m in sys.modules if m.startswith('transformers.model')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout  # no modeling_utils, no models.bert...
+
+
 def test_load_through_offline_hub_cache(saved, tmp_path: Path):
     model, folder = saved
     cache = tmp_path / "hub"

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from gres_cli.model import bert
 from gres_cli.model.config import LANGUAGE_GATES, GRSerConfig
 
 NEGATION_TOKEN = "<no>"
@@ -114,13 +115,17 @@ class TextFeatures:
 class TextEncoder(nn.Module):
     """BERT-family encoder: texts -> (W, L) and "<no> " + texts -> L_anti."""
 
-    def __init__(self, config: GRSerConfig, tokenizer: Any | None = None) -> None:
+    def __init__(
+        self, config: GRSerConfig, tokenizer: Any | None = None, light: bool = False
+    ) -> None:
+        """`light`: a plain BERT is built as gres_cli.model.bert.BertEncoder (same weights and
+        outputs, for inference only; no transformers modeling import: a faster start)."""
         super().__init__()
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
         self.max_tokens = config.max_tokens
         self.pooling = config.pooling
         if config.text_config is None and config.text_model:
+            from transformers import AutoModel, AutoTokenizer
+
             # A fresh model from a pretrained encoder (Hub id or folder); HF_HUB_OFFLINE honoured.
             local = _offline()
             self.bert = AutoModel.from_pretrained(config.text_model, local_files_only=local)
@@ -135,8 +140,15 @@ class TextEncoder(nn.Module):
             if NEGATION_TOKEN not in tokenizer.get_vocab():
                 tokenizer.add_tokens([NEGATION_TOKEN])
             text_config.setdefault("vocab_size", len(tokenizer))
-            self.bert = AutoModel.from_config(AutoConfig.for_model(model_type, **text_config))
-            config.text_config = _plain_text_config(self.bert.config.to_dict())
+            plain = {"model_type": model_type, **text_config}
+            if light and bert.supports(plain) and plain["vocab_size"] >= len(tokenizer):
+                self.bert = bert.BertEncoder(plain)
+            else:
+                from transformers import AutoConfig, AutoModel
+
+                auto_config = AutoConfig.for_model(model_type, **text_config)
+                self.bert = AutoModel.from_config(auto_config)
+                config.text_config = _plain_text_config(self.bert.config.to_dict())
         if NEGATION_TOKEN not in tokenizer.get_vocab():
             tokenizer.add_tokens([NEGATION_TOKEN])
         if self.bert.get_input_embeddings().num_embeddings < len(tokenizer):

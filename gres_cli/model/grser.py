@@ -115,7 +115,10 @@ class Prediction:
 class GRSer(nn.Module, PyTorchModelHubMixin):
     """The GRSer model. Build with a config or preset; load with `GRSer.from_pretrained`."""
 
-    def __init__(self, config: GRSerConfig | dict | None = None, tokenizer: Any = None) -> None:
+    def __init__(
+        self, config: GRSerConfig | dict | None = None, tokenizer: Any = None, light: bool = False
+    ) -> None:
+        """`light`: weights to be loaded, for inference (TextEncoder's light BERT)."""
         super().__init__()
         if config is None:
             config = GRSerConfig.preset("grser-tiny")
@@ -123,7 +126,7 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
             config = GRSerConfig.from_dict(config)
         fresh_text = config.text_config is None
         self.config = config
-        self.text_encoder = TextEncoder(config, tokenizer)
+        self.text_encoder = TextEncoder(config, tokenizer, light)
         self.image_encoder = ImageEncoder(config, self.text_encoder.dim)
         if config.swin_pretrained and fresh_text:
             self.image_encoder.load_timm_weights(config.swin_pretrained)
@@ -377,11 +380,14 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         local_files_only: bool = False,
         token: str | bool | None = None,
         map_location: str = "cpu",
+        trainable: bool = False,
     ) -> GRSer:
         """Load a model folder or Hub repo (config.json + model.safetensors + tokenizer).
 
         Strict: missing, unexpected or mis-shaped weights raise ModelLoadError naming them.
-        HF_HUB_OFFLINE=1 makes it use the local Hub cache only.
+        HF_HUB_OFFLINE=1 makes it use the local Hub cache only. For inference a plain BERT
+        text encoder is built without transformers' modeling code (the same outputs, a faster
+        start); `trainable=True` builds transformers' BertModel, which training needs.
         """
         return cls._from_pretrained(
             model_id=str(pretrained_model_name_or_path),
@@ -391,6 +397,7 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
             local_files_only=local_files_only,
             token=token,
             map_location=map_location,
+            trainable=trainable,
         )
 
     @classmethod
@@ -404,6 +411,7 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         local_files_only: bool = False,
         token: str | bool | None = None,
         map_location: str = "cpu",
+        trainable: bool = False,
         **_: Any,
     ) -> GRSer:
         try:  # the tokenizer.json saved with the model, read without consulting config.json
@@ -416,7 +424,7 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         if config.text_config is None:
             raise hub.ModelLoadError(f"{folder}: config.json lacks text_config")
         tokenizer = FastTokenizer.from_pretrained(str(folder), local_files_only=True)
-        model = cls(config, tokenizer=tokenizer)
+        model = cls(config, tokenizer=tokenizer, light=not trainable)
         hub.load_state_strict(model, folder / hub.WEIGHTS_FILE)
         model.eval()
         return model.to(map_location)

@@ -66,7 +66,7 @@ def _schedule(cfg: TrainConfig) -> Callable[[int], float]:
 
 def build_model(cfg: TrainConfig) -> GRSer:
     if cfg.init_from:
-        return GRSer.from_pretrained(cfg.init_from)
+        return GRSer.from_pretrained(cfg.init_from, trainable=True)
     spec = dict(cfg.model)
     name = spec.pop("preset", None)
     config = GRSerConfig.preset(name, **spec) if name else GRSerConfig.from_dict(spec)
@@ -271,7 +271,7 @@ def train(
         atomic_write_text(out / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     torch.manual_seed(cfg.seed)
-    model = GRSer.from_pretrained(ckpt) if resume else build_model(cfg)
+    model = GRSer.from_pretrained(ckpt, trainable=True) if resume else build_model(cfg)
     model.to(device).train()
     net: torch.nn.Module = model
     if world > 1:
