@@ -60,6 +60,7 @@ def test_mixed_jobs_give_a_record_per_image_and_job_and_one_line_errors(
     for k, name in enumerate(("a", "b", "c")):
         _image(batch / "photos" / f"{name}.png", k)
     _image(batch / "other" / "d.png", 9)
+    _image(batch / "copy" / "photos" / "a.png", 8)  # another photos/a.png
     _jobs_file(
         batch / "jobs.jsonl",
         [
@@ -72,6 +73,7 @@ def test_mixed_jobs_give_a_record_per_image_and_job_and_one_line_errors(
             {"path": "photos"},
             "",
             {"path": "photos/a.png", "expression": "x"},  # line 1 already asks x of a.png
+            {"path": "copy/photos", "expression": "x"},  # OUT/photos/<x>/a.png is line 1's
         ],
     )
     result = gres("segment", "--jobs", "batch/jobs.jsonl", "--model", str(model_dir),
@@ -79,11 +81,12 @@ def test_mixed_jobs_give_a_record_per_image_and_job_and_one_line_errors(
     assert result.exit_code == 1, result.output
     recs = _records(result.stdout)
     errors = [r for r in recs if r["error"]]
-    assert [(r["job"]["line"], r["image"]) for r in errors] == [(n, None) for n in (5, 6, 7, 9)]
+    assert [(r["job"]["line"], r["image"]) for r in errors] == [(n, None) for n in (5, 6, 7, 9, 10)]
     assert "nowhere: no such file or folder" in errors[0]["error"]
     assert "not JSON" in errors[1]["error"] and '"expression"' in errors[2]["error"]
     assert "line 1 already asks 'x'" in errors[3]["error"]
-    assert result.stderr.count("gres: job failed: line ") == 4
+    assert "would overwrite" in errors[4]["error"] and "its own" in errors[4]["error"]
+    assert result.stderr.count("gres: job failed: line ") == 5
     answers = [r for r in recs if not r["error"]]
     assert [(r["job"]["line"], r["group"], Path(r["image"]).name) for r in answers] == [
         (1, "photos", "a.png"),

@@ -3,6 +3,7 @@ calls the engine (gres_cli.inference); torch is imported inside the command."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -26,18 +27,22 @@ def segment(
     path: Annotated[
         str | None,
         typer.Argument(
-            help="An image, a folder (one group), or - for paths on stdin.", show_default=False
+            help="An image, a folder (one group), or - for paths on stdin.",
+            metavar="PATH",
+            show_default=False,
         ),
     ] = None,
     expression: Annotated[
         str | None,
-        typer.Argument(help='What to find, e.g. "the red umbrella".', show_default=False),
+        typer.Argument(
+            help='What to find, e.g. "the red umbrella".', metavar="EXPRESSION", show_default=False
+        ),
     ] = None,
     jobs: Annotated[
         str | None,
         typer.Option(
             help='Many jobs in one process instead of PATH EXPRESSION: JSON lines {"path": ..., '
-            '"expression": ...} in FILE, or - for stdin. Masks go to OUT/<group>/<expression>/.',
+            '"expression": ...} in FILE, or - for stdin. Masks go to OUT/GROUP/EXPRESSION/.',
             show_default=False,
         ),
     ] = None,
@@ -184,7 +189,8 @@ def segment(
     from gres_cli.cli.view import site_after_run
 
     with site_after_run(out if view else None):
-        title = expression if jobs is None else f"{len(units) + len(failed_jobs)} jobs"
+        lines = {u.job.line for u in units if u.job is not None} | {j.line for j in failed_jobs}
+        title = expression if jobs is None else f"{len(lines)} jobs"
         run(units, failed_jobs, title, engine, writer, sink, overwrite)
 
 
@@ -322,12 +328,15 @@ def run(units: list[Unit], failed_jobs: list, title: str, engine, writer, sink, 
     for job in failed_jobs:
         job_failed(job, job.error)
     runnable = []
+    owners = _output_owners(writer.finished())  # output file -> the image it belongs to
     for unit in units:
-        stale = None if overwrite else _stale_answer(unit, done)
-        if stale is None:
+        why = None if overwrite else _stale_answer(unit, done)
+        if why is None and unit.job is not None:
+            why = _overwrites(unit, writer, owners)
+        if why is None:
             runnable.append(unit)
         else:
-            job_failed(unit.job, stale, unit)
+            job_failed(unit.job, why, unit)
     units = runnable
     total = sum(len(u.group.images) for u in units)
 
@@ -424,6 +433,38 @@ def _stale_answer(unit: Unit, done: dict) -> str | None:
                 f"{len(unit.group.images)} images of {unit.group.name!r} this line names now); "
                 "pass --overwrite to redo them, or use another --out"
             )
+    return None
+
+
+def _output_owners(done: dict) -> dict[str, str]:
+    """The mask and overlay files OUT's finished records point at, and whose they are."""
+    owners = {}
+    for rec in done.values():
+        for key in ("mask", "overlay"):
+            if isinstance(rec.get(key), str):
+                owners[os.path.abspath(rec[key]).casefold()] = rec["image"]
+    return owners
+
+
+def _overwrites(unit: Unit, writer: Any, owners: dict[str, str]) -> str | None:
+    """Under --jobs, why this unit's outputs would overwrite another image's (an earlier
+    line's, or a finished record's: two folders named `photos`, one expression, a stem in
+    both), or None; then its outputs are taken in `owners`. A file system that ignores case
+    makes `A.png` and `a.png` one file, so names are compared casefolded."""
+    suffixes = [f".{writer.fmt}"] if writer.fmt in ("png", "npy") else []
+    suffixes += [".overlay.jpg"] if writer.overlay else []
+    planned = {}
+    for image, stem in zip(unit.group.images, unit.group.output_stems(), strict=True):
+        for suffix in suffixes:
+            path = writer.output_path(unit.group.name, unit.mask_name(stem), suffix)
+            other = owners.get(os.path.abspath(path).casefold())
+            if other is not None and other != str(image):
+                return (
+                    f"line {unit.job.line}: {image} would overwrite {path}, the output of "
+                    f'{other}; give this line a "group" of its own'
+                )
+            planned[os.path.abspath(path).casefold()] = str(image)
+    owners.update(planned)
     return None
 
 
