@@ -200,3 +200,17 @@ def test_jobs_from_stdin_and_usage_errors(model_dir: Path, tmp_path: Path):
     # a single run's layout (OUT/<group>/<stem>.png) and a jobs run's never mix in one --out
     single = gres("segment", "photos", "x", *model, "--out", "o", cwd=tmp_path)
     assert single.exit_code == 2 and "expression folders" in single.stderr
+
+
+def test_eval_and_view_read_a_jobs_stream_past_its_error_records(tmp_path: Path):
+    """A --jobs stream holds error records with no image: eval and view skip them (eval once
+    refused the whole file as "not a gres segment record")."""
+    from gres_cli.evaluation.run import JsonlPredictions
+    from gres_cli.view.run import read_records
+
+    good = {"image": "p/a.png", "group": "p", "expression": "x", "present": False, "error": None}
+    bad = {"image": None, "group": None, "expression": "y", "error": "line 2: nowhere: no such"}
+    stream = tmp_path / "r.jsonl"
+    stream.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    assert list(JsonlPredictions(stream).by_path) == [(str(Path("p/a.png").resolve()), "x")]
+    assert read_records(stream) == ([good], 0)
