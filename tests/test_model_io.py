@@ -56,8 +56,9 @@ def test_loaded_for_inference_the_text_encoder_is_transformers_bert_without_tran
     saved, tmp_path: Path
 ):
     """Loading builds gres's own BERT (no transformers modeling import: a faster start) with
-    outputs equal, bit for bit, to transformers' BertModel on the same weights; training needs
-    transformers' (dropout), so it loads with trainable=True and the light one refuses .train()."""
+    outputs equal, bit for bit, to transformers' BertModel on the same weights (`gres train`
+    loads with trainable=True: transformers' BertModel, whose random streams --resume replays).
+    """
     from gres_cli.model.bert import BertEncoder
 
     _, folder = saved
@@ -69,9 +70,8 @@ def test_loaded_for_inference_the_text_encoder_is_transformers_bert_without_tran
         a, b = light.text_encoder(texts), full.text_encoder(texts)
     for x, y in zip(a._tensors(), b._tensors(), strict=True):
         assert torch.equal(x, y)
-    with pytest.raises(RuntimeError, match="trainable=True"):
-        light.train()
-    full.train()
+    light.text_encoder.train()  # dropout where transformers has it: two passes differ
+    assert not torch.equal(light.text_encoder(texts).words, light.text_encoder(texts).words)
     code = (
         "import sys\n"
         "from gres_cli.model.grser import GRSer\n"

@@ -8,8 +8,9 @@ one builds this module instead: the same parameter names (`embeddings.word_embed
 `encoder.layer.0.attention.self.query.weight`, ... `pooler.dense.weight`) and the same
 arithmetic as transformers' BertModel in eval mode (word + token type + position embeddings,
 LayerNorm; per layer scaled-dot-product self-attention with the padding masked, residual
-LayerNorms, GELU feed-forward). Tested equal to transformers' BertModel on the same weights.
-Training and fresh models keep transformers' BertModel (its initialisation, resizing).
+LayerNorms, GELU feed-forward; dropout where transformers has it, in training mode). Tested equal
+to transformers' BertModel on the same weights. Fresh models and `gres train` keep transformers'
+BertModel (its initialisation, resizing, and the random streams an exact --resume replays).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ SIZES = {
     "type_vocab_size",
     "layer_norm_eps",
     "pad_token_id",
-    "hidden_dropout_prob",  # dropout: inference only, never applied
+    "hidden_dropout_prob",
     "attention_probs_dropout_prob",
 }
 
@@ -52,32 +53,35 @@ class _Embeddings(nn.Module):
         self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
         self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
         self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def forward(self, input_ids: Tensor) -> Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(
             torch.zeros_like(input_ids)
         )  # one segment: token type 0, as transformers fills it in
-        return self.LayerNorm(x + self.position_embeddings(positions)[None])
+        return self.dropout(self.LayerNorm(x + self.position_embeddings(positions)[None]))
 
 
 class _Dense(nn.Module):
-    """`dense` (+ `LayerNorm` of the sum with the residual): the names transformers saves."""
+    """`dense`, dropout, `LayerNorm` of the sum with the residual: the names transformers
+    saves."""
 
-    def __init__(self, c: SimpleNamespace, n_in: int, n_out: int, norm: bool) -> None:
+    def __init__(self, c: SimpleNamespace, n_in: int, n_out: int) -> None:
         super().__init__()
         self.dense = nn.Linear(n_in, n_out)
-        if norm:
-            self.LayerNorm = nn.LayerNorm(n_out, eps=c.layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(n_out, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dense(x) + residual)
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
 
 
 class _SelfAttention(nn.Module):
     def __init__(self, c: SimpleNamespace) -> None:
         super().__init__()
         self.heads = c.num_attention_heads
+        self.dropout = c.attention_probs_dropout_prob
         self.query = nn.Linear(c.hidden_size, c.hidden_size)
         self.key = nn.Linear(c.hidden_size, c.hidden_size)
         self.value = nn.Linear(c.hidden_size, c.hidden_size)
@@ -89,7 +93,8 @@ class _SelfAttention(nn.Module):
             return y.view(b, t, self.heads, -1).transpose(1, 2)
 
         q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=keep, dropout_p=p)
         return out.transpose(1, 2).reshape(b, t, -1)
 
 
@@ -97,7 +102,7 @@ class _Attention(nn.Module):
     def __init__(self, c: SimpleNamespace) -> None:
         super().__init__()
         self.self = _SelfAttention(c)
-        self.output = _Dense(c, c.hidden_size, c.hidden_size, norm=True)
+        self.output = _Dense(c, c.hidden_size, c.hidden_size)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         return self.output(self.self(x, keep), x)
@@ -117,7 +122,7 @@ class _Layer(nn.Module):
         super().__init__()
         self.attention = _Attention(c)
         self.intermediate = _Intermediate(c)
-        self.output = _Dense(c, c.intermediate_size, c.hidden_size, norm=True)
+        self.output = _Dense(c, c.intermediate_size, c.hidden_size)
 
     def forward(self, x: Tensor, keep: Tensor) -> Tensor:
         x = self.attention(x, keep)
@@ -137,7 +142,7 @@ class _Pooler(nn.Module):  # saved with every BertModel; GRSer pools the words i
 
 
 class BertEncoder(nn.Module):
-    """transformers' BertModel(config) in eval mode, for the calls TextEncoder makes:
+    """transformers' BertModel(config), for the calls TextEncoder makes:
     `bert(input_ids=..., attention_mask=...).last_hidden_state`."""
 
     def __init__(self, text_config: dict[str, Any]) -> None:
@@ -145,18 +150,11 @@ class BertEncoder(nn.Module):
         if not supports(text_config):
             raise ValueError(f"not a plain BERT config: {text_config}")
         defaults = {"pad_token_id": 0, "type_vocab_size": 2, "layer_norm_eps": 1e-12}
+        defaults |= {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
         self.config = SimpleNamespace(**(defaults | dict(text_config)))
         self.embeddings = _Embeddings(self.config)
         self.encoder = _Encoder(self.config)
         self.pooler = _Pooler(self.config)
-
-    def train(self, mode: bool = True) -> BertEncoder:
-        if mode:  # no dropout here: training goes through transformers' BertModel
-            raise RuntimeError(
-                "this GRSer was loaded for inference; load it with "
-                "GRSer.from_pretrained(..., trainable=True) to train it"
-            )
-        return super().train(False)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.word_embeddings

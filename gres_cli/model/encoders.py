@@ -119,7 +119,7 @@ class TextEncoder(nn.Module):
         self, config: GRSerConfig, tokenizer: Any | None = None, light: bool = False
     ) -> None:
         """`light`: a plain BERT is built as gres_cli.model.bert.BertEncoder (same weights and
-        outputs, for inference only; no transformers modeling import: a faster start)."""
+        outputs; no transformers modeling import: a faster start)."""
         super().__init__()
         self.max_tokens = config.max_tokens
         self.pooling = config.pooling

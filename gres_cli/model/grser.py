@@ -385,9 +385,10 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         """Load a model folder or Hub repo (config.json + model.safetensors + tokenizer).
 
         Strict: missing, unexpected or mis-shaped weights raise ModelLoadError naming them.
-        HF_HUB_OFFLINE=1 makes it use the local Hub cache only. For inference a plain BERT
-        text encoder is built without transformers' modeling code (the same outputs, a faster
-        start); `trainable=True` builds transformers' BertModel, which training needs.
+        HF_HUB_OFFLINE=1 makes it use the local Hub cache only. A plain BERT text encoder is
+        built as gres_cli.model.bert.BertEncoder, without transformers' modeling code (the same
+        outputs, a faster start); `trainable=True` builds transformers' BertModel, as `gres
+        train` does (its random streams, replayed by an exact --resume).
         """
         return cls._from_pretrained(
             model_id=str(pretrained_model_name_or_path),
