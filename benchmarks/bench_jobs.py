@@ -6,7 +6,9 @@ Makes a folder of 640x480 JPEGs from skimage's photos, then times (wall clock, s
 one run) E separate `gres segment FOLDER EXPRESSION` commands, each paying Python's and torch's
 start-up and the model's load, against one `gres segment --jobs FILE` holding the E lines (one
 start-up; consecutive jobs on the same images share the decode). Checks that both give the same
-decisions and distances, and prints the ratio.
+decisions and distances, and prints the ratio. On a CPU that other jobs keep busy, torch's
+worker threads wait on each other: `OMP_NUM_THREADS=1 python benchmarks/bench_jobs.py` shows
+the same comparison on one thread per command.
 """
 
 from __future__ import annotations
