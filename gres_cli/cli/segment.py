@@ -3,8 +3,10 @@ calls the engine (gres_cli.inference); torch is imported inside the command."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,9 +25,27 @@ from gres_cli.cli.common import (
 
 def segment(
     path: Annotated[
-        str, typer.Argument(help="An image, a folder (one group), or - for paths on stdin.")
-    ],
-    expression: Annotated[str, typer.Argument(help='What to find, e.g. "the red umbrella".')],
+        str | None,
+        typer.Argument(
+            help="An image, a folder (one group), or - for paths on stdin.",
+            metavar="PATH",
+            show_default=False,
+        ),
+    ] = None,
+    expression: Annotated[
+        str | None,
+        typer.Argument(
+            help='What to find, e.g. "the red umbrella".', metavar="EXPRESSION", show_default=False
+        ),
+    ] = None,
+    jobs: Annotated[
+        str | None,
+        typer.Option(
+            help='Many jobs in one process instead of PATH EXPRESSION: JSON lines {"path": ..., '
+            '"expression": ...} in FILE, or - for stdin. Masks go to OUT/GROUP/EXPRESSION/.',
+            show_default=False,
+        ),
+    ] = None,
     model: Annotated[
         str | None,
         typer.Option(
@@ -99,21 +119,35 @@ def segment(
     backend alone. Offline: --model examples/demo-model (the demo knows coloured shapes only).
 
     Example: `gres segment ./photos "the red umbrella" --jsonl umbrella.jsonl`
+
+    Many jobs, one start-up: `gres segment --jobs jobs.jsonl`, a line per job such as
+    {"path": "photos", "expression": "the red umbrella"} (path: an image, a folder or a glob,
+    relative to the jobs file's folder; optional "group"). A bad line gets an error record and
+    the other jobs run (exit 1).
     """
     from gres_cli.inference.inputs import check_out, discover, parse_shard
     from gres_cli.inference.writers import FORMATS
 
     if fmt not in FORMATS:
         fail(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-    if not expression.strip():
+    if jobs is not None and (path is not None or expression is not None):
+        fail("--jobs replaces PATH and EXPRESSION: give one or the other")
+    if jobs is None and (path is None or expression is None):
+        fail("give PATH and EXPRESSION, or --jobs FILE (see gres segment --help)")
+    if expression is not None and not expression.strip():
         fail("EXPRESSION is empty")
     with user_errors():
         shard_i, shard_p = parse_shard(shard)
-        stdin = sys.stdin if path == "-" else None
-        groups = discover(path, recursive, stdin)
-    groups = [g for k, g in enumerate(groups) if k % shard_p == shard_i]
-    with user_errors():
-        check_out(out, path, groups)
+        if jobs is not None:
+            units, failed_jobs = _read_jobs(jobs, recursive, shard_i, shard_p)
+            for unit in units:
+                check_out(out, unit.source, [unit.group])
+        else:
+            stdin = sys.stdin if path == "-" else None
+            groups = discover(path, recursive, stdin)
+            groups = [g for k, g in enumerate(groups) if k % shard_p == shard_i]
+            check_out(out, path, groups)
+            units, failed_jobs = [Unit(g, expression, path) for g in groups], []
     writable_folder(out, "--out")
     if jsonl not in (None, "-"):
         if Path(jsonl).is_dir():
@@ -135,10 +169,15 @@ def segment(
         settings = run_settings(
             model or DEFAULT_MODEL, revision, engine, fmt, overlay, group=not no_group
         )
+        if jobs is not None:
+            from gres_cli.inference.jobs import LAYOUT
+
+            settings["layout"] = LAYOUT
         writer = OutputWriter(out, fmt, overlay)
         try:
             writer.claim(settings, overwrite)
-            writer.refuse_clash({str(p) for g in groups for p in g.images}, expression)
+            if jobs is None:
+                writer.refuse_clash({str(p) for g in groups for p in g.images}, expression)
         except BaseException:
             writer.close()
             raise
@@ -150,7 +189,64 @@ def segment(
     from gres_cli.cli.view import site_after_run
 
     with site_after_run(out if view else None):
-        run(groups, expression, engine, writer, sink, overwrite)
+        lines = {u.job.line for u in units if u.job is not None} | {j.line for j in failed_jobs}
+        title = expression if jobs is None else f"{len(lines)} jobs"
+        run(units, failed_jobs, title, engine, writer, sink, overwrite)
+
+
+@dataclass
+class Unit:
+    """One engine job as the CLI sees it: a group, an expression, the path that named the group
+    (for the check on --out) and, under --jobs, the jobs file's line (`job`, JobLine) whose
+    label goes into the records and whose expression names the masks' folder."""
+
+    group: Any  # ImageGroup
+    expression: str
+    source: str
+    job: Any = None  # JobLine under --jobs
+
+    def mask_name(self, stem: str) -> str:
+        """Where the image's files go below OUT/<group>/."""
+        if self.job is None:
+            return stem
+        from gres_cli.inference.jobs import expression_folder
+
+        return f"{expression_folder(self.expression)}/{stem}"
+
+    def label(self) -> dict[str, Any] | None:
+        return None if self.job is None else self.job.label(self.group)
+
+
+def _read_jobs(jobs: str, recursive: bool, shard_i: int, shard_p: int) -> tuple[list[Unit], list]:
+    """--jobs FILE|-: the engine's units of this process's share, and the lines that cannot
+    run (each reported by one process of a sharded run). A group goes to share k % P, k its
+    name's rank of first appearance: every job on one group runs in one process, next to one
+    another, so consecutive jobs share the decode."""
+    from gres_cli.inference.jobs import read_jobs
+
+    if jobs == "-":
+        lines, base = sys.stdin.read().splitlines(), Path(".")
+    else:
+        try:
+            lines = Path(jobs).read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"--jobs {jobs}: cannot read ({getattr(e, 'strerror', None) or e})")
+        base = Path(jobs).parent
+    job_lines = read_jobs(lines, base, recursive)
+    ranks: dict[str, int] = {}
+    units, failed = [], []
+    for job in job_lines:
+        if job.error is not None:
+            if (job.line - 1) % shard_p == shard_i:
+                failed.append(job)
+            continue
+        source = job.fields["path"]
+        source = str(Path(source) if Path(source).is_absolute() else base / source)
+        for group in job.groups:
+            rank = ranks.setdefault(group.name.casefold(), len(ranks))
+            if rank % shard_p == shard_i:
+                units.append(Unit(group, job.expression, source, job))
+    return units, failed
 
 
 def run_settings(
@@ -195,8 +291,9 @@ class JsonlFile:
         self.file.close()
 
 
-def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
-    """Load the model, run the engine over the groups, stream records, summarise."""
+def run(units: list[Unit], failed_jobs: list, title: str, engine, writer, sink, overwrite: bool):
+    """Run the engine over the units, stream records, summarise. `failed_jobs`: lines of a
+    jobs file that cannot run, reported first (one line on stderr and one error record each)."""
     import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
@@ -205,7 +302,9 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
 
     done = {} if overwrite else writer.finished()
     counts = {"present": 0, "absent": 0, "failed": 0, "skipped": 0}
-    total = sum(len(g.images) for g in groups)
+    jobs_mode = bool(failed_jobs) or any(u.job is not None for u in units)
+    if jobs_mode:
+        counts["jobs failed"] = 0
     started = time.perf_counter()
     show = err_console.is_terminal
     progress = Progress(
@@ -221,25 +320,49 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
             sink.write(json.dumps(record) + "\n")
             sink.flush()
 
+    def job_failed(job: Any, message: str, unit: Unit | None = None) -> None:
+        counts["jobs failed"] += 1
+        err_console.print(f"gres: job failed: {message}", markup=False, soft_wrap=True)
+        emit(_job_error_record(job, message, unit))
+
+    for job in failed_jobs:
+        job_failed(job, job.error)
+    runnable = []
+    owners = _output_owners(writer.finished())  # output file -> the image it belongs to
+    for unit in units:
+        why = None if overwrite else _stale_answer(unit, done)
+        if why is None and unit.job is not None:
+            why = _overwrites(unit, writer, owners)
+        if why is None:
+            runnable.append(unit)
+        else:
+            job_failed(unit.job, why, unit)
+    units = runnable
+    total = sum(len(u.group.images) for u in units)
+
     try:
         with progress:
             task = progress.add_task("segment", total=total)
             jobs = []
-            names = [group.output_stems() for group in groups]
-            for group in groups:
+            names = [u.group.output_stems() for u in units]
+            for unit in units:
                 skip = set()
-                for i, p in enumerate(group.images):
-                    rec = done.get((str(p), expression))
+                for i, p in enumerate(unit.group.images):
+                    rec = done.get((str(p), unit.expression))
                     if rec is not None:
                         skip.add(i)
                         counts["skipped"] += 1
-                        emit(rec)
+                        label = unit.label()  # the job as the jobs file has it now
+                        emit(rec if label is None else rec | {"job": label})
                         progress.advance(task)
-                jobs.append(Job(group, expression, skip))
+                jobs.append(Job(unit.group, unit.expression, skip))
             for res in engine.run(jobs, writer.overlay):
-                rec, mask = _record(res, groups[res.job].name, expression, engine.margin)
+                unit = units[res.job]
+                rec, mask = _record(res, unit.group.name, unit.expression, engine.margin)
+                if unit.job is not None:
+                    rec["job"] = unit.label()
                 counts["failed" if res.error else "present" if res.present else "absent"] += 1
-                name = names[res.job][res.index]
+                name = unit.mask_name(names[res.job][res.index])
                 for written in writer.submit(rec, name, mask, res.photo):
                     emit(written)
                     progress.advance(task)
@@ -273,19 +396,85 @@ def run(groups, expression, engine, writer, sink, overwrite: bool) -> None:
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=escape(f'"{expression}"'), show_header=False)
+        table = Table(title=escape(title if jobs_mode else f'"{title}"'), show_header=False)
         for k, v in counts.items():
             table.add_row(k, str(v))
         processed = counts["present"] + counts["absent"]
         table.add_row("time", f"{seconds:.1f} s ({processed / max(seconds, 1e-9):.1f} images/s)")
         table.add_row("outputs", escape(str(writer.out)))
         err_console.print(table)
-    raise typer.Exit(EXIT_FAULTS if counts["failed"] else EXIT_OK)
+    raise typer.Exit(EXIT_FAULTS if counts["failed"] or counts.get("jobs failed") else EXIT_OK)
 
 
 def register(app: typer.Typer) -> None:
     """Add `gres segment` to the top-level app."""
     app.command("segment")(segment)
+
+
+def _stale_answer(unit: Unit, done: dict) -> str | None:
+    """Under --jobs, why OUT's answers for this unit cannot be reused, or None: an answer of
+    group-wise segmentation depends on the whole group, so a finished record counts only if it
+    was made in a group of the same name and the same images (a folder that gained or lost a
+    photo, or a glob that now matches others, changes the experts)."""
+    if unit.job is None:
+        return None
+    from gres_cli.inference.jobs import group_digest
+
+    digest = group_digest(unit.group)
+    for image in unit.group.images:
+        rec = done.get((str(image), unit.expression))
+        if rec is None:
+            continue
+        made = (rec.get("job") or {}).get("group_sha256")
+        if rec.get("group") != unit.group.name or made != digest:
+            return (
+                f"line {unit.job.line}: --out holds answers of {unit.expression!r} on {image} "
+                f"made in another group of images (group {rec.get('group')!r}, not the "
+                f"{len(unit.group.images)} images of {unit.group.name!r} this line names now); "
+                "pass --overwrite to redo them, or use another --out"
+            )
+    return None
+
+
+def _output_owners(done: dict) -> dict[str, str]:
+    """The mask and overlay files OUT's finished records point at, and whose they are."""
+    owners = {}
+    for rec in done.values():
+        for key in ("mask", "overlay"):
+            if isinstance(rec.get(key), str):
+                owners[os.path.abspath(rec[key]).casefold()] = rec["image"]
+    return owners
+
+
+def _overwrites(unit: Unit, writer: Any, owners: dict[str, str]) -> str | None:
+    """Under --jobs, why this unit's outputs would overwrite another image's (an earlier
+    line's, or a finished record's: two folders named `photos`, one expression, a stem in
+    both), or None; then its outputs are taken in `owners`. A file system that ignores case
+    makes `A.png` and `a.png` one file, so names are compared casefolded."""
+    suffixes = [f".{writer.fmt}"] if writer.fmt in ("png", "npy") else []
+    suffixes += [".overlay.jpg"] if writer.overlay else []
+    planned = {}
+    for image, stem in zip(unit.group.images, unit.group.output_stems(), strict=True):
+        for suffix in suffixes:
+            path = writer.output_path(unit.group.name, unit.mask_name(stem), suffix)
+            other = owners.get(os.path.abspath(path).casefold())
+            if other is not None and other != str(image):
+                return (
+                    f"line {unit.job.line}: {image} would overwrite {path}, the output of "
+                    f'{other}; give this line a "group" of its own'
+                )
+            planned[os.path.abspath(path).casefold()] = str(image)
+    owners.update(planned)
+    return None
+
+
+def _job_error_record(job: Any, message: str, unit: Unit | None) -> dict[str, Any]:
+    """The record of a job that could not run: no image, its error, and the job's label."""
+    rec: dict[str, Any] = {"image": None, "group": None if unit is None else unit.group.name}
+    rec["expression"] = job.expression
+    rec |= {"present": None, "d_pos": None, "d_neg": None, "margin": None, "score": None}
+    rec |= {"mask": None, "area": 0, "bbox": None, "width": None, "height": None}
+    return rec | {"error": message, "job": job.label(None if unit is None else unit.group)}
 
 
 def _record(res, group: str, expression: str, margin: float) -> tuple[dict, Any]:

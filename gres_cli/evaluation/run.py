@@ -144,6 +144,8 @@ class JsonlPredictions:
                 continue
             try:
                 rec = json.loads(line)
+                if rec["image"] is None and rec["error"]:
+                    continue  # a --jobs line that could not run: it answers no pair
                 key = (str(Path(rec["image"]).resolve()), rec["expression"])
             except (json.JSONDecodeError, KeyError, TypeError):
                 raise GresError(f"{path}:{n}: not a `gres segment` record") from None

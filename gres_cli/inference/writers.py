@@ -217,6 +217,7 @@ def settings_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
         "expression": "EXPRESSION",
         "config_sha256": "the model's config.json",
         "dataset_sha256": "the dataset's grd.json",
+        "layout": "the layout (--jobs: masks in a folder per expression)",
     }
     for key in list(new) + [k for k in old if k not in new]:
         if old.get(key) != new.get(key):

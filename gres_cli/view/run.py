@@ -31,6 +31,8 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
             continue
         try:
             rec = json.loads(line)
+            if rec["image"] is None and rec["error"]:
+                continue  # a --jobs line that could not run: no image to show
             key = (str(rec["image"]), str(rec["expression"]))
         except (json.JSONDecodeError, KeyError, TypeError):
             bad += 1  # a line cut by a crash, or not a record
