@@ -88,7 +88,7 @@ class GRSerOnnxModel:
             import onnxruntime as ort
         except ImportError:
             raise ModelLoadError(
-                f"{folder}: an ONNX model needs onnxruntime: pip install '{EXTRA}'"
+                f'{folder}: an ONNX model needs onnxruntime: pip install "{EXTRA}"'
             ) from None
         self.config = _json(folder / "config.json")
         self.group = group
