@@ -138,6 +138,42 @@ def test_two_pass_equals_all_pairs_for_small_groups(tiny: GRSer):
 
 
 @torch.no_grad()
+def test_fixed_expert_slots_equal_zero_padded_heatmaps(tiny: GRSer):
+    """Pass 2 always takes K expert slots (what query.onnx runs): with K' < K experts it
+    gives what zero-padding the K' heatmaps to K channels gave before, and padding slots count
+    for nothing whatever they hold."""
+    import torch.nn.functional as F
+
+    from gres_cli.model.grser import expert_slots
+
+    torch.manual_seed(4)
+    x = torch.randn(3, 3, 64, 64)
+    text = tiny.encode_text(["the small red circle"])
+    enc = tiny.encode(x, text)
+    scores = tiny.expert_scores(x, text, enc)
+    k = tiny.config.experts
+    v = enc.maps[tiny.config.query_stage]
+    sentence, anti = text.sentence.expand(3, -1), text.anti.expand(3, -1)
+    for kept in range(1, k):
+        experts = scores.prototypes[tiny.select_experts(scores, kept)]
+        out = tiny.query(None, text, experts, enc)
+        heat = tiny.tqm.visual_heatmaps(v[None], experts[None])[0]  # the K' heatmaps
+        padded = F.pad(heat, (0, 0, 0, 0, 0, k - kept))
+        logits, *_, d_pos, d_neg = tiny._decode(enc.maps, padded, sentence, anti, (64, 64))
+        torch.testing.assert_close(out.mask_logits[0], logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out.d_pos[0], d_pos, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(out.d_neg[0], d_neg, atol=1e-6, rtol=1e-6)
+        assert not out.heatmaps[0, :, kept:].any()
+        slots, valid = expert_slots(experts, k)
+        assert valid.tolist() == [1.0] * kept + [0.0] * (k - kept)
+        junk = slots.clone()
+        junk[kept:] = torch.randn(k - kept, slots.shape[1])
+        a = tiny.query_slots(enc.maps, sentence, anti, slots, valid)
+        b = tiny.query_slots(enc.maps, sentence, anti, junk, valid)
+        assert all(torch.equal(s, t) for s, t in zip(a, b, strict=True))
+
+
+@torch.no_grad()
 def test_padded_images_change_nothing(tiny: GRSer):
     torch.manual_seed(3)
     x = torch.randn(1, 3, 3, 64, 64)

@@ -1,4 +1,5 @@
-"""`gres model init|info|pull|push`: create, inspect, download and publish GRSer models.
+"""`gres model init|info|pull|push|export`: create, inspect, download, publish and export GRSer
+models.
 
 torch is imported inside each command, never at module level, so `gres --help` stays fast.
 """
@@ -177,6 +178,41 @@ def pull(
 
         folder = resolve_model_dir(model, revision)
     typer.echo(str(folder))
+
+
+@app.command()
+def export(
+    model: ModelArg,
+    out: Annotated[Path, typer.Argument(help="Folder to write the exported model into.")],
+    fmt: Annotated[str, typer.Option("--format", help="Export format: onnx.")] = "onnx",
+    opset: Annotated[int | None, typer.Option(help="ONNX opset (default 17).")] = None,
+    revision: RevisionOpt = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
+) -> None:
+    """Export a GRSer (folder or Hub id) as ONNX graphs plus tokenizer and config: a folder
+    `gres segment --model OUT` runs on onnxruntime, without torch (`pip install "gres[onnx]"`).
+
+    Before it reports success the export runs onnxruntime against torch on a few inputs
+    (batch 1 and 3, one expert and K) and records each graph's worst error in OUT/config.json;
+    a failed export leaves nothing at OUT.
+    """
+    if fmt != "onnx":
+        fail(f"--format {fmt}: the only export format is onnx")
+    with user_errors():
+        from gres_cli.model import onnx_spec
+        from gres_cli.model.export import export_onnx, require_onnx
+
+        require_onnx()  # before loading anything
+        opset = onnx_spec.DEFAULT_OPSET if opset is None else opset
+        facts = export_onnx(model, out, opset=opset, revision=revision, overwrite=overwrite)
+    errors = ", ".join(f"{g} {e:.1e}" for g, e in facts["max_abs_error"].items())
+    err_console.print(
+        escape(
+            f"wrote ONNX export of {model} to {out} (opset {opset}; onnxruntime "
+            f"{facts['onnxruntime']} vs torch, worst absolute error: {errors})"
+        ),
+        soft_wrap=True,
+    )
 
 
 @app.command()

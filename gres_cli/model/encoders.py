@@ -158,8 +158,11 @@ class TextEncoder(nn.Module):
     def _encode(self, texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
         device = next(self.parameters()).device
         enc = {k: v.to(device) for k, v in self.tokenize(texts).items()}
-        words = self.bert(**enc).last_hidden_state  # B x T x C_l
-        mask = enc["attention_mask"]
+        return self.features(enc["input_ids"], enc["attention_mask"])
+
+    def features(self, input_ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Token ids and attention mask (B x T) -> (W: B x T x C_l, the mask, L: B x C_l)."""
+        words = self.bert(input_ids=input_ids, attention_mask=mask).last_hidden_state
         if self.pooling == "cls":
             sentence = words[:, 0]
         else:

@@ -112,6 +112,24 @@ class Prediction:
     probability: float  # mean foreground probability inside the mask (0 when absent)
 
 
+def expert_slots(experts: Tensor, k: int, valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """K' <= k ordered experts (... x K' x C) in k fixed slots: (... x k x C, zeros after the
+    K' real ones; ... x k validity, 1 for a real expert, 0 for padding). `valid` (... x K'
+    bool) marks real experts that must not count (a padded image of a batch). The decoder takes
+    exactly k heatmap channels; fixed slots keep pass 2's shapes independent of K' (one
+    exported graph for every group size)."""
+    extra = k - experts.shape[-2]
+    if extra < 0:
+        raise ValueError(f"{experts.shape[-2]} experts for {k} slots")
+    if valid is None:
+        valid = torch.ones(experts.shape[:-1], dtype=experts.dtype, device=experts.device)
+    valid = valid.to(experts.dtype)
+    if extra:
+        experts = F.pad(experts, (0, 0, 0, extra))
+        valid = F.pad(valid, (0, extra))
+    return experts, valid
+
+
 class GRSer(nn.Module, PyTorchModelHubMixin):
     """The GRSer model. Build with a config or preset; load with `GRSer.from_pretrained`."""
 
@@ -166,21 +184,21 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         self,
         maps: list[Tensor],
         heatmaps: Tensor,
-        text: TextFeatures,
+        sentence: Tensor,
+        anti: Tensor,
         out_size: tuple[int, int],
     ) -> tuple[Tensor, ...]:
-        """Pad heatmaps to K channels, decode, and measure d_pos/d_neg (flat over M images)."""
-        k = self.config.experts
-        if heatmaps.shape[1] < k:
-            heatmaps = F.pad(heatmaps, (0, 0, 0, 0, 0, k - heatmaps.shape[1]))
-        logits, pixel_embedding, emb = self.decoder(maps, heatmaps, out_size, text.sentence)
+        """Decode M images from their K expert heatmaps and measure d_pos/d_neg (flat over M).
+
+        heatmaps: M x K x h x w, always K channels (`expert_slots`); sentence, anti: M x C_l."""
+        logits, pixel_embedding, emb = self.decoder(maps, heatmaps, out_size, sentence)
         if self.config.normalize_embeddings:
             emb = F.normalize(emb, dim=-1)
-        t_pos = self.hierarchizer.embed_text(text.sentence)
-        t_neg = self.hierarchizer.embed_text(text.anti)
+        t_pos = self.hierarchizer.embed_text(sentence)
+        t_neg = self.hierarchizer.embed_text(anti)
         d_pos = torch.linalg.vector_norm(emb - t_pos, dim=-1)
         d_neg = torch.linalg.vector_norm(emb - t_neg, dim=-1)
-        return logits, pixel_embedding, emb, t_pos, t_neg, d_pos, d_neg, heatmaps
+        return logits, pixel_embedding, emb, t_pos, t_neg, d_pos, d_neg
 
     # ---- the paper's all-pairs group computation --------------------------------------------
     def forward(
@@ -209,18 +227,19 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         s_pos, s_neg = self.hierarchizer.scores(protos, text.sentence, text.anti)
         order = expert_order(s_pos, s_neg, image_mask)[:, : self.config.experts]  # B x K'
         experts = torch.gather(protos, 1, order.unsqueeze(-1).expand(-1, -1, protos.shape[-1]))
-        heat = self.tqm.visual_heatmaps(v.view(b, n, *v.shape[1:]), experts)  # B x N x K' x h x w
-        if image_mask is not None:  # a padded image is never an expert
-            valid = torch.gather(image_mask, 1, order).to(heat.dtype)
-            heat = heat * valid[:, None, :, None, None]
-        logits, pix, emb, t_pos, t_neg, d_pos, d_neg, heat = self._decode(
-            maps, heat.flatten(0, 1), flat_text, pixel_values.shape[-2:]
+        # a padded image is never an expert
+        valid = None if image_mask is None else torch.gather(image_mask, 1, order)
+        slots, valid = expert_slots(experts, self.config.experts, valid)
+        heat = self.tqm.visual_heatmaps(v.view(b, n, *v.shape[1:]), slots)  # B x N x K x h x w
+        heat = heat * valid[:, None, :, None, None]
+        logits, pix, emb, t_pos, t_neg, d_pos, d_neg = self._decode(
+            maps, heat.flatten(0, 1), flat_text.sentence, flat_text.anti, pixel_values.shape[-2:]
         )
         return GRSerOutput(
             mask_logits=logits.view(b, n, *logits.shape[1:]),
             d_pos=d_pos.view(b, n),
             d_neg=d_neg.view(b, n),
-            heatmaps=heat.view(b, n, *heat.shape[1:]),
+            heatmaps=heat,
             language_heatmap=m_l.view(b, n, *m_l.shape[1:]),
             embedding=emb.view(b, n, -1),
             pixel_embedding=pix.view(b, n, *pix.shape[1:]),
@@ -258,7 +277,7 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         experts: Tensor,
         encoded: Encoded | None = None,
     ) -> GRSerOutput:
-        """Pass 2: decode M images against given expert prototypes (K' x C_v, ordered);
+        """Pass 2: decode M images against given expert prototypes (K' x C_v, ordered, K' <= K);
         `encoded` (pass 1's encoder output for these images) skips the encoder, and then
         `pixel_values` may be None."""
         if encoded is None and pixel_values is None:
@@ -266,20 +285,18 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         enc = encoded if encoded is not None else self.encode(pixel_values, text)
         m = enc.prototypes.shape[0]
         text1 = text.expand(m)
-        side = self.config.image_size
-        maps, m_l, protos = enc.maps, enc.language_heatmap, enc.prototypes
+        protos = enc.prototypes
         s_pos, s_neg = self.hierarchizer.scores(protos, text1.sentence[0], text1.anti[0])
-        v = maps[self.config.query_stage]
-        heat = self.tqm.visual_heatmaps(v.unsqueeze(0), experts.unsqueeze(0))[0]
-        logits, pix, emb, t_pos, t_neg, d_pos, d_neg, heat = self._decode(
-            maps, heat, text1, (side, side)
+        slots, valid = expert_slots(experts, self.config.experts)
+        logits, pix, emb, t_pos, t_neg, d_pos, d_neg, heat = self.query_slots(
+            enc.maps, text1.sentence, text1.anti, slots, valid
         )
         return GRSerOutput(
             mask_logits=logits[None],
             d_pos=d_pos[None],
             d_neg=d_neg[None],
             heatmaps=heat[None],
-            language_heatmap=m_l[None],
+            language_heatmap=enc.language_heatmap[None],
             embedding=emb[None],
             pixel_embedding=pix[None],
             text_pos=t_pos[:1],
@@ -288,6 +305,24 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
             s_pos=s_pos[None],
             s_neg=s_neg[None],
         )
+
+    def query_slots(
+        self,
+        maps: list[Tensor],
+        sentence: Tensor,
+        anti: Tensor,
+        experts: Tensor,
+        expert_valid: Tensor,
+    ) -> tuple[Tensor, ...]:
+        """Pass 2 with shapes fixed by the config (what query.onnx runs): maps F_1..F_4 of M
+        images, sentence/anti M x C_l, experts K x C_v in K slots, expert_valid K (1 real,
+        0 padding) -> (mask logits M x S x S, e_n, emb, phi_l(L), phi_l(L_anti), d_pos, d_neg,
+        heatmaps M x K x h x w)."""
+        v = maps[self.config.query_stage]
+        heat = self.tqm.visual_heatmaps(v.unsqueeze(0), experts.unsqueeze(0))[0]
+        heat = heat * expert_valid.to(heat.dtype)[None, :, None, None]
+        side = self.config.image_size
+        return (*self._decode(maps, heat, sentence, anti, (side, side)), heat)
 
     @torch.inference_mode()
     def predict(
