@@ -8,7 +8,12 @@
    torch, each in a process of its own, and whether they made the same decisions.
 
     python benchmarks/bench_onnx.py [--starts 5] [--images 256] [--base-images 16]
-                                    [--presets grser-tiny,grser-base]
+                                    [--presets grser-tiny,grser-base] [--threads N]
+                                    [--skip-start]
+
+--threads N pins both runtimes to N threads (torch.set_num_threads, onnxruntime's
+intra_op_num_threads): on a loaded machine, each library's default thread count suffers from
+the contention in its own way, and one thread each compares the work itself.
 
 grser-base (Swin-B at 480 px, BERT-base) takes seconds per image on a small CPU: --base-images
 sets how many of the JPEGs it runs on.
@@ -83,8 +88,9 @@ def first_record(model: Path, photo: Path, out: Path) -> tuple[float, float]:
     return first, total
 
 
-def throughput(model: Path, folder: Path, count: int, batch_size: int) -> dict:
-    """Images/s of the engine (model loaded and warmed up first), in a process of its own."""
+def throughput(model: Path, folder: Path, count: int, batch_size: int, threads: int) -> dict:
+    """Images/s of the engine (model loaded and warmed up first), in a process of its own;
+    `threads` > 0 pins torch's and onnxruntime's threads (0: each library's default)."""
     code = f"""
 import json, time
 from pathlib import Path
@@ -92,7 +98,14 @@ from gres_cli.backends import load_model
 from gres_cli.inference.engine import Segmenter
 from gres_cli.inference.inputs import ImageGroup
 paths = sorted(Path({str(folder)!r}).glob("*.jpg"))[:{count}]
-engine = Segmenter(load_model({str(model)!r}), "cpu", batch_size={batch_size})
+model = load_model({str(model)!r})
+if {threads} and model.runtime == "numpy":
+    from gres_cli.backends.grser_onnx import GRSerOnnxModel
+    model = GRSerOnnxModel(Path({str(model)!r}), threads={threads})
+elif {threads}:
+    import torch
+    torch.set_num_threads({threads})
+engine = Segmenter(model, "cpu", batch_size={batch_size})
 engine.run_group(ImageGroup("warm-up", paths[:2]), "warm up")
 t = time.perf_counter()
 results = sorted(engine.run_group(ImageGroup("g", paths), {EXPRESSION!r}), key=lambda r: r.index)
@@ -132,37 +145,50 @@ def random_model(preset: str, folder: Path) -> Path:
     return folder
 
 
+def time_to_first_record(tmp: Path, starts: int) -> None:
+    """Part 1: `gres segment` of one JPEG, torch and onnx alternating."""
+    models = {"torch": DEMO, "onnx": export(DEMO, tmp / "demo-onnx")}
+    (photo,) = jpegs(tmp / "one", 1)
+    times: dict[str, list[tuple[float, float]]] = {"torch": [], "onnx": []}
+    for _ in range(starts):  # alternating: the machine's load hits both alike
+        for name, model in models.items():
+            times[name].append(first_record(model, photo, tmp / f"out-{name}"))
+    print("\n1. one 640x480 JPEG, demo model: `gres segment` wall time (median of "
+          f"{starts}, best in brackets)")  # fmt: skip
+    print(f"{'runtime':<8} {'first record s':>16} {'whole call s':>16}")
+    median = {}
+    for name, got in times.items():
+        first, total = zip(*got, strict=True)
+        median[name] = statistics.median(total)
+        print(
+            f"{name:<8} {statistics.median(first):>9.2f} ({min(first):.2f})"
+            f" {median[name]:>9.2f} ({min(total):.2f})"
+        )
+    print(f"torch / onnx: {median['torch'] / median['onnx']:.1f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--starts", type=int, default=5, help="gres segment calls per runtime")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--base-images", type=int, default=16)
     parser.add_argument("--presets", default="grser-tiny,grser-base")
+    parser.add_argument("--skip-start", action="store_true", help="only the images/s part")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="pin both runtimes' threads (0: their defaults)"
+    )
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        models = {"torch": DEMO, "onnx": export(DEMO, tmp / "demo-onnx")}
-        (photo,) = jpegs(tmp / "one", 1)
-        times: dict[str, list[tuple[float, float]]] = {"torch": [], "onnx": []}
-        for _ in range(args.starts):  # alternating: the machine's load hits both alike
-            for name, model in models.items():
-                times[name].append(first_record(model, photo, tmp / f"out-{name}"))
-        print("\n1. one 640x480 JPEG, demo model: `gres segment` wall time (median of "
-              f"{args.starts}, best in brackets)")  # fmt: skip
-        print(f"{'runtime':<8} {'first record s':>16} {'whole call s':>16}")
-        median = {}
-        for name, got in times.items():
-            first, total = zip(*got, strict=True)
-            median[name] = statistics.median(total)
-            print(
-                f"{name:<8} {statistics.median(first):>9.2f} ({min(first):.2f})"
-                f" {median[name]:>9.2f} ({min(total):.2f})"
-            )
-        print(f"torch / onnx: {median['torch'] / median['onnx']:.1f}x")
+        if not args.skip_start:
+            time_to_first_record(tmp, args.starts)
 
-        print(f"\n2. images/s, 640x480 JPEGs, one group, batch {args.batch_size}")
+        threads = args.threads or "each runtime's default"
+        print(
+            f"\n2. images/s, 640x480 JPEGs, one group, batch {args.batch_size}, threads: {threads}"
+        )
         print(f"{'preset':<11} {'images':>6} {'torch img/s':>12} {'onnx img/s':>11} "
               f"{'onnx/torch':>10} {'same decisions':>15} {'max |d| diff':>13}")  # fmt: skip
         for preset in args.presets.split(","):
@@ -173,8 +199,8 @@ def main() -> None:
             src = random_model(preset, tmp / preset)
             onnx = export(src, tmp / f"{preset}-onnx")
             runs = {
-                "torch": throughput(src, folder, count, args.batch_size),
-                "onnx": throughput(onnx, folder, count, args.batch_size),
+                "torch": throughput(src, folder, count, args.batch_size, args.threads),
+                "onnx": throughput(onnx, folder, count, args.batch_size, args.threads),
             }
             rate = {k: count / v["seconds"] for k, v in runs.items()}
             same = sum(

@@ -83,7 +83,8 @@ class GRSerOnnxModel:
     kind = spec.MODEL_TYPE
     runtime = "numpy"
 
-    def __init__(self, folder: Path, group: bool = True) -> None:
+    def __init__(self, folder: Path, group: bool = True, threads: int | None = None) -> None:
+        """`threads`: onnxruntime's threads per graph (default: its own, the physical cores)."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -101,6 +102,8 @@ class GRSerOnnxModel:
         graphs = self.config.get(spec.CONFIG_KEY, {}).get("graphs", spec.GRAPH_FILES)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # stderr holds gres's own progress and one-line errors
+        if threads:
+            options.intra_op_num_threads = threads
         self.sessions = {}
         for name in (spec.TEXT, spec.ENCODE, spec.QUERY):
             path = folder / graphs.get(name, spec.GRAPH_FILES[name])
