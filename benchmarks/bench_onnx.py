@@ -99,7 +99,7 @@ from gres_cli.inference.engine import Segmenter
 from gres_cli.inference.inputs import ImageGroup
 paths = sorted(Path({str(folder)!r}).glob("*.jpg"))[:{count}]
 model = load_model({str(model)!r})
-if {threads} and model.runtime == "numpy":
+if {threads} and getattr(model, "runtime", "torch") == "numpy":
     from gres_cli.backends.grser_onnx import GRSerOnnxModel
     model = GRSerOnnxModel(Path({str(model)!r}), threads={threads})
 elif {threads}:
