@@ -1,6 +1,7 @@
 """The models gres runs, each behind the engine's model protocol (`protocol.py`):
 
-- GRSer folders and Hub repos (`grser.py`, the trained path);
+- GRSer folders and Hub repos (`grser.py`, the trained path), and their ONNX exports
+  (`grser_onnx.py`: onnxruntime, no torch, no transformers);
 - open-vocabulary segmenters from transformers with the group rule on top (`openvocab.py`):
   CLIPSeg (`clipseg.py`, the default model), SAM 3 (`sam3.py`),
   Grounding DINO + SAM (`grounded_sam.py`);
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from gres_cli.errors import ModelLoadError
+from gres_cli.model import onnx_spec
 
 #: model_type -> "module:class" of its protocol implementation
 BACKENDS = {
@@ -29,13 +31,14 @@ BACKENDS = {
     "grounding-dino": "gres_cli.backends.grounded_sam:GroundedSamBackend",
 }
 GRSER = "grser"
+GRSER_ONNX = onnx_spec.MODEL_TYPE
 GRES_BACKEND = "gres-backend"
 #: with no --model and no GRES_MODEL: practical on a CPU, Apache-2.0, not gated
 DEFAULT_MODEL = "CIDAS/clipseg-rd64-refined"
 
 
 def model_types() -> list[str]:
-    return [GRSER, *BACKENDS, GRES_BACKEND]
+    return [GRSER, GRSER_ONNX, *BACKENDS, GRES_BACKEND]
 
 
 def backend_kind(checkpoint: str, revision: str | None = None) -> str:
@@ -92,6 +95,10 @@ def load_model(
         from gres_cli.model.grser import GRSer
 
         return GRSerModel(GRSer.from_pretrained(folder), group=group)
+    if kind == GRSER_ONNX:  # no torch, no transformers
+        from gres_cli.backends.grser_onnx import GRSerOnnxModel
+
+        return GRSerOnnxModel(folder, group=group)
     if kind in BACKENDS:
         return _construct(kind, folder, str(model_id), group, revision)
     raise ModelLoadError(
@@ -143,7 +150,10 @@ def _construct(
 
 
 def as_group_model(model: Any) -> Any:
-    """A GroupModel as is; a bare GRSer (nn.Module) wrapped in its adapter."""
+    """A GroupModel as is; a bare GRSer (nn.Module) wrapped in its adapter. (A GroupModel is
+    told by its methods, so that an ONNX model never imports torch to be recognised.)"""
+    if hasattr(model, "first_pass"):
+        return model
     from gres_cli.model.grser import GRSer
 
     if isinstance(model, GRSer):

@@ -8,6 +8,9 @@ A job (one expression asked of one group of N images) runs in two passes:
   pass 2  `second_pass` over batches again, from the cached items (or the pixels, for images
           past the engine's cache budget): the decision distances and the low-resolution mask.
 The decision is the paper's, for every model: present iff d_pos + m < d_neg.
+
+Arrays are the model's own: torch tensors for the torch models, numpy arrays for the ONNX
+runtime (`runtime = "numpy"`), so this module imports neither torch nor onnxruntime.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import torch
+import numpy as np
 from PIL import Image
-from torch import Tensor
+
+#: a torch tensor (runtime "torch") or a numpy array (runtime "numpy")
+Array = Any
 
 
 @dataclass
@@ -26,7 +31,7 @@ class FirstPass:
     """Pass 1 over M images. `summary`: tensors whose first dimension is M (joined across
     batches with `cat_summaries`); `items`: M objects pass 2 can reuse (tensors inside)."""
 
-    summary: dict[str, Tensor]
+    summary: dict[str, Array]
     items: list[Any]
 
 
@@ -36,14 +41,14 @@ class SecondPass:
     model's resolution, and, for open-vocabulary backends, their own score and the distances
     of the same rule without the group step (the backend alone)."""
 
-    d_pos: Tensor  # M
-    d_neg: Tensor  # M
-    mask_logits: Tensor  # M x h x w
-    backend_score: Tensor | None = None  # M, in [0, 1]
-    alone: tuple[Tensor, Tensor] | None = None  # (d_pos, d_neg) of the backend alone
+    d_pos: Array  # M
+    d_neg: Array  # M
+    mask_logits: Array  # M x h x w
+    backend_score: Array | None = None  # M, in [0, 1]
+    alone: tuple[Array, Array] | None = None  # (d_pos, d_neg) of the backend alone
 
 
-def presence(d_pos: Tensor, d_neg: Tensor, margin: float) -> Tensor:
+def presence(d_pos: Array, d_neg: Array, margin: float) -> Array:
     """The paper's decision, for every model: positive iff d_pos + m < d_neg."""
     return d_pos + margin < d_neg
 
@@ -59,42 +64,52 @@ class GroupModel(Protocol):
     experts: int  # the default K
     max_experts: int | None  # the largest K the model takes (None: any)
     config: dict[str, Any]  # what produced it (for records, reports and run settings)
+    # `runtime` (optional): where its arrays live, "torch" when absent (tensors, a DataLoader,
+    # devices) or "numpy" (numpy arrays, a thread-pool loader, the CPU: the ONNX runtime)
 
-    def to(self, device: torch.device) -> GroupModel: ...
+    def to(self, device: Any) -> GroupModel: ...
 
-    def preparer(self) -> Callable[[Image.Image], Tensor]:
+    def preparer(self) -> Callable[[Image.Image], Array]:
         """A picklable function run in the loader's workers: one decoded image -> its tensor."""
         ...
 
-    def model_input(self, prepared: Tensor) -> Tensor:
+    def model_input(self, prepared: Array) -> Array:
         """A batch of prepared tensors, on the device -> the model's input (e.g. normalised)."""
         ...
 
     def encode_text(self, expression: str) -> Any: ...
 
-    def first_pass(self, pixels: Tensor, text: Any) -> FirstPass: ...
+    def first_pass(self, pixels: Array, text: Any) -> FirstPass: ...
 
-    def choose_experts(self, summary: dict[str, Tensor], k: int) -> Any: ...
+    def choose_experts(self, summary: dict[str, Array], k: int) -> Any: ...
 
     def second_pass(
-        self, pixels: Tensor | None, text: Any, experts: Any, items: list[Any] | None
+        self, pixels: Array | None, text: Any, experts: Any, items: list[Any] | None
     ) -> SecondPass:
         """From `items` (cached by pass 1; `pixels` may then be None) or from `pixels`."""
         ...
 
-    def probability_at(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
+    def probability_at(self, mask_logits: Array, size: tuple[int, int]) -> Array:
         """One image's h x w mask logits -> its probability map at (width, height)."""
         ...
 
 
-def cat_summaries(parts: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Join the summaries of consecutive batches of one job."""
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+def cat_summaries(parts: list[dict[str, Array]]) -> dict[str, Array]:
+    """Join the summaries of consecutive batches of one job (torch tensors or numpy arrays)."""
+    first = parts[0]
+    if all(isinstance(v, np.ndarray) for v in first.values()):
+        return {k: np.concatenate([p[k] for p in parts]) for k in first}
+    import torch  # a torch model's summaries: torch is loaded already
+
+    return {k: torch.cat([p[k] for p in parts]) for k in first}
 
 
 def nbytes(obj: Any) -> int:
-    """Bytes held by the tensors in `obj` (a tensor, a dataclass, or a list/tuple/dict of them)."""
-    if isinstance(obj, Tensor):
+    """Bytes held by the arrays in `obj` (a tensor or numpy array, a dataclass, or a
+    list/tuple/dict of them)."""
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if hasattr(obj, "element_size") and hasattr(obj, "numel"):  # a torch tensor
         return obj.numel() * obj.element_size()
     if is_dataclass(obj):
         return sum(nbytes(getattr(obj, f.name)) for f in fields(obj))

@@ -280,7 +280,6 @@ def score_model(
     `saved` (inside its `writing()` block) gets every answer as `gres segment` records it.
     """
     from gres_cli.backends import load_model
-    from gres_cli.backends.openvocab import reweighted_score
     from gres_cli.backends.protocol import presence
     from gres_cli.inference.engine import Job, Segmenter
     from gres_cli.inference.inputs import ImageGroup
@@ -304,6 +303,8 @@ def score_model(
     protocol = scorer.masks.protocol
     sweeps = {m: GRESMeter(protocol) for m in sweep or []}
     weighed = {(w, m): GRESMeter(protocol) for w in group_weights or [] for m in sweep or []}
+    if weighed:  # an open-vocabulary backend (torch); an ONNX model never gets here
+        from gres_cli.backends.openvocab import reweighted_score
     list(_pairs(dataset, split))  # refuse an empty split up front
     asked, jobs = [], []
     for group in dataset.groups:

@@ -10,94 +10,32 @@ the folder, and memory bounded by the batch, not the folder:
      (run through the model again only when it did not fit in the cache).
 For GRSer and a group of at most K images this equals GRSer's own all-pairs forward (tested;
 both zero-pad the expert channels below K).
-One DataLoader streams the images of ALL jobs (group, expression) in order, decoding ahead of the
-model (workers, pinned memory on CUDA): a folder of many small groups pays for one loader, not
-one per group; consecutive jobs on the same images (a group's expressions in `gres eval`) read
-them once. Results come job by job, in job order.
+One loader streams the images of ALL jobs (group, expression) in order, decoding ahead of the
+model: a folder of many small groups pays for one loader, not one per group; consecutive jobs on
+the same images (a group's expressions in `gres eval`) read them once. Results come job by job,
+in job order.
+
+This module is the orchestration only, and imports no torch. What is torch's lives in the
+model's runtime (`gres_cli.inference.runtimes`): for torch models a DataLoader (worker
+processes, pinned memory on CUDA), the device and autocast (`torch_runtime.py`); for the ONNX
+model numpy arrays and a thread pool decoding ahead.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
-from grd_tools.errors import GRDError
-from grd_tools.imageio import open_image, open_image_reduced
 from gres_cli.backends import as_group_model
 from gres_cli.backends.protocol import GroupModel, cat_summaries, nbytes, presence
 from gres_cli.errors import GresError
 from gres_cli.inference.inputs import ImageGroup
-
-
-class DecodedImages(Dataset):
-    """Decodes image i: (i, the model's prepared tensor, original (width, height), error,
-    photo or None). `prepare` is the model's own (a resize for GRSer, the checkpoint's image
-    processor for a backend), run here so that workers do it ahead of the model."""
-
-    def __init__(
-        self, paths: list[Path], size: int, prepare: Callable, keep_photo: bool = False
-    ) -> None:
-        self.paths, self.size, self.prepare, self.keep_photo = paths, size, prepare, keep_photo
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, tuple[int, int], str, Any]:
-        try:
-            if self.keep_photo:
-                img = open_image(self.paths[i])
-                size = img.size
-            else:  # only the model input is needed: decode JPEGs at a reduced scale
-                img, size = open_image_reduced(self.paths[i], self.size)
-            pixels = self.prepare(img)
-        except GRDError as e:
-            return i, None, (0, 0), str(e), None
-        except Exception as e:  # any decoder failure is this image's error, never the run's
-            return i, None, (0, 0), f"{self.paths[i]}: {e}", None
-        return i, pixels, size, "", img if self.keep_photo else None
-
-
-def _stack(tensors: list[torch.Tensor | None]) -> torch.Tensor:
-    """One batch; unreadable images (None) get zeros, never seen by the model."""
-    good = next((t for t in tensors if t is not None), None)
-    if good is None:
-        return torch.zeros(len(tensors), 0, dtype=torch.uint8)
-    return torch.stack([torch.zeros_like(good) if t is None else t for t in tensors])
-
-
-def _collate(items: list) -> tuple[list[int], torch.Tensor, list, list[str], list]:
-    idx, tensors, sizes, errors, photos = zip(*items, strict=True)
-    return list(idx), _stack(list(tensors)), list(sizes), list(errors), list(photos)
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA, else MPS, else CPU. Under torchrun, `auto` and a bare `cuda` mean this
-    process's own GPU, cuda:$LOCAL_RANK."""
-    local = os.environ.get("LOCAL_RANK")
-    if name in ("auto", "cuda") and local is not None and torch.cuda.is_available():
-        return torch.device(f"cuda:{int(local) % torch.cuda.device_count()}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GresError(f"--device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GresError(f"--device {name}: CUDA is not available on this machine")
-    return device
+from gres_cli.inference.runtimes import make_runtime
 
 
 @dataclass
@@ -149,22 +87,18 @@ class Segmenter:
         keep_saliency: bool = False,
         all_masks: bool = False,
     ) -> None:
-        self.device = resolve_device(device)
+        model = as_group_model(model)
+        # the model's arrays, device, precision and loader (torch's, or numpy's for ONNX)
+        self.runtime = make_runtime(getattr(model, "runtime", "torch"), device, precision)
+        self.device = self.runtime.device
         # pass 1 keeps each image's bytes, encoder output (and photo) for pass 2 up to this many
         # bytes per job; past it, pass 2 decodes again, so memory stays bounded however large
         # the folder (twice this while a job replays the previous job's decoded pixels)
         self.cache_bytes = cache_bytes
-        if precision not in ("fp32", "bf16", "fp16"):
-            raise GresError(f"--precision {precision!r}: expected fp32, bf16 or fp16")
-        if precision != "fp32" and self.device.type != "cuda":
-            raise GresError(
-                f"--precision {precision} needs a CUDA device (this run: {self.device})"
-            )
         if batch_size < 1:
             raise GresError("--batch-size must be >= 1")
         if workers < 0:
             raise GresError("--workers must be >= 0")
-        model = as_group_model(model)
         self.experts = model.experts if experts is None else experts
         if self.experts < 1 or (model.max_experts and self.experts > model.max_experts):
             most = model.max_experts or "any number"
@@ -180,28 +114,27 @@ class Segmenter:
         self.keep_saliency = keep_saliency  # grey-level maps for the co-SOD metrics
         self.all_masks = all_masks  # masks of absent images too (a margin sweep needs them)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(self.device.type, dtype=dtype)
+    def _autocast(self) -> Any:
+        return self.runtime.autocast()
 
     def _batches(self, paths: list[Path], keep_photo: bool = False) -> Iterator[tuple]:
-        loader = DataLoader(
-            DecodedImages(paths, self.model.input_size, self.model.preparer(), keep_photo),
-            batch_size=self.batch_size,
-            num_workers=self.workers,
-            collate_fn=_collate,
-            pin_memory=self.device.type == "cuda",
+        """(image indices, prepared pixels on the device, original sizes, errors, photos) per
+        batch of `paths`, decoded ahead of the model by the runtime's loader."""
+        return self.runtime.batches(
+            paths,
+            self.model.input_size,
+            self.model.preparer(),
+            self.batch_size,
+            self.workers,
+            keep_photo,
         )
-        for idx, pixels, sizes, errors, photos in loader:
-            # bytes travel to the device; normalised there
-            yield idx, pixels.to(self.device, non_blocking=True), sizes, errors, photos
 
-    @torch.inference_mode()
     def run(self, jobs: list[Job], keep_photo: bool = False) -> Iterator[ImageResult]:
         """Segment each job's expression in every image of its group (photos kept on the
         results when `keep_photo`, for overlays). Yields results job by job, in job order."""
+        return self.runtime.guard(self._run)(jobs, keep_photo)
+
+    def _run(self, jobs: list[Job], keep_photo: bool) -> Iterator[ImageResult]:
         texts: dict[str, Any] = {}
 
         def open_job(j: int) -> _OpenJob:
@@ -262,7 +195,7 @@ class Segmenter:
             yield from self._pass1(
                 job,
                 images,
-                _stack([None if e else r for r, e in zip(raw, errors, strict=True)]),
+                self.runtime.stack([None if e else r for r, e in zip(raw, errors, strict=True)]),
                 list(sizes),
                 list(errors),
                 [None] * len(raw),
@@ -270,7 +203,7 @@ class Segmenter:
         yield from self._pass2(job, keep_photo=False)
 
     def _pass1(
-        self, job: _OpenJob, images: list[int], raw: torch.Tensor, sizes, errors, photos
+        self, job: _OpenJob, images: list[int], raw: Any, sizes, errors, photos
     ) -> Iterator[ImageResult]:
         """What the group step needs of these images; cache what pass 2 reuses."""
         job.seen += len(images)
@@ -332,16 +265,18 @@ class Segmenter:
         with self._autocast():
             pixels = None if raw is None else self.model.model_input(raw)
             out = self.model.second_pass(pixels, job.text, experts, items)
-        d_pos, d_neg = out.d_pos.float(), out.d_neg.float()
+        floats = self.runtime.floats  # float32 numpy on the host, whatever the model's arrays
+        d_pos, d_neg = floats(out.d_pos), floats(out.d_neg)
         decided = presence(d_pos, d_neg, self.margin).tolist()
         backend = [None] * len(images)
         alone: list = [None] * len(images)
         alone_present = [None] * len(images)
         if out.backend_score is not None:
-            backend = out.backend_score.float().tolist()
+            backend = floats(out.backend_score).tolist()
         if out.alone is not None:
-            alone_present = presence(out.alone[0], out.alone[1], self.margin).tolist()
-            alone = list(zip(out.alone[0].tolist(), out.alone[1].tolist(), strict=True))
+            alone_d = floats(out.alone[0]), floats(out.alone[1])
+            alone_present = presence(*alone_d, self.margin).tolist()
+            alone = list(zip(alone_d[0].tolist(), alone_d[1].tolist(), strict=True))
         for k, (dp, dn) in enumerate(zip(d_pos.tolist(), d_neg.tolist(), strict=True)):
             image = images[k]
             res = ImageResult(
@@ -360,9 +295,7 @@ class Segmenter:
             )
             if decided[k] or self.all_masks:
                 prob = self.model.probability_at(out.mask_logits[k], sizes[k])
-                res.mask = (prob > self.threshold).cpu().numpy()
-                if self.keep_saliency:
-                    res.saliency = (prob * 255).round().byte().cpu().numpy()
+                res.mask, res.saliency = self.runtime.cut(prob, self.threshold, self.keep_saliency)
             yield res
 
     def run_group(
@@ -382,7 +315,7 @@ class _OpenJob:
     def __init__(self, number: int, job: Job, text: Any, budget: int) -> None:
         self.number, self.job, self.text = number, job, text
         self.seen = 0  # images through pass 1
-        self.summaries: list[dict[str, torch.Tensor]] = []
+        self.summaries: list[dict[str, Any]] = []
         self.ok: list[int] = []  # readable images, in pass-1 order
         self.cache: dict[int, tuple[tuple[int, int], Any, Any]] = {}  # size, item, photo
         self.budget = budget

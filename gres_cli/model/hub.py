@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from gres_cli.errors import ModelLoadError
+from gres_cli.model.onnx_spec import GRAPH_FILES
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "README.md"]
+#: what a model repo's snapshot fetches: an ONNX export's graphs by their own names only (many
+#: repos also hold large onnx/ folders a torch model does not need)
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "README.md", *GRAPH_FILES.values()]
 
 
 def offline() -> bool:

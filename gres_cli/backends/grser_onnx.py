@@ -1,0 +1,196 @@
+"""An ONNX export of GRSer (`gres model export --format onnx`) behind the engine's model
+protocol, on onnxruntime: numpy arrays, the `tokenizers` library, no torch, no transformers.
+
+The folder's contract (graph files, tensor names and shapes) is gres_cli.model.onnx_spec:
+  text    the expression and ANTI_PREFIX + expression -> W, its mask, L, L_anti;
+  pass 1  encode: normalised pixels + text -> F_1..F_4, M_l, p_n, s_pos, s_neg;
+  group   the top-K experts in hierarchizer order (`expert_order`, numpy, as torch's);
+  pass 2  query: F_1..F_4 + L, L_anti + K expert slots (the unused ones masked out by
+          expert_valid) -> mask logits at the input size, d_pos, d_neg.
+Each step computes what GRSerModel (gres_cli.backends.grser) computes with torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gres_cli.backends.protocol import FirstPass, SecondPass
+from gres_cli.errors import ModelLoadError
+from gres_cli.model import onnx_spec as spec
+from gres_cli.model.preprocess import (
+    image_to_array,
+    normalize_array,
+    probability_to_original_array,
+)
+
+#: the pip extra that brings onnxruntime
+EXTRA = "gres[onnx]"
+
+
+def expert_order(s_pos: np.ndarray, s_neg: np.ndarray) -> np.ndarray:
+    """gres_cli.model.hierarchizer.expert_order in numpy, ties included: experts most reliable
+    first by R_pos + R_neg (s_pos ascending, s_neg descending), then s_pos - s_neg scaled below
+    one rank step, then position in the group (stable sorts throughout)."""
+    total = (_ranks(s_pos) + _ranks(-s_neg)).astype(s_pos.dtype)
+    tie = s_pos - s_neg
+    spread = np.maximum(np.abs(tie).max(), np.asarray(1e-12, s_pos.dtype))
+    key = total + 0.25 * tie / spread
+    return np.argsort(key, kind="stable")
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """0-based rank of each value, ascending (equal values keep their order)."""
+    out = np.empty(values.shape[0], np.int64)
+    out[np.argsort(values, kind="stable")] = np.arange(values.shape[0])
+    return out
+
+
+class Tokenizer:
+    """The export's tokenizer.json read with `tokenizers`: padded to T = max_tokens and
+    truncated at T, as GRSer's TextEncoder.tokenize asks transformers to."""
+
+    def __init__(self, folder: Path, max_tokens: int) -> None:
+        from tokenizers import Tokenizer as RustTokenizer
+
+        path = folder / "tokenizer.json"
+        if not path.is_file():
+            raise ModelLoadError(f"{folder}: an ONNX model folder needs tokenizer.json")
+        self.tok = RustTokenizer.from_file(str(path))
+        special = _json(folder / "tokenizer_config.json")
+        pad = special.get("pad_token") or "[PAD]"
+        pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
+        pad_id = self.tok.token_to_id(pad)
+        self.tok.enable_truncation(max_length=max_tokens)
+        self.tok.enable_padding(length=max_tokens, pad_id=pad_id or 0, pad_token=pad)
+
+    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask), int64 len(texts) x T."""
+        enc = self.tok.encode_batch(texts)
+        ids = np.asarray([e.ids for e in enc], np.int64)
+        return ids, np.asarray([e.attention_mask for e in enc], np.int64)
+
+
+class GRSerOnnxModel:
+    """A GRSer ONNX folder as a `GroupModel` (runtime "numpy")."""
+
+    kind = spec.MODEL_TYPE
+    runtime = "numpy"
+
+    def __init__(self, folder: Path, group: bool = True, threads: int | None = None) -> None:
+        """`threads`: onnxruntime's threads per graph (default: its own, the physical cores)."""
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelLoadError(
+                f'{folder}: an ONNX model needs onnxruntime: pip install "{EXTRA}"'
+            ) from None
+        self.config = _json(folder / "config.json")
+        self.group = group
+        self.input_size = int(self.config["image_size"])
+        self.margin = float(self.config["margin"])
+        self.experts = int(self.config["experts"])
+        self.max_experts = self.experts  # the decoder takes K expert slots
+        self.stages = len(self.config["swin_depths"])
+        self.tokenize = Tokenizer(folder, int(self.config["max_tokens"]))
+        graphs = self.config.get(spec.CONFIG_KEY, {}).get("graphs", spec.GRAPH_FILES)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # stderr holds gres's own progress and one-line errors
+        if threads:
+            options.intra_op_num_threads = threads
+        self.sessions = {}
+        for name in (spec.TEXT, spec.ENCODE, spec.QUERY):
+            path = folder / graphs.get(name, spec.GRAPH_FILES[name])
+            try:
+                self.sessions[name] = ort.InferenceSession(
+                    str(path), options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as e:  # onnxruntime's load faults: missing, corrupt, wrong opset
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelLoadError(f"{path}: cannot load as ONNX ({first})") from None
+
+    def to(self, device: Any) -> GRSerOnnxModel:
+        return self  # the CPU (the runtime refuses other devices)
+
+    def preparer(self) -> Callable[[Image.Image], np.ndarray]:
+        return functools.partial(image_to_array, size=self.input_size)
+
+    def model_input(self, prepared: np.ndarray) -> np.ndarray:
+        return normalize_array(prepared)
+
+    def encode_text(self, expression: str) -> dict[str, np.ndarray]:
+        """W, its mask, L and L_anti of one expression (text.onnx's outputs, by name)."""
+        ids, mask = self.tokenize([expression, spec.ANTI_PREFIX + expression])
+        out = self.sessions[spec.TEXT].run(
+            None, dict(zip(spec.TEXT_INPUTS, (ids, mask), strict=True))
+        )
+        return dict(zip(spec.TEXT_FEATURES, out, strict=True))
+
+    def _encode(self, pixels: np.ndarray, text: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {spec.PIXELS: pixels, **{k: text[k] for k in spec.TEXT_FEATURES}}
+        out = self.sessions[spec.ENCODE].run(None, feeds)
+        return dict(zip(spec.encode_outputs(self.stages), out, strict=True))
+
+    def first_pass(self, pixels: np.ndarray, text: dict[str, np.ndarray]) -> FirstPass:
+        enc = self._encode(pixels, text)
+        summary = {k: enc[k] for k in (spec.PROTOTYPES, spec.S_POS, spec.S_NEG)}
+        return FirstPass(summary, [self._item(enc, j) for j in range(pixels.shape[0])])
+
+    def _item(self, enc: dict[str, np.ndarray], j: int) -> dict[str, np.ndarray]:
+        """What pass 2 reuses of image j: its fused maps (and prototype, for --no-group)."""
+        keep = (*spec.map_names(self.stages), spec.PROTOTYPES)
+        return {k: enc[k][j : j + 1] for k in keep}
+
+    def choose_experts(self, summary: dict[str, np.ndarray], k: int) -> np.ndarray:
+        """The K' x C_v prototypes of the top-k experts, most reliable first."""
+        order = expert_order(summary[spec.S_POS], summary[spec.S_NEG])[:k]
+        return summary[spec.PROTOTYPES][order]
+
+    def second_pass(
+        self,
+        pixels: np.ndarray | None,
+        text: dict[str, np.ndarray],
+        experts: np.ndarray,
+        items: list[dict[str, np.ndarray]] | None,
+    ) -> SecondPass:
+        if items:
+            enc = {k: np.concatenate([it[k] for it in items]) for k in items[0]}
+        else:
+            enc = self._encode(pixels, text)
+        if not self.group:  # each image against its own prototype only
+            images = range(enc[spec.PROTOTYPES].shape[0])
+            alone = [{k: v[i : i + 1] for k, v in enc.items()} for i in images]
+            outs = [self._query(one, text, one[spec.PROTOTYPES]) for one in alone]
+            return SecondPass(*(np.concatenate(parts) for parts in zip(*outs, strict=True)))
+        return SecondPass(*self._query(enc, text, experts))
+
+    def _query(
+        self, enc: dict[str, np.ndarray], text: dict[str, np.ndarray], experts: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(d_pos, d_neg, mask logits) of the images in `enc` against K' <= K experts, in K
+        slots: the first K' hold the experts, the rest zeros masked out by expert_valid."""
+        slots = np.zeros((self.experts, experts.shape[1]), np.float32)
+        slots[: experts.shape[0]] = experts
+        valid = np.zeros(self.experts, np.float32)
+        valid[: experts.shape[0]] = 1.0
+        feeds = {name: enc[name] for name in spec.map_names(self.stages)}
+        feeds |= {k: text[k] for k in spec.QUERY_TEXT}
+        feeds |= {spec.EXPERTS: slots, spec.EXPERT_VALID: valid}
+        out = dict(zip(spec.QUERY_OUTPUTS, self.sessions[spec.QUERY].run(None, feeds), strict=True))
+        return out[spec.D_POS], out[spec.D_NEG], out[spec.MASK_LOGITS]
+
+    def probability_at(self, mask_logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return probability_to_original_array(mask_logits, size)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text("utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"{path}: cannot read ({e})") from None
