@@ -158,7 +158,7 @@ def segment(
 
     from gres_cli.backends import DEFAULT_MODEL, load_default_model, load_model
     from gres_cli.inference.engine import Segmenter
-    from gres_cli.inference.writers import OutputWriter
+    from gres_cli.inference.writers import OutputWriter, run_settings
 
     with user_errors():
         if model is None:
@@ -249,24 +249,6 @@ def _read_jobs(jobs: str, recursive: bool, shard_i: int, shard_p: int) -> tuple[
     return units, failed
 
 
-def run_settings(
-    model: str, revision: str | None, engine: Any, fmt: str, overlay: bool, group: bool = True
-) -> dict[str, Any]:
-    """What makes a run's answers what they are, kept in OUT/settings.json: a re-run with
-    other settings is refused instead of passing the old answers off as new ones."""
-    from gres_cli.model.hub import model_identity
-
-    return {
-        **model_identity(model, revision),
-        "margin": engine.margin,
-        "threshold": engine.threshold,
-        "experts": engine.experts,
-        "format": fmt,
-        "overlay": overlay,
-        "group": group,
-    }
-
-
 class JsonlFile:
     """--jsonl FILE: records are appended, leaving out a line FILE already holds word for word
     (a resumed run re-emits its finished records: FILE gets each once). With --overwrite, one
@@ -299,6 +281,7 @@ def run(units: list[Unit], failed_jobs: list, title: str, engine, writer, sink, 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from gres_cli.inference.engine import Job
+    from gres_cli.inference.writers import segment_record
 
     done = {} if overwrite else writer.finished()
     counts = {"present": 0, "absent": 0, "failed": 0, "skipped": 0}
@@ -358,7 +341,7 @@ def run(units: list[Unit], failed_jobs: list, title: str, engine, writer, sink, 
                 jobs.append(Job(unit.group, unit.expression, skip))
             for res in engine.run(jobs, writer.overlay):
                 unit = units[res.job]
-                rec, mask = _record(res, unit.group.name, unit.expression, engine.margin)
+                rec, mask = segment_record(res, unit.group.name, unit.expression, engine.margin)
                 if unit.job is not None:
                     rec["job"] = unit.label()
                 counts["failed" if res.error else "present" if res.present else "absent"] += 1
@@ -475,36 +458,3 @@ def _job_error_record(job: Any, message: str, unit: Unit | None) -> dict[str, An
     rec |= {"present": None, "d_pos": None, "d_neg": None, "margin": None, "score": None}
     rec |= {"mask": None, "area": 0, "bbox": None, "width": None, "height": None}
     return rec | {"error": message, "job": job.label(None if unit is None else unit.group)}
-
-
-def _record(res, group: str, expression: str, margin: float) -> tuple[dict, Any]:
-    """An engine result -> its JSONL record (SPEC, "Output of gres segment") and final mask."""
-    import numpy as np
-
-    from gres_cli.inference.writers import mask_stats
-
-    rec = {"image": str(res.path), "group": group, "expression": expression}
-    if res.error is not None:
-        rec |= {"present": None, "d_pos": None, "d_neg": None, "margin": margin, "score": None}
-        rec |= {"mask": None, "area": 0, "bbox": None, "width": None, "height": None}
-        return rec | {"error": res.error}, None
-    mask = res.mask if res.present else np.zeros(res.size[::-1], bool)
-    area, bbox = mask_stats(mask)
-    rec |= {
-        "present": res.present,
-        "d_pos": round(res.d_pos, 6),
-        "d_neg": round(res.d_neg, 6),
-        "margin": margin,
-        "score": round(res.d_neg - res.d_pos, 6),
-        "mask": None,
-        "area": area,
-        "bbox": bbox,
-        "width": res.size[0],
-        "height": res.size[1],
-    }
-    if res.backend_score is not None:  # an open-vocabulary backend: what the group changed
-        rec |= {
-            "backend_score": round(res.backend_score, 6),
-            "backend_present": res.backend_present,
-        }
-    return rec | {"error": None}, mask

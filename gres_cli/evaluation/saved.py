@@ -87,8 +87,7 @@ class SavedPredictions:
 
     def begin(self, engine: Any, model: str, revision: str | None, group: bool) -> None:
         """Claim the folder for this run's settings (GresError when DIR holds other ones)."""
-        from gres_cli.cli.segment import run_settings
-        from gres_cli.inference.writers import OutputWriter, settings_difference
+        from gres_cli.inference.writers import OutputWriter, run_settings, settings_difference
 
         settings = {
             "made_by": MADE_BY,
@@ -108,9 +107,9 @@ class SavedPredictions:
     def add(self, group: str, expression: Any, name: str, result: Any) -> None:
         """One engine result of `expression` (a GRD expression) on the image whose outputs are
         named `name` (ImageGroup.output_stems) in `group`: the record `gres segment` writes."""
-        from gres_cli.cli.segment import _record
+        from gres_cli.inference.writers import segment_record
 
-        record, mask = _record(result, group, expression.text, self.margin)
+        record, mask = segment_record(result, group, expression.text, self.margin)
         self._writing(self.writer.submit, record, f"{expression.id}/{name}", mask)
         self.records += 1
 

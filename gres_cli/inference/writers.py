@@ -43,6 +43,55 @@ def mask_stats(mask: np.ndarray) -> tuple[int, list[int] | None]:
     return area, [x0, y0, int(cols[-1]) - x0 + 1, int(rows[-1]) - y0 + 1]
 
 
+def segment_record(
+    res: Any, group: str, expression: str, margin: float
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """An engine result -> its JSONL record (SPEC, "Output of gres segment") and final mask."""
+    rec = {"image": str(res.path), "group": group, "expression": expression}
+    if res.error is not None:
+        rec |= {"present": None, "d_pos": None, "d_neg": None, "margin": margin, "score": None}
+        rec |= {"mask": None, "area": 0, "bbox": None, "width": None, "height": None}
+        return rec | {"error": res.error}, None
+    mask = res.mask if res.present else np.zeros(res.size[::-1], bool)
+    area, bbox = mask_stats(mask)
+    rec |= {
+        "present": res.present,
+        "d_pos": round(res.d_pos, 6),
+        "d_neg": round(res.d_neg, 6),
+        "margin": margin,
+        "score": round(res.d_neg - res.d_pos, 6),
+        "mask": None,
+        "area": area,
+        "bbox": bbox,
+        "width": res.size[0],
+        "height": res.size[1],
+    }
+    if res.backend_score is not None:  # an open-vocabulary backend: what the group changed
+        rec |= {
+            "backend_score": round(res.backend_score, 6),
+            "backend_present": res.backend_present,
+        }
+    return rec | {"error": None}, mask
+
+
+def run_settings(
+    model: str, revision: str | None, engine: Any, fmt: str, overlay: bool, group: bool = True
+) -> dict[str, Any]:
+    """What makes a run's answers what they are, kept in OUT/settings.json: a re-run with
+    other settings is refused instead of passing the old answers off as new ones."""
+    from gres_cli.model.hub import model_identity
+
+    return {
+        **model_identity(model, revision),
+        "margin": engine.margin,
+        "threshold": engine.threshold,
+        "experts": engine.experts,
+        "format": fmt,
+        "overlay": overlay,
+        "group": group,
+    }
+
+
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     """COCO RLE (compressed counts as a string), decodable by pycocotools."""
     from pycocotools import mask as mask_utils
