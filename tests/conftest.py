@@ -95,6 +95,16 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO / "examples" / "demo-model"
 
 
+@pytest.fixture(scope="session")
+def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo model exported once per test session by `gres model export --format onnx`."""
+    out = tmp_path_factory.mktemp("onnx") / "demo-onnx"
+    proc = gres("model", "export", str(DEMO_MODEL), str(out), "--format", "onnx")
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote ONNX export of {DEMO_MODEL}" in proc.stderr
+    return out
+
+
 def demo_group(root: Path, group: str = "synth-0003") -> Path:
     """One group of examples/synth-demo (8 images of 64 px, 3 expressions: 24 pairs) as a GRD
     dataset of its own at `root`, for runs of examples/demo-model with real answers."""

@@ -65,15 +65,6 @@ class OnnxModel:
         return self.sessions[spec.QUERY].run(list(spec.QUERY_OUTPUTS), feeds)
 
 
-@pytest.fixture(scope="module")
-def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("export") / "demo-onnx"
-    proc = gres("model", "export", str(DEMO), str(out), "--format", "onnx")
-    assert proc.returncode == 0, proc.stderr
-    assert f"wrote ONNX export of {DEMO}" in proc.stderr
-    return out
-
-
 def test_export_folder_is_the_contract(demo_onnx: Path):
     files = sorted(p.name for p in demo_onnx.iterdir())
     assert files == sorted(

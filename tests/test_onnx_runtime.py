@@ -46,15 +46,6 @@ def gres(*args: str):
     return CliRunner().invoke(app, list(args), catch_exceptions=False)
 
 
-@pytest.fixture(scope="session")
-def onnx_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo model exported once by `gres model export --format onnx`."""
-    out = tmp_path_factory.mktemp("onnx") / "demo-onnx"
-    result = gres("model", "export", str(DEMO), str(out), "--format", "onnx")
-    assert result.exit_code == 0, result.output
-    return out
-
-
 def _env(**extra: str) -> dict[str, str]:
     """This environment, with this checkout first on the path of a subprocess."""
     path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
@@ -71,22 +62,22 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
 
 
-def test_onnx_folder_is_the_contract(onnx_demo: Path):
-    config = json.loads((onnx_demo / "config.json").read_text())
+def test_onnx_folder_is_the_contract(demo_onnx: Path):
+    config = json.loads((demo_onnx / "config.json").read_text())
     assert config["model_type"] == spec.MODEL_TYPE
     assert config[spec.CONFIG_KEY]["graphs"] == spec.GRAPH_FILES
     for name in spec.GRAPH_FILES.values():
-        assert (onnx_demo / name).is_file()
-    assert isinstance(load_model(onnx_demo), GRSerOnnxModel)
+        assert (demo_onnx / name).is_file()
+    assert isinstance(load_model(demo_onnx), GRSerOnnxModel)
 
 
 def test_onnx_segment_from_the_hub_cache_imports_neither_torch_nor_transformers(
-    onnx_demo: Path, tmp_path: Path
+    demo_onnx: Path, tmp_path: Path
 ):
     """A subprocess runs `gres segment` on the export, loaded as a Hub id from an offline
     cache, then lists the heavy modules it imported: none."""
     cache = tmp_path / "hub"
-    populate_hub_cache(cache, "gres-test/demo-onnx", onnx_demo)
+    populate_hub_cache(cache, "gres-test/demo-onnx", demo_onnx)
     out = tmp_path / "out"
     script = (
         "import runpy, sys\n"
@@ -112,7 +103,7 @@ def test_onnx_segment_from_the_hub_cache_imports_neither_torch_nor_transformers(
     assert all(r["error"] is None for r in records)
 
 
-def test_onnx_records_equal_the_torch_records(onnx_demo: Path, tmp_path: Path):
+def test_onnx_records_equal_the_torch_records(demo_onnx: Path, tmp_path: Path):
     """`gres segment` on examples/synth-demo (one of its expressions, so decisions go both
     ways) and on photos of other sizes (every mask upsampled): the same records but for
     floating noise in the distances, and masks of IoU 1 (measured)."""
@@ -122,7 +113,7 @@ def test_onnx_records_equal_the_torch_records(onnx_demo: Path, tmp_path: Path):
     decided = {True: 0, False: 0}
     for k, (path, expression, margin) in enumerate(runs):
         outs = {}
-        for name, model in (("torch", DEMO), ("onnx", onnx_demo)):
+        for name, model in (("torch", DEMO), ("onnx", demo_onnx)):
             out = outs[name] = tmp_path / f"{name}-{k}"
             args = ["segment", path, expression, "--model", str(model), "--out", str(out)]
             result = gres(*args, "--recursive", "--margin", margin)
@@ -145,9 +136,9 @@ def test_onnx_records_equal_the_torch_records(onnx_demo: Path, tmp_path: Path):
     assert decided[True] and decided[False]  # both decisions were compared
 
 
-def test_onnx_eval_gives_the_torch_metrics(onnx_demo: Path, tmp_path: Path):
+def test_onnx_eval_gives_the_torch_metrics(demo_onnx: Path, tmp_path: Path):
     reports = {}
-    for name, model in (("torch", DEMO), ("onnx", onnx_demo)):
+    for name, model in (("torch", DEMO), ("onnx", demo_onnx)):
         reports[name] = tmp_path / f"{name}.json"
         result = gres("eval", str(SYNTH), "--model", str(model), "--report", str(reports[name]))
         assert result.exit_code == 0, result.output
@@ -159,19 +150,19 @@ def test_onnx_eval_gives_the_torch_metrics(onnx_demo: Path, tmp_path: Path):
     assert mine["metrics"]["acc"] == want["metrics"]["acc"]  # the same decisions
 
 
-def test_onnx_engine_two_passes_whatever_the_cache_and_no_group(onnx_demo: Path):
+def test_onnx_engine_two_passes_whatever_the_cache_and_no_group(demo_onnx: Path):
     """The one engine on the numpy runtime: pass 2 from the cache, from a decode again (no
     cache), replayed for a second job on the same images; and --no-group (each image its own
     expert) as torch's."""
     images = sorted((SYNTH / "images" / "synth-0001").glob("*.png"))
     jobs = [Job(ImageGroup("g", images), "the red cross"), Job(ImageGroup("g", images), "a cat")]
-    onnx = Segmenter(load_model(onnx_demo), "cpu", batch_size=3, all_masks=True)
+    onnx = Segmenter(load_model(demo_onnx), "cpu", batch_size=3, all_masks=True)
     runs = []
     for budget in (1 << 30, 0):
         onnx.cache_bytes = budget
         runs.append(list(onnx.run(jobs)))
     torch_alone = Segmenter(load_model(DEMO, group=False), "cpu", batch_size=3, all_masks=True)
-    onnx_alone = Segmenter(load_model(onnx_demo, group=False), "cpu", batch_size=3)
+    onnx_alone = Segmenter(load_model(demo_onnx, group=False), "cpu", batch_size=3)
     runs.append(list(torch_alone.run(jobs)))
     runs.append(list(onnx_alone.run(jobs)))
     assert [(r.job, r.index) for r in runs[0]] == [(j, i) for j in (0, 1) for i in range(8)]
@@ -199,12 +190,12 @@ def test_expert_order_in_numpy_is_torchs_ties_included():
         assert expert_order(s_pos, s_neg).tolist() == want.tolist()
 
 
-def test_tokenizers_alone_give_the_ids_of_the_torch_models_tokenizer(onnx_demo: Path):
+def test_tokenizers_alone_give_the_ids_of_the_torch_models_tokenizer(demo_onnx: Path):
     net = GRSer.from_pretrained(DEMO)
     texts = ["the red circle", "The BIG  blue square, left of the café!", "a " * 40, ""]
     texts += [spec.ANTI_PREFIX + t for t in texts] + ["unknownwordzzz <no>"]
     want = net.text_encoder.tokenize(texts)
-    ids, mask = Tokenizer(onnx_demo, net.config.max_tokens)(texts)
+    ids, mask = Tokenizer(demo_onnx, net.config.max_tokens)(texts)
     assert ids.tolist() == want["input_ids"].tolist()
     assert mask.tolist() == want["attention_mask"].tolist()
 
@@ -227,11 +218,11 @@ def test_numpy_preprocessing_and_upsampling_are_torchs():
 
 
 def test_onnx_runtime_refuses_other_devices_and_precisions_in_one_line(
-    onnx_demo: Path, tmp_path: Path
+    demo_onnx: Path, tmp_path: Path
 ):
     for flag, value in (("--device", "cuda"), ("--precision", "bf16")):
         result = gres(
-            "segment", str(PHOTOS), "x", "--model", str(onnx_demo), flag, value,
+            "segment", str(PHOTOS), "x", "--model", str(demo_onnx), flag, value,
             "--out", str(tmp_path / "o"),
         )  # fmt: skip
         assert result.exit_code == 2, result.output
@@ -239,11 +230,11 @@ def test_onnx_runtime_refuses_other_devices_and_precisions_in_one_line(
         assert len(lines) == 1 and f"{flag} {value}" in lines[0] and "ONNX" in lines[0]
 
 
-def test_missing_onnxruntime_is_one_line_naming_the_extra(onnx_demo: Path, tmp_path: Path):
+def test_missing_onnxruntime_is_one_line_naming_the_extra(demo_onnx: Path, tmp_path: Path):
     script = (
         "import runpy, sys\n"
         "sys.modules['onnxruntime'] = None  # as if not installed\n"
-        f"sys.argv = ['gres', 'segment', {str(PHOTOS)!r}, 'x', '--model', {str(onnx_demo)!r},"
+        f"sys.argv = ['gres', 'segment', {str(PHOTOS)!r}, 'x', '--model', {str(demo_onnx)!r},"
         f" '--out', {str(tmp_path / 'o')!r}]\n"
         "runpy.run_module('gres_cli', run_name='__main__')\n"
     )
