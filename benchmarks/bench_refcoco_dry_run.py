@@ -19,7 +19,9 @@ training step starts (the first log line's time minus that step's own seconds), 
 step, and the peak PSS of its process tree (polled every 0.2 s). `--phases` (on the converted
 set a `--keep` run left) times what `gres train` does before its first step, one phase at a
 time in this process, in wall and CPU seconds (CPU: this process and its finished children,
-so a loaded machine's wait is visible as the difference).
+so a loaded machine's wait is visible as the difference), then the CPU seconds of the schema
+check of grd.json alone, `fits_schema` and jsonschema side by side. To compare two checkouts,
+run the same file with PYTHONPATH set to each, alternating (docs/training.md).
 """
 
 from __future__ import annotations
