@@ -1,7 +1,8 @@
-"""The schema check of `grd.json` (issue 12, start-up at RefCOCO scale): `fits_schema`, the
-direct check of grd.schema.json, never accepts a manifest jsonschema rejects, and `gres train`
-on a valid dataset never runs jsonschema (it runs once, inside `gres grd validate`'s checks,
-only when the manifest is broken)."""
+"""The checks `gres train` runs before its first step, made cheap for RefCOCO-sized sets
+(issue 12): `fits_schema`, the direct check of grd.schema.json, never accepts a manifest
+jsonschema rejects; `gres train` on a valid dataset never runs jsonschema (once, inside
+`gres grd validate`'s checks, when the manifest is broken); `validate` reads a file named by
+several records once and still reports its faults at every record."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 
 import jsonschema
 import pytest
+from conftest import build_grd
 from hypothesis import given
 from test_properties import GRD_MANIFEST, SETTINGS, mutated
 from typer.testing import CliRunner
 
 from grd_tools.format import fits_schema, schema
+from grd_tools.validate import validate
 
 FULL = jsonschema.Draft202012Validator(schema())
 
@@ -131,3 +134,27 @@ def test_gres_train_runs_jsonschema_only_on_a_broken_manifest(
     broken = runner.invoke(app, args)
     assert broken.exit_code == 2 and "$.groups[0].images[0].width" in broken.output
     assert len(calls) == 1
+
+
+def test_a_file_shared_by_two_records_is_reported_at_each(tmp_path: Path):
+    root = build_grd(tmp_path / "ds", n_groups=2, n_images=2)
+    manifest = json.loads((root / "grd.json").read_text())
+    first, second = manifest["groups"][0]["images"][0], manifest["groups"][1]["images"][0]
+    second["file"] = first["file"]  # one photo in two groups, as --group-by category makes
+    manifest["groups"][1]["images"][1]["file"] = first["file"]
+    manifest["groups"][1]["images"][1]["width"] = first["width"] + 1  # and one record is wrong
+    (root / "grd.json").write_text(json.dumps(manifest))
+
+    def where(report: Any, code: str) -> list[str]:
+        return [i.where for i in report.issues if i.code == code]
+
+    report = validate(root, check_pixels=False)
+    assert report.images == 4
+    assert where(report, "size-mismatch") == ["$.groups[1].images[1].file"]
+    (root / first["file"]).unlink()
+    report = validate(root, check_pixels=False)
+    assert where(report, "missing-file") == [
+        "$.groups[0].images[0].file",
+        "$.groups[1].images[0].file",
+        "$.groups[1].images[1].file",
+    ]
