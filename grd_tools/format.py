@@ -168,8 +168,8 @@ def schema() -> dict[str, Any]:
 def schema_errors(data: Any) -> list[SchemaError]:
     """Every schema violation of a parsed manifest, each with the JSON path of its node.
 
-    A valid manifest is recognised by `fits_schema`; `jsonschema` (about 100x slower: 4 CPU s
-    per 1,000 RefCOCO images) runs only on one that is not, to name every fault.
+    A valid manifest is recognised by `fits_schema`; `jsonschema` (over 100x slower: 3-4 CPU s
+    per 1,000 images of a RefCOCO conversion) runs only on one that is not, to name each fault.
     """
     if fits_schema(data):
         return []
@@ -184,7 +184,7 @@ def _validator() -> Any:
     return jsonschema.Draft202012Validator(schema())
 
 
-# `fits_schema` is grd.schema.json written out by hand; tests/test_schema_check.py holds it to
+# `fits_schema` is grd.schema.json written out by hand; tests/test_startup_checks.py holds it to
 # jsonschema's verdict on generated manifests. It may answer False for a manifest the schema
 # accepts (a width of 2.0): jsonschema then decides, so only its True must never be wrong.
 _ID = re.compile(schema()["$defs"]["id"]["pattern"])
