@@ -19,7 +19,9 @@ training step starts (the first log line's time minus that step's own seconds), 
 step, and the peak PSS of its process tree (polled every 0.2 s). `--phases` (on the converted
 set a `--keep` run left) times what `gres train` does before its first step, one phase at a
 time in this process, in wall and CPU seconds (CPU: this process and its finished children,
-so a loaded machine's wait is visible as the difference).
+so a loaded machine's wait is visible as the difference), then the CPU seconds of the schema
+check of grd.json alone, `fits_schema` and jsonschema side by side. To compare two checkouts,
+run the same file with PYTHONPATH set to each, alternating (docs/training.md).
 """
 
 from __future__ import annotations
@@ -153,21 +155,45 @@ def phases(grd: Path, config: Path) -> None:
     t = report("gres grd validate (headers, as gres train)", t)
     import torch
 
+    from grd_tools.format import load
     from gres_cli.training.config import TrainConfig
-    from gres_cli.training.data import GroupSamples, train_loader
-    from gres_cli.training.loop import _split_indexes, build_model
+    from gres_cli.training.data import GroupSamples, SplitIndex, train_loader
+    from gres_cli.training.loop import build_model
 
     t = report("import torch, gres_cli.training", t)
     cfg = TrainConfig.load(config)
     torch.manual_seed(0)
     model = build_model(cfg)
     t = report(f"build grser-base ({sum(p.numel() for p in model.parameters()):,} params)", t)
-    train_index, _ = _split_indexes(grd, cfg)
+    dataset = load(grd)  # as _split_indexes does (the config has no val_split)
+    t = report("load grd.json (parse, schema check)", t)
+    train_index = SplitIndex(dataset, cfg.train_split)
+    del dataset
     t = report(f"index the train split ({len(train_index)} expressions)", t)
     samples = GroupSamples(train_index, model.config.image_size, cfg.sampling(), cfg.seed)
     next(iter(train_loader(samples, cfg.groups_per_step, cfg.workers)))
     t = report("start the loader, first batch", t)
     report("total before the first step", start)
+    schema_check_alone(grd)
+
+
+def schema_check_alone(grd: Path) -> None:
+    """CPU seconds of the two schema checks of grd.json, side by side (after the phases)."""
+    import jsonschema
+
+    from grd_tools import format as grd_format
+
+    if not hasattr(grd_format, "fits_schema"):
+        return  # a checkout from before the direct check
+    data = grd_format.read_manifest(grd)
+    full = jsonschema.Draft202012Validator(grd_format.schema())
+    cpu = []
+    for check in (grd_format.fits_schema, full.is_valid):
+        t = time.process_time()
+        assert check(data)
+        cpu.append(time.process_time() - t)
+    print(f"schema check alone: fits_schema {cpu[0]:.3f} CPU s, jsonschema {cpu[1]:.2f} CPU s "
+          f"({cpu[1] / cpu[0]:.0f}x)")  # fmt: skip
 
 
 def main() -> None:

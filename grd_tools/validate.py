@@ -21,7 +21,7 @@ import posixpath
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -193,9 +193,16 @@ def validate(
     report.images = sum(j.kind == "image" for j in jobs)
     report.masks = sum(j.kind == "mask" for j in jobs)
 
-    check = functools.partial(_check_file, root, pixels=check_pixels, decode=decode_images)
-    for issues in map_files(check, jobs, workers=workers, progress=progress):
-        report.issues += issues
+    # a file named by several records (an image in several groups) is read once; its issues
+    # are reported at each record, in manifest order
+    unique = {(j.kind, j.rel, j.expected): j for j in jobs}
+    check = functools.partial(
+        _check_file, root, os.path.realpath(root), pixels=check_pixels, decode=decode_images
+    )
+    results = map_files(check, list(unique.values()), workers=workers, progress=progress)
+    found = dict(zip(unique, results, strict=True))
+    for j in jobs:
+        report.issues += [replace(i, where=j.where) for i in found[(j.kind, j.rel, j.expected)]]
     return report
 
 
@@ -370,10 +377,12 @@ def mask_value_issue(counts: np.ndarray) -> tuple[str, str] | None:
     return "mask-not-binary", f"holds {len(values)} distinct values ({shown}); expected 0 and 255"
 
 
-def _check_file(root: Path, job: _FileJob, *, pixels: bool, decode: bool) -> list[Issue]:
+def _check_file(
+    root: Path, root_real: str, job: _FileJob, *, pixels: bool, decode: bool
+) -> list[Issue]:
     label = f"{job.kind} {job.rel}"
     try:
-        full = resolve_inside(root, job.rel)
+        full = resolve_inside(root, job.rel, root_real=root_real)
     except UnsafePathError as e:
         return [_issue("unsafe-path", f"{job.kind} {e}", job.where)]
     if not full.is_file():

@@ -11,6 +11,7 @@ worker, not the split (`preload: true` decodes the split once instead: faster on
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -105,8 +106,9 @@ class SplitIndex:
         item_groups: list[int] = []
         targets: list[str] = []
         target_ids: list[int] = []  # per item, per image of its group: a `targets` index, -1 absent
+        real = os.path.realpath(root)
         for gi, g in enumerate(groups):
-            images.extend(str(resolve_inside(root, img.file)) for img in g.images)
+            images.extend(str(resolve_inside(root, img.file, root_real=real)) for img in g.images)
             group_ends.append(len(images))
             for e in g.expressions:
                 texts.append(e.text)
@@ -117,7 +119,7 @@ class SplitIndex:
                         target_ids.append(-1)
                     else:
                         target_ids.append(len(targets))
-                        targets.append(str(resolve_inside(root, target)))
+                        targets.append(str(resolve_inside(root, target, root_real=real)))
         self._images = StringTable(images)
         self._group_ends = np.asarray(group_ends, dtype=np.int64)
         self._texts = StringTable(texts)

@@ -269,6 +269,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / CONFIG_FILE, json.dumps(cfg.to_dict(), indent=2) + "\n")
 
+    # the data first: a dataset without the split fails in seconds, not after building the model
+    train_index, val_index = _split_indexes(dataset, cfg)
     torch.manual_seed(cfg.seed)
     model = GRSer.from_pretrained(ckpt) if resume else build_model(cfg)
     model.to(device).train()
@@ -278,7 +280,6 @@ def train(
 
         # the BERT pooler is never used: DDP must not wait for its gradients
         net = DistributedDataParallel(model, find_unused_parameters=True)
-    train_index, val_index = _split_indexes(dataset, cfg)
     size = model.config.image_size
     samples = GroupSamples(train_index, size, cfg.sampling(), cfg.seed, cfg.preload)
     val_data = None if val_index is None else GroupReader(val_index, size)
