@@ -85,6 +85,22 @@ def gres(
     )
 
 
+def gres_here(*args: str, stdin: str | None = None, cwd: Path | None = None):
+    """Run `gres ARGS` in this process (faster than a subprocess: torch is imported once);
+    returns click's Result (exit_code, stdout, stderr). Exceptions propagate to the test."""
+    from typer.testing import CliRunner
+
+    from gres_cli.cli import app
+
+    here = os.getcwd()
+    if cwd is not None:
+        os.chdir(cwd)
+    try:
+        return CliRunner().invoke(app, list(args), input=stdin, catch_exceptions=False)
+    finally:
+        os.chdir(here)
+
+
 def read_jsonl(source: str | Path) -> list[dict]:
     """The records of a JSON-lines text, or of the file at a Path (blank lines ignored)."""
     text = source.read_text() if isinstance(source, Path) else source

@@ -4,16 +4,13 @@ in-process (CliRunner): no interpreter start per command."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_grser
+from conftest import build_tiny_grser, gres_here, read_jsonl
 from PIL import Image
-from typer.testing import CliRunner
 
-from gres_cli.cli import app
 from gres_cli.inference.jobs import expression_folder
 
 
@@ -28,20 +25,6 @@ def _image(path: Path, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
     return path
-
-
-def gres(*args: str, stdin: str | None = None, cwd: Path | None = None):
-    here = os.getcwd()
-    if cwd is not None:
-        os.chdir(cwd)
-    try:
-        return CliRunner().invoke(app, list(args), input=stdin, catch_exceptions=False)
-    finally:
-        os.chdir(here)
-
-
-def _records(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def _jobs_file(path: Path, lines: list) -> Path:
@@ -76,10 +59,10 @@ def test_mixed_jobs_give_a_record_per_image_and_job_and_one_line_errors(
             {"path": "copy/photos", "expression": "x"},  # OUT/photos/<x>/a.png is line 1's
         ],
     )
-    result = gres("segment", "--jobs", "batch/jobs.jsonl", "--model", str(model_dir),
+    result = gres_here("segment", "--jobs", "batch/jobs.jsonl", "--model", str(model_dir),
                   "--out", "out", cwd=tmp_path)  # fmt: skip
     assert result.exit_code == 1, result.output
-    recs = _records(result.stdout)
+    recs = read_jsonl(result.stdout)
     errors = [r for r in recs if r["error"]]
     assert [(r["job"]["line"], r["image"]) for r in errors] == [(n, None) for n in (5, 6, 7, 9, 10)]
     assert "nowhere: no such file or folder" in errors[0]["error"]
@@ -107,7 +90,7 @@ def test_mixed_jobs_give_a_record_per_image_and_job_and_one_line_errors(
             Path("out") / r["group"] / folder / Path(r["image"]).with_suffix(".png").name
         )
         assert (tmp_path / r["mask"]).is_file()
-    assert len(_records((tmp_path / "out" / "records.jsonl").read_text())) == 9
+    assert len(read_jsonl((tmp_path / "out" / "records.jsonl").read_text())) == 9
 
 
 def test_jobs_records_equal_separate_single_runs(model_dir: Path, tmp_path: Path):
@@ -119,17 +102,18 @@ def test_jobs_records_equal_separate_single_runs(model_dir: Path, tmp_path: Path
         [{"path": "photos", "expression": e} for e in ("x", "the red one")]
         + [{"path": "photos/4.png", "expression": "y"}],
     )
-    together = gres("segment", "--jobs", str(jobs), "--out", str(tmp_path / "j"), *common)
+    together = gres_here("segment", "--jobs", str(jobs), "--out", str(tmp_path / "j"), *common)
     assert together.exit_code == 0, together.output
-    joint = _records(together.stdout)
+    joint = read_jsonl(together.stdout)
     alone = []
     for k, (path, expression) in enumerate(
         [("photos", "x"), ("photos", "the red one"), ("photos/4.png", "y")]
     ):
-        one = gres("segment", str(tmp_path / path), expression, "--out", str(tmp_path / f"s{k}"),
-                   *common)  # fmt: skip
+        one = gres_here(
+            "segment", str(tmp_path / path), expression, "--out", str(tmp_path / f"s{k}"), *common
+        )
         assert one.exit_code == 0, one.output
-        alone += _records(one.stdout)
+        alone += read_jsonl(one.stdout)
     assert len(joint) == len(alone) == 11
     for j, s in zip(joint, alone, strict=True):
         assert (j["image"], j["group"], j["expression"]) == (
@@ -150,24 +134,24 @@ def test_jobs_resume_and_a_changed_jobs_file_never_reuse_answers_of_another_grou
     lines = [{"path": "photos", "expression": "x"}, {"path": "photos", "expression": "y"}]
     jobs = _jobs_file(tmp_path / "jobs.jsonl", lines)
     args = ("segment", "--jobs", str(jobs), "--model", str(model_dir), "--out", str(out))
-    first = gres(*args)
+    first = gres_here(*args)
     assert first.exit_code == 0, first.output
     # a run killed after 4 records: the re-run redoes the other 2 and reaches the same records
     ledger = out / "records.jsonl"
     ledger.write_text("".join(ledger.read_text().splitlines(keepends=True)[:4]))
-    again = gres(*args)
+    again = gres_here(*args)
     assert again.exit_code == 0 and again.stdout == first.stdout
-    assert len(_records(ledger.read_text())) == 6
+    assert len(read_jsonl(ledger.read_text())) == 6
     # lines reordered and one added: old answers re-emitted under their new line, y's kept
     _jobs_file(jobs, [lines[1], {"path": "photos/0.png", "expression": "z"}, lines[0]])
-    moved = gres(*args)
+    moved = gres_here(*args)
     assert moved.exit_code == 0, moved.output
-    recs = _records(moved.stdout)
+    recs = read_jsonl(moved.stdout)
     # finished images' records come first (as in a single run), the new job's after them
     assert [(r["job"]["line"], r["expression"]) for r in recs] == [(1, "y")] * 3 + [
         (3, "x")
     ] * 3 + [(2, "z")]
-    old = {(r["image"], r["expression"]): r for r in _records(first.stdout)}
+    old = {(r["image"], r["expression"]): r for r in read_jsonl(first.stdout)}
     for r in recs:
         if r["expression"] != "z":
             assert {k: r[k] for k in (*ANSWER, "mask")} == {
@@ -176,29 +160,29 @@ def test_jobs_resume_and_a_changed_jobs_file_never_reuse_answers_of_another_grou
     # the folder gained a photo: x's and y's answers came from other experts, so those jobs
     # fail in one line each instead of passing the old answers off; z (its own group) resumes
     _image(tmp_path / "photos" / "3.png", 3)
-    grown = gres(*args)
+    grown = gres_here(*args)
     assert grown.exit_code == 1
     assert grown.stderr.count("made in another group of images") == 2, grown.stderr
-    assert [r["expression"] for r in _records(grown.stdout) if not r["error"]] == ["z"]
-    redone = gres(*args, "--overwrite")
+    assert [r["expression"] for r in read_jsonl(grown.stdout) if not r["error"]] == ["z"]
+    redone = gres_here(*args, "--overwrite")
     assert redone.exit_code == 0, redone.output
-    assert len([r for r in _records(redone.stdout) if r["expression"] == "x"]) == 4
+    assert len([r for r in read_jsonl(redone.stdout) if r["expression"] == "x"]) == 4
 
 
 def test_jobs_from_stdin_and_usage_errors(model_dir: Path, tmp_path: Path):
     _image(tmp_path / "photos" / "a.png", 0)
     model = ("--model", str(model_dir))
     stdin = json.dumps({"path": "photos", "expression": "x"}) + "\n"  # relative to the cwd
-    result = gres("segment", "--jobs", "-", *model, "--out", "o", stdin=stdin, cwd=tmp_path)
+    result = gres_here("segment", "--jobs", "-", *model, "--out", "o", stdin=stdin, cwd=tmp_path)
     assert result.exit_code == 0, result.output
-    (rec,) = _records(result.stdout)
+    (rec,) = read_jsonl(result.stdout)
     assert rec["image"] == str(Path("photos/a.png")) and rec["job"]["line"] == 1
-    both = gres("segment", "photos", "x", "--jobs", "-", *model, stdin=stdin, cwd=tmp_path)
+    both = gres_here("segment", "photos", "x", "--jobs", "-", *model, stdin=stdin, cwd=tmp_path)
     assert both.exit_code == 2 and "--jobs replaces PATH and EXPRESSION" in both.stderr
-    neither = gres("segment", *model, cwd=tmp_path)
+    neither = gres_here("segment", *model, cwd=tmp_path)
     assert neither.exit_code == 2 and "or --jobs FILE" in neither.stderr
     # a single run's layout (OUT/<group>/<stem>.png) and a jobs run's never mix in one --out
-    single = gres("segment", "photos", "x", *model, "--out", "o", cwd=tmp_path)
+    single = gres_here("segment", "photos", "x", *model, "--out", "o", cwd=tmp_path)
     assert single.exit_code == 2 and "expression folders" in single.stderr
 
 

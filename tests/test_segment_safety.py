@@ -4,16 +4,13 @@ off as new ones (issue 11). Runs in-process (CliRunner): no interpreter start pe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_grser
+from conftest import build_tiny_grser, gres_here, read_jsonl
 from PIL import Image
-from typer.testing import CliRunner
 
-from gres_cli.cli import app
 from gres_cli.inference.inputs import discover
 from gres_cli.model.config import GRSerConfig
 from gres_cli.model.grser import GRSer
@@ -30,21 +27,6 @@ def _image(path: Path, seed: int) -> Path:
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
     return path
-
-
-def gres(*args: str, stdin: str | None = None, cwd: Path | None = None):
-    """Run `gres ARGS` in this process; returns click's Result (exit_code, stdout, stderr)."""
-    here = os.getcwd()
-    if cwd is not None:
-        os.chdir(cwd)
-    try:
-        return CliRunner().invoke(app, list(args), input=stdin, catch_exceptions=False)
-    finally:
-        os.chdir(here)
-
-
-def _records(stdout: str) -> list[dict]:
-    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -66,7 +48,7 @@ def test_out_that_holds_the_input_folder_is_refused_and_the_photo_kept(
     _image(tmp_path / "synth-0000" / "0002.png", 1)
     before = _snapshot(tmp_path)
     for out in (".", "synth-0000", "synth-0000/masks"):
-        result = gres(
+        result = gres_here(
             "segment", "synth-0000", "x", "--model", str(model_dir), "--out", out, cwd=tmp_path
         )
         assert "--out" in _one_line_error(result)
@@ -77,11 +59,11 @@ def test_a_file_above_the_working_folder_makes_no_dotdot_group(model_dir: Path, 
     """Was: `gres segment ../x.png` made a group named `..` and wrote the mask outside --out."""
     _image(tmp_path / "x.png", 0)
     (tmp_path / "work").mkdir()
-    result = gres(
+    result = gres_here(
         "segment", "../x.png", "x", "--model", str(model_dir), "--out", "o", cwd=tmp_path / "work"
     )
     assert result.exit_code == 0, result.output
-    (rec,) = _records(result.stdout)
+    (rec,) = read_jsonl(result.stdout)
     assert rec["group"] == tmp_path.name
     out = (tmp_path / "work" / "o").resolve()
     assert out in (tmp_path / "work" / rec["mask"]).resolve().parents
@@ -98,7 +80,7 @@ def test_stdin_groups_come_from_full_paths_and_never_share_an_output(
     assert [[p.name for p in g.images] for g in groups] == [["IMG_1.png"], ["IMG_1.png"]]
     assert len({g.name for g in groups}) == 2 and all(".." not in g.name for g in groups)
     assert [g.name for g in discover("-", False, [str(a)])] == ["day1"]  # one folder: its name
-    result = gres(
+    result = gres_here(
         "segment",
         "-",
         "x",
@@ -109,7 +91,7 @@ def test_stdin_groups_come_from_full_paths_and_never_share_an_output(
         stdin=f"{a}\n{b}\n",
     )
     assert result.exit_code == 0, result.output
-    recs = _records(result.stdout)
+    recs = read_jsonl(result.stdout)
     assert len({r["group"] for r in recs}) == 2
     masks = {r["mask"] for r in recs}
     assert len(masks) == 2 and all(Path(m).is_file() for m in masks)
@@ -121,7 +103,7 @@ def test_two_images_with_one_stem_keep_their_own_outputs(model_dir: Path, tmp_pa
     Image.open(tmp_path / "in" / "p.png").save(tmp_path / "in" / "p.jpg")
     _image(tmp_path / "in" / "q.png", 2)
     out = tmp_path / "o"
-    result = gres(
+    result = gres_here(
         "segment",
         str(tmp_path / "in"),
         "x",
@@ -132,7 +114,7 @@ def test_two_images_with_one_stem_keep_their_own_outputs(model_dir: Path, tmp_pa
         "--overlay",
     )
     assert result.exit_code == 0, result.output
-    recs = {Path(r["image"]).name: r for r in _records(result.stdout)}
+    recs = {Path(r["image"]).name: r for r in read_jsonl(result.stdout)}
     assert {Path(r["mask"]).name for r in recs.values()} == {"p.jpg.png", "p.png.png", "q.png"}
     assert len({r["overlay"] for r in recs.values()}) == 3
     for r in recs.values():
@@ -148,8 +130,8 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_difference(
     _image(tmp_path / "in" / "b.png", 1)
     out = tmp_path / "o"
     base = ("segment", str(tmp_path / "in"), "x", "--model", str(model_dir), "--out", str(out))
-    first = gres(*base)
-    assert first.exit_code == 0 and all(r["present"] for r in _records(first.stdout))
+    first = gres_here(*base)
+    assert first.exit_code == 0 and all(r["present"] for r in read_jsonl(first.stdout))
     settings = json.loads((out / "settings.json").read_text())
     assert settings["margin"] == -5.0 and settings["format"] == "png"
     assert len(settings["config_sha256"]) == 64
@@ -164,15 +146,15 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_difference(
         ("--experts", "2"),
         ("--model", str(other)),
     ):
-        line = _one_line_error(gres(*base, option, value))
+        line = _one_line_error(gres_here(*base, option, value))
         assert option in line and "--overwrite" in line
-    redo = gres(*base, "--margin", "100", "--overwrite")
+    redo = gres_here(*base, "--margin", "100", "--overwrite")
     assert redo.exit_code == 0, redo.output
-    assert [r["present"] for r in _records(redo.stdout)] == [False, False]
-    on_disk = _records((out / "records.jsonl").read_text())
+    assert [r["present"] for r in read_jsonl(redo.stdout)] == [False, False]
+    on_disk = read_jsonl((out / "records.jsonl").read_text())
     assert [r["present"] for r in on_disk] == [False, False]  # the old answers are gone
-    again = gres(*base, "--margin", "100")
-    assert _records(again.stdout) == _records(redo.stdout)
+    again = gres_here(*base, "--margin", "100")
+    assert read_jsonl(again.stdout) == read_jsonl(redo.stdout)
 
 
 def test_jsonl_file_of_a_resumed_run_holds_each_record_once(model_dir: Path, tmp_path: Path):
@@ -191,9 +173,9 @@ def test_jsonl_file_of_a_resumed_run_holds_each_record_once(model_dir: Path, tmp
         "--jsonl",
         str(lines),
     )
-    assert gres(*args).exit_code == 0
+    assert gres_here(*args).exit_code == 0
     first = lines.read_text()
-    assert gres(*args).exit_code == 0
+    assert gres_here(*args).exit_code == 0
     assert lines.read_text() == first and len(first.splitlines()) == 2
 
 
@@ -205,22 +187,22 @@ def test_another_expression_never_overwrites_an_images_masks(model_dir: Path, tm
     _image(tmp_path / "g2" / "a.png", 1)
     out, lines = tmp_path / "o", tmp_path / "r.jsonl"
     common = ("--model", str(model_dir), "--out", str(out), "--jsonl", str(lines))
-    assert gres("segment", str(tmp_path / "g1"), "x", *common).exit_code == 0
+    assert gres_here("segment", str(tmp_path / "g1"), "x", *common).exit_code == 0
     mask = (out / "g1" / "a.png").read_bytes()
-    line = _one_line_error(gres("segment", str(tmp_path / "g1"), "y", *common))
+    line = _one_line_error(gres_here("segment", str(tmp_path / "g1"), "y", *common))
     assert "'x'" in line and "another --out" in line
     assert (out / "g1" / "a.png").read_bytes() == mask
-    assert gres("segment", str(tmp_path / "g2"), "y", *common).exit_code == 0
-    assert [r["expression"] for r in _records(lines.read_text())] == ["x", "y"]
+    assert gres_here("segment", str(tmp_path / "g2"), "y", *common).exit_code == 0
+    assert [r["expression"] for r in read_jsonl(lines.read_text())] == ["x", "y"]
 
 
 def test_markup_in_user_text_prints_literally(model_dir: Path, tmp_path: Path):
     """Was: a path holding `[/draft]` raised a rich MarkupError traceback."""
     missing = tmp_path / "[/draft] photos"
-    line = _one_line_error(gres("segment", str(missing), "x", "--model", str(model_dir)))
+    line = _one_line_error(gres_here("segment", str(missing), "x", "--model", str(model_dir)))
     assert "[/draft] photos: no such file or folder" in line
     _image(tmp_path / "[draft]" / "a.png", 0)
-    result = gres(
+    result = gres_here(
         "segment",
         str(tmp_path / "[draft]"),
         "the [/b] thing",
@@ -242,7 +224,7 @@ def test_experts_outside_the_models_range_is_a_usage_error(
     """--experts above the model's K (or below 1) is refused before any image is read; it was a
     conv RuntimeError traceback with exit 1."""
     photo = _image(tmp_path / "in" / "a.png", 0)
-    result = gres(
+    result = gres_here(
         "segment", str(photo.parent), "x", "--model", str(model_dir), "--experts", experts,
         "--out", str(tmp_path / "out"),
     )  # fmt: skip
