@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_train_memory import tree_pss_kib  # this folder: run as a script
 from PIL import Image, ImageDraw
 
 W, H = 640, 480
@@ -86,28 +87,6 @@ def write_fixture(src: Path, images: int, seed: int = 0) -> int:
     return sentences
 
 
-def _tree_pss_kib(root: int) -> int:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        todo.extend(children.get(pid, []))
-        try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total
-
-
 def gres(*args: str, log: Path | None = None) -> dict[str, float]:
     """Run `gres ARGS`; seconds, peak tree PSS, and (with `log`) when the first step started."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -118,7 +97,7 @@ def gres(*args: str, log: Path | None = None) -> dict[str, float]:
     )  # fmt: skip
     peak, first_log = 0, None
     while proc.poll() is None:
-        peak = max(peak, _tree_pss_kib(proc.pid))
+        peak = max(peak, tree_pss_kib(proc.pid))
         if first_log is None and log is not None and log.is_file() and log.stat().st_size:
             first_log = time.perf_counter() - start
         time.sleep(0.2)

@@ -58,6 +58,11 @@ def _kib(pid: int, path: str, field: str) -> int:
     return 0
 
 
+def tree_pss_kib(root: int) -> int:
+    """Proportional set size of process `root` and all its descendants, in KiB."""
+    return sum(_kib(pid, "smaps_rollup", "Pss:") for pid in _tree(root))
+
+
 def run(data: Path, out: Path, steps: int, preload: bool, code: Path) -> dict[str, float]:
     config = out.with_suffix(".yaml")
     config.write_text(
@@ -79,8 +84,7 @@ def run(data: Path, out: Path, steps: int, preload: bool, code: Path) -> dict[st
     first_step = None
     log = out / "log.jsonl"
     while proc.poll() is None:
-        pids = _tree(proc.pid)
-        peak_pss = max(peak_pss, sum(_kib(p, "smaps_rollup", "Pss:") for p in pids))
+        peak_pss = max(peak_pss, tree_pss_kib(proc.pid))
         peak_rss = max(peak_rss, _kib(proc.pid, "status", "VmRSS:"))
         if first_step is None and log.is_file() and log.stat().st_size:
             first_step = time.perf_counter() - start
