@@ -101,6 +101,14 @@ def gres_here(*args: str, stdin: str | None = None, cwd: Path | None = None):
         os.chdir(here)
 
 
+def noise_image(path: Path, seed: int) -> Path:
+    """A 40x30 PNG of seeded random pixels at `path` (folders made as needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
+    return path
+
+
 def read_jsonl(source: str | Path) -> list[dict]:
     """The records of a JSON-lines text, or of the file at a Path (blank lines ignored)."""
     text = source.read_text() if isinstance(source, Path) else source

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-from conftest import build_tiny_grser, gres_here, read_jsonl
-from PIL import Image
+from conftest import build_tiny_grser, gres_here, noise_image, read_jsonl
 
 from gres_cli.inference.jobs import expression_folder
 
@@ -18,13 +16,6 @@ from gres_cli.inference.jobs import expression_folder
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # margin -5: every image "present", masks written
     return build_tiny_grser(tmp_path_factory.mktemp("model") / "tiny", margin=-5.0)
-
-
-def _image(path: Path, seed: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def _jobs_file(path: Path, lines: list) -> Path:
@@ -41,9 +32,9 @@ def test_mixed_jobs_give_a_record_per_image_and_job_and_one_line_errors(
 ):
     batch = tmp_path / "batch"  # paths in the jobs file are relative to its folder
     for k, name in enumerate(("a", "b", "c")):
-        _image(batch / "photos" / f"{name}.png", k)
-    _image(batch / "other" / "d.png", 9)
-    _image(batch / "copy" / "photos" / "a.png", 8)  # another photos/a.png
+        noise_image(batch / "photos" / f"{name}.png", k)
+    noise_image(batch / "other" / "d.png", 9)
+    noise_image(batch / "copy" / "photos" / "a.png", 8)  # another photos/a.png
     _jobs_file(
         batch / "jobs.jsonl",
         [
@@ -95,7 +86,7 @@ def test_mixed_jobs_give_a_record_per_image_and_job_and_one_line_errors(
 
 def test_jobs_records_equal_separate_single_runs(model_dir: Path, tmp_path: Path):
     for k in range(5):
-        _image(tmp_path / "photos" / f"{k}.png", k)
+        noise_image(tmp_path / "photos" / f"{k}.png", k)
     common = ("--model", str(model_dir), "--batch-size", "3")
     jobs = _jobs_file(
         tmp_path / "jobs.jsonl",
@@ -129,7 +120,7 @@ def test_jobs_resume_and_a_changed_jobs_file_never_reuse_answers_of_another_grou
     model_dir: Path, tmp_path: Path
 ):
     for k in range(3):
-        _image(tmp_path / "photos" / f"{k}.png", k)
+        noise_image(tmp_path / "photos" / f"{k}.png", k)
     out = tmp_path / "out"
     lines = [{"path": "photos", "expression": "x"}, {"path": "photos", "expression": "y"}]
     jobs = _jobs_file(tmp_path / "jobs.jsonl", lines)
@@ -159,7 +150,7 @@ def test_jobs_resume_and_a_changed_jobs_file_never_reuse_answers_of_another_grou
             }
     # the folder gained a photo: x's and y's answers came from other experts, so those jobs
     # fail in one line each instead of passing the old answers off; z (its own group) resumes
-    _image(tmp_path / "photos" / "3.png", 3)
+    noise_image(tmp_path / "photos" / "3.png", 3)
     grown = gres_here(*args)
     assert grown.exit_code == 1
     assert grown.stderr.count("made in another group of images") == 2, grown.stderr
@@ -170,7 +161,7 @@ def test_jobs_resume_and_a_changed_jobs_file_never_reuse_answers_of_another_grou
 
 
 def test_jobs_from_stdin_and_usage_errors(model_dir: Path, tmp_path: Path):
-    _image(tmp_path / "photos" / "a.png", 0)
+    noise_image(tmp_path / "photos" / "a.png", 0)
     model = ("--model", str(model_dir))
     stdin = json.dumps({"path": "photos", "expression": "x"}) + "\n"  # relative to the cwd
     result = gres_here("segment", "--jobs", "-", *model, "--out", "o", stdin=stdin, cwd=tmp_path)

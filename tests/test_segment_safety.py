@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_grser, gres_here, read_jsonl
+from conftest import build_tiny_grser, gres_here, noise_image, read_jsonl
 from PIL import Image
 
 from gres_cli.inference.inputs import discover
@@ -20,13 +20,6 @@ from gres_cli.model.grser import GRSer
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # margin -5: every image "present", masks written
     return build_tiny_grser(tmp_path_factory.mktemp("model") / "tiny", margin=-5.0)
-
-
-def _image(path: Path, seed: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
-    return path
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -44,8 +37,8 @@ def test_out_that_holds_the_input_folder_is_refused_and_the_photo_kept(
     model_dir: Path, tmp_path: Path
 ):
     """Was: `gres segment synth-0000 X --out .` wrote the mask over synth-0000/0001.png."""
-    _image(tmp_path / "synth-0000" / "0001.png", 0)
-    _image(tmp_path / "synth-0000" / "0002.png", 1)
+    noise_image(tmp_path / "synth-0000" / "0001.png", 0)
+    noise_image(tmp_path / "synth-0000" / "0002.png", 1)
     before = _snapshot(tmp_path)
     for out in (".", "synth-0000", "synth-0000/masks"):
         result = gres_here(
@@ -57,7 +50,7 @@ def test_out_that_holds_the_input_folder_is_refused_and_the_photo_kept(
 
 def test_a_file_above_the_working_folder_makes_no_dotdot_group(model_dir: Path, tmp_path: Path):
     """Was: `gres segment ../x.png` made a group named `..` and wrote the mask outside --out."""
-    _image(tmp_path / "x.png", 0)
+    noise_image(tmp_path / "x.png", 0)
     (tmp_path / "work").mkdir()
     result = gres_here(
         "segment", "../x.png", "x", "--model", str(model_dir), "--out", "o", cwd=tmp_path / "work"
@@ -74,8 +67,8 @@ def test_stdin_groups_come_from_full_paths_and_never_share_an_output(
     model_dir: Path, tmp_path: Path
 ):
     """Was: a/day1/IMG_1.png and b/day1/IMG_1.png were one group writing one mask file."""
-    a = _image(tmp_path / "a" / "day1" / "IMG_1.png", 0)
-    b = _image(tmp_path / "b" / "day1" / "IMG_1.png", 1)
+    a = noise_image(tmp_path / "a" / "day1" / "IMG_1.png", 0)
+    b = noise_image(tmp_path / "b" / "day1" / "IMG_1.png", 1)
     groups = discover("-", False, [str(a), str(b)])
     assert [[p.name for p in g.images] for g in groups] == [["IMG_1.png"], ["IMG_1.png"]]
     assert len({g.name for g in groups}) == 2 and all(".." not in g.name for g in groups)
@@ -99,9 +92,9 @@ def test_stdin_groups_come_from_full_paths_and_never_share_an_output(
 
 def test_two_images_with_one_stem_keep_their_own_outputs(model_dir: Path, tmp_path: Path):
     """Was: p.jpg and p.png in one folder wrote one mask file, p.png."""
-    _image(tmp_path / "in" / "p.png", 0)
+    noise_image(tmp_path / "in" / "p.png", 0)
     Image.open(tmp_path / "in" / "p.png").save(tmp_path / "in" / "p.jpg")
-    _image(tmp_path / "in" / "q.png", 2)
+    noise_image(tmp_path / "in" / "q.png", 2)
     out = tmp_path / "o"
     result = gres_here(
         "segment",
@@ -126,8 +119,8 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_difference(
 ):
     """Was: a re-run with another --margin (or model, format, threshold) re-emitted the old
     records as answers of the new settings."""
-    _image(tmp_path / "in" / "a.png", 0)
-    _image(tmp_path / "in" / "b.png", 1)
+    noise_image(tmp_path / "in" / "a.png", 0)
+    noise_image(tmp_path / "in" / "b.png", 1)
     out = tmp_path / "o"
     base = ("segment", str(tmp_path / "in"), "x", "--model", str(model_dir), "--out", str(out))
     first = gres_here(*base)
@@ -159,8 +152,8 @@ def test_a_rerun_with_other_settings_is_refused_naming_the_difference(
 
 def test_jsonl_file_of_a_resumed_run_holds_each_record_once(model_dir: Path, tmp_path: Path):
     """Was: --jsonl FILE was appended to, so a re-run duplicated every line."""
-    _image(tmp_path / "in" / "a.png", 0)
-    _image(tmp_path / "in" / "b.png", 1)
+    noise_image(tmp_path / "in" / "a.png", 0)
+    noise_image(tmp_path / "in" / "b.png", 1)
     lines = tmp_path / "r.jsonl"
     args = (
         "segment",
@@ -183,8 +176,8 @@ def test_another_expression_never_overwrites_an_images_masks(model_dir: Path, tm
     """Masks are named after their image: a second expression on the same images into one
     --out would overwrite the first one's masks under records still pointing at them. Other
     groups (one expression each, as for `gres eval --predictions`) share an --out and FILE."""
-    _image(tmp_path / "g1" / "a.png", 0)
-    _image(tmp_path / "g2" / "a.png", 1)
+    noise_image(tmp_path / "g1" / "a.png", 0)
+    noise_image(tmp_path / "g2" / "a.png", 1)
     out, lines = tmp_path / "o", tmp_path / "r.jsonl"
     common = ("--model", str(model_dir), "--out", str(out), "--jsonl", str(lines))
     assert gres_here("segment", str(tmp_path / "g1"), "x", *common).exit_code == 0
@@ -201,7 +194,7 @@ def test_markup_in_user_text_prints_literally(model_dir: Path, tmp_path: Path):
     missing = tmp_path / "[/draft] photos"
     line = _one_line_error(gres_here("segment", str(missing), "x", "--model", str(model_dir)))
     assert "[/draft] photos: no such file or folder" in line
-    _image(tmp_path / "[draft]" / "a.png", 0)
+    noise_image(tmp_path / "[draft]" / "a.png", 0)
     result = gres_here(
         "segment",
         str(tmp_path / "[draft]"),
@@ -223,7 +216,7 @@ def test_experts_outside_the_models_range_is_a_usage_error(
 ):
     """--experts above the model's K (or below 1) is refused before any image is read; it was a
     conv RuntimeError traceback with exit 1."""
-    photo = _image(tmp_path / "in" / "a.png", 0)
+    photo = noise_image(tmp_path / "in" / "a.png", 0)
     result = gres_here(
         "segment", str(photo.parent), "x", "--model", str(model_dir), "--experts", experts,
         "--out", str(tmp_path / "out"),
