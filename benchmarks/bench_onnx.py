@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--starts", type=int, default=5, help="gres segment calls per runtime")
     parser.add_argument("--images", type=int, default=256)
     parser.add_argument("--base-images", type=int, default=16)
-    parser.add_argument("--presets", default="grser-tiny,grser-base")
+    parser.add_argument("--presets", default="grser-tiny,grser-base", help='"": part 1 only')
     parser.add_argument("--skip-start", action="store_true", help="only the images/s part")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument(
@@ -185,13 +185,16 @@ def main() -> None:
         if not args.skip_start:
             time_to_first_record(tmp, args.starts)
 
+        presets = [p for p in args.presets.split(",") if p]  # --presets "": part 1 only
+        if not presets:
+            return
         threads = args.threads or "each runtime's default"
         print(
             f"\n2. images/s, 640x480 JPEGs, one group, batch {args.batch_size}, threads: {threads}"
         )
         print(f"{'preset':<11} {'images':>6} {'torch img/s':>12} {'onnx img/s':>11} "
               f"{'onnx/torch':>10} {'same decisions':>15} {'max |d| diff':>13}")  # fmt: skip
-        for preset in args.presets.split(","):
+        for preset in presets:
             count = args.base_images if preset == "grser-base" else args.images
             folder = tmp / "photos"
             if not folder.exists():

@@ -3,6 +3,7 @@ fixture in the REFER layout, `gres grd convert --from refcoco --group-by categor
 few steps of grser-base with random weights (nothing is downloaded).
 
     python benchmarks/bench_refcoco_dry_run.py [--images 5000] [--max-steps 2] [--keep DIR]
+        (a DIR that already holds the converted set is reused: the training run alone)
     python benchmarks/bench_refcoco_dry_run.py --phases --keep DIR   # start-up, phase by phase
 
 The fixture: `--images` photos of 640 x 480 (smooth colour fields with rectangles, JPEG, as
@@ -188,14 +189,18 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
-        src, grd, run = root / "refcoco", root / "rc-grd", root / "run"
-        t = time.perf_counter()
-        sentences = write_fixture(src, args.images)
-        print(f"fixture: {args.images} images, {2 * args.images} refs, {sentences} sentences "
-              f"in {time.perf_counter() - t:.0f} s", flush=True)  # fmt: skip
-        convert = gres("grd", "convert", str(src), str(grd), "--from", "refcoco",
-                       "--group-by", "category", "--group-size", "16")  # fmt: skip
-        print(f"gres grd convert: {convert}", flush=True)
+        src, grd = root / "refcoco", root / "rc-grd"
+        run = root / time.strftime("run-%Y%m%d-%H%M%S")
+        if (grd / "grd.json").is_file():  # a --keep folder of an earlier run: train only
+            print(f"reusing the converted fixture at {grd}", flush=True)
+        else:
+            t = time.perf_counter()
+            sentences = write_fixture(src, args.images)
+            print(f"fixture: {args.images} images, {2 * args.images} refs, {sentences} "
+                  f"sentences in {time.perf_counter() - t:.0f} s", flush=True)  # fmt: skip
+            convert = gres("grd", "convert", str(src), str(grd), "--from", "refcoco",
+                           "--group-by", "category", "--group-size", "16")  # fmt: skip
+            print(f"gres grd convert: {convert}", flush=True)
         config = root / "dry-run.yaml"
         config.write_text(
             "preset: grser-base\n"

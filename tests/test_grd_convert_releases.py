@@ -339,6 +339,48 @@ def test_refcoco_group_by_category(refcoco_release: Path, tmp_path: Path) -> Non
     ]
 
 
+def test_refcoco_sentences_of_one_ref_share_one_mask_file(
+    refcoco_release: Path, tmp_path: Path
+) -> None:
+    """Was: one PNG per sentence, the ref's mask rasterised and encoded again for each."""
+    out = convert(refcoco_release, tmp_path / "grd", to="grd", from_="refcoco")
+    g10 = next(g for g in load(out).groups if g.id == "10")
+    man, guy, dog = g10.expressions
+    assert man.targets["10"] == guy.targets["10"] == "masks/10/ref-1.png"
+    assert dog.targets["10"] == "masks/10/ref-2.png"
+    assert sorted(p.name for p in (out / "masks" / "10").iterdir()) == ["ref-1.png", "ref-2.png"]
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["in-process", "worker-processes"])
+def test_refcoco_masks_from_worker_processes(
+    refcoco_release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
+) -> None:
+    """The masks are rasterised on every core once there are many (validate's `map_files`):
+    the same files either way; a ref whose annotations fall outside its image is absent; a
+    segmentation that does not decode is one line naming it, and DST never appears."""
+    import grd_tools.validate
+
+    if processes:
+        if (os.cpu_count() or 1) < 2:
+            pytest.skip("one core: map_files checks in-process")
+        monkeypatch.setattr(grd_tools.validate, "PARALLEL_FROM", 1)
+    instances = json.loads((refcoco_release / "instances.json").read_text())
+    instances["annotations"][4]["segmentation"] = [[W + 5, H + 5, W + 9, H + 5, W + 9, H + 9]]
+    (refcoco_release / "instances.json").write_text(json.dumps(instances))
+    out = convert(refcoco_release, tmp_path / "grd", to="grd", from_="refcoco")
+    assert mask_of(out, "12", "5", "12") is None  # outside image 12: absent, no file
+    assert not (out / "masks" / "12").exists()
+    assert np.array_equal(mask_of(out, "10", "1", "10"), raster(polygon(1, 1, 8, 12)))
+    assert np.array_equal(mask_of(out, "10", "3", "10"), rect(3, 3, 11, 9) > 0)
+    assert validate(out).ok(strict=True)
+    instances["annotations"][1]["segmentation"] = {"size": [2 * H, W], "counts": [2 * H * W]}
+    (refcoco_release / "instances.json").write_text(json.dumps(instances))
+    with pytest.raises(GRDError, match="annotation 101") as caught:
+        convert(refcoco_release, tmp_path / "bad", to="grd", from_="refcoco")
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_grefcoco_no_target_and_multi_target(refcoco_release: Path, tmp_path: Path) -> None:
     (refcoco_release / "refs(unc).p").unlink()
     grefs = [

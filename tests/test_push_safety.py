@@ -3,6 +3,7 @@ a folder holding pickles (issue 11). The Hub is replaced by a recorder of the on
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,34 @@ def test_model_push_refuses_a_checkpoint_holding_a_pickle(hub: list[dict], tmp_p
     assert result.exit_code == 2 and not hub
     (line,) = result.stderr.strip().splitlines()
     assert "trainer_state.pt" in line and "pickle" in line
+
+
+def test_model_push_uploads_an_onnx_export_graphs_tokenizer_and_card(
+    hub: list[dict], demo_onnx: Path, tmp_path: Path
+):
+    """Was: an export was refused (it has no model.safetensors for GRSer to load)."""
+    folder = tmp_path / "export"
+    shutil.copytree(demo_onnx, folder)
+    (folder / "notes.yaml").write_text("private: yes")
+    result = CliRunner().invoke(app, ["model", "push", str(folder), "org/m-onnx"])
+    assert result.exit_code == 0, result.output
+    (files,) = hub
+    expected = {p.name for p in demo_onnx.iterdir()}
+    assert {"config.json", "README.md", "tokenizer.json", "text.onnx", "encode.onnx"} <= expected
+    assert set(files) == expected and "query.onnx" in files
+    assert all(files[name] == (folder / name).read_bytes() for name in files)
+
+
+def test_model_push_refuses_an_onnx_export_whose_graph_does_not_load(
+    hub: list[dict], demo_onnx: Path, tmp_path: Path
+):
+    folder = tmp_path / "export"
+    shutil.copytree(demo_onnx, folder)
+    (folder / "query.onnx").write_bytes(b"not a graph")
+    result = CliRunner().invoke(app, ["model", "push", str(folder), "org/m-onnx"])
+    assert result.exit_code == 2 and not hub
+    (line,) = result.stderr.strip().splitlines()
+    assert "query.onnx: cannot load as ONNX" in line
 
 
 def test_dataset_push_uploads_the_manifest_its_files_and_a_card(hub: list[dict], tmp_path: Path):

@@ -9,7 +9,8 @@ under `images` (default `SRC/images`); an image's path is its `file_name` in `in
 
 A ref is one object (RefCOCO) or set of objects (gRefCOCO: `ann_id` is a list, `[-1]` meaning
 no target) with several sentences; each sentence becomes one GRD expression whose target on its
-image is the union of the ref's annotation masks (crowd annotations skipped), or absent.
+image is the union of the ref's annotation masks (crowd annotations skipped), or absent. The
+sentences of a ref share its one mask file, `masks/<group>/ref-<ref_id>.png`.
 
 Grouping (`group_by`):
 - `image`: one group per image holding every sentence written for it: the single-image RES
@@ -23,6 +24,7 @@ Groups never straddle the refs' `split`s (train/val/testA/testB/test).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from grd_tools.format import Expression, GRDDataset, Group, ImageRecord, save
 from grd_tools.fsutil import link_or_copy
 from grd_tools.imageio import write_mask
 from grd_tools.paths import resolve_inside
+from grd_tools.validate import map_files
 
 INSTANCES = "instances.json"
 GROUP_BY = ("image", "category")
@@ -100,9 +103,17 @@ class _Release:
         return self.categories.get(cats[0], str(cats[0])) if cats else "no-target"
 
     def group(
-        self, gid: str, split: str, keys: list[tuple[str, int]], category: str | None, dst: Path
+        self,
+        gid: str,
+        split: str,
+        keys: list[tuple[str, int]],
+        category: str | None,
+        dst: Path,
+        masks: dict[str, MaskJob],
     ) -> Group:
-        """Group `gid` of the images `keys`; only refs of `category` when given."""
+        """Group `gid` of the images `keys`; only refs of `category` when given. The images are
+        linked into `dst` now; each ref's mask is added to `masks` ({path: job}) for
+        `write_masks`, one file for all of the ref's sentences."""
         images: list[ImageRecord] = []
         for _, iid in keys:
             info = self.images.get(iid)
@@ -119,10 +130,10 @@ class _Release:
                     continue
                 sid = str(sent.get("sent_id", f"{ref['ref_id']}-{len(expressions)}"))
                 targets: dict[str, str | None] = {i.id: None for i in images}
-                mask = self.ref_mask(ref, img)
-                if mask is not None:
-                    targets[img.id] = f"masks/{gid}/{sid}.png"
-                    write_mask(resolve_inside(dst, targets[img.id]), mask)
+                parts = self.ref_parts(ref)
+                if parts:
+                    targets[img.id] = f"masks/{gid}/ref-{ref['ref_id']}.png"
+                    masks[targets[img.id]] = MaskJob(parts, img.height, img.width)
                 text = str(sent.get("sent") or sent["raw"]).strip()
                 meta: dict[str, Any] = {"ref_id": int(ref["ref_id"]), "source_image": img.id}
                 if sent.get("raw") and sent["raw"] != text:
@@ -130,23 +141,58 @@ class _Release:
                 expressions.append(Expression(sid, text, targets, meta))
         return Group(gid, images, expressions, split or None)
 
-    def ref_mask(self, ref: dict[str, Any], img: ImageRecord) -> Any:
-        """Union of the ref's non-crowd annotation masks on its image; None for no target."""
-        mask = None
+    def ref_parts(self, ref: dict[str, Any]) -> list[tuple[int, Any]]:
+        """(annotation id, segmentation) of the ref's non-crowd annotations; [] for no target."""
+        parts = []
         for aid in _ids(ref["ann_id"]):
             ann = self.anns.get(aid)
             if ann is None:
                 raise GRDError(
                     f"{self.src / INSTANCES}: no annotation {aid}, which ref {ref['ref_id']} names"
                 )
-            if ann.get("iscrowd"):
-                continue
-            try:
-                m = decode_segmentation(ann["segmentation"], img.height, img.width)
-            except (ValueError, KeyError) as e:
-                raise GRDError(f"{self.src / INSTANCES}: annotation {aid}: {e}") from None
-            mask = m if mask is None else mask | m
-        return mask if mask is not None and mask.any() else None
+            if not ann.get("iscrowd"):
+                parts.append((aid, ann["segmentation"]))
+        return parts
+
+
+@dataclass(frozen=True)
+class MaskJob:
+    """A ref's mask to rasterise: the union of its annotations' segmentations."""
+
+    parts: list[tuple[int, Any]]
+    height: int
+    width: int
+
+
+def _write_mask(instances: Path, dst: Path, item: tuple[str, MaskJob]) -> bool:
+    """Rasterise and write one ref's mask (in a worker process); False when it is empty."""
+    rel, job = item
+    mask = None
+    for aid, segmentation in job.parts:
+        try:
+            m = decode_segmentation(segmentation, job.height, job.width)
+        except (ValueError, KeyError) as e:
+            raise GRDError(f"{instances}: annotation {aid}: {e}") from None
+        mask = m if mask is None else mask | m
+    if mask is None or not mask.any():
+        return False
+    write_mask(resolve_inside(dst, rel), mask)
+    return True
+
+
+def write_masks(instances: Path, dst: Path, groups: list[Group], masks: dict[str, MaskJob]) -> None:
+    """Write every mask of `masks` (on every core: rasterising and PNG-encoding them is most of
+    a conversion's work) and record the empty ones (all annotations outside the image) as
+    absent in `groups`."""
+    items = list(masks.items())
+    written = map_files(functools.partial(_write_mask, instances, dst), items)
+    empty = {rel for (rel, _), ok in zip(items, written, strict=True) if not ok}
+    if empty:
+        for group in groups:
+            for expression in group.expressions:
+                for image, target in expression.targets.items():
+                    if target in empty:
+                        expression.targets[image] = None
 
 
 def _load(src: Path, refs_path: Path, image_root: Path) -> _Release:
@@ -198,6 +244,7 @@ def read(
                 members[(split, cat)].append(key)
 
     groups: list[Group] = []
+    masks: dict[str, MaskJob] = {}
     used: set[str] = set()
     for (split, name), keys in members.items():
         chunks = [keys] if group_by == "image" else _chunks(keys, group_size)
@@ -207,7 +254,8 @@ def read(
                 gid = f"{gid}-{split}"
             used.add(gid)
             category = None if group_by == "image" else name
-            groups.append(release.group(gid, split, chunk, category, dst))
+            groups.append(release.group(gid, split, chunk, category, dst, masks))
+    write_masks(src / INSTANCES, dst, groups, masks)
     save(
         GRDDataset(
             groups,

@@ -254,12 +254,13 @@ def push(
     repo_id: Annotated[str, typer.Argument(help="Hub repo id (org/name).")],
     private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
 ) -> None:
-    """Upload a GRSer folder (validated by loading it first) or a gres-backend settings folder
-    to the Hugging Face Hub.
+    """Upload a GRSer folder, an ONNX export of one (`gres model export`) or a gres-backend
+    settings folder to the Hugging Face Hub, each validated by loading it first (an export
+    through onnxruntime: `pip install "gres[onnx]"`).
 
-    Only the model's files go up (config.json, model.safetensors, tokenizer files, README.md),
-    in one commit; a folder holding a pickle (a training checkpoint's trainer_state.pt) is
-    refused.
+    Only the model's files go up (config.json, model.safetensors or the export's text.onnx,
+    encode.onnx and query.onnx, tokenizer files, README.md), in one commit; a folder holding a
+    pickle (a training checkpoint's trainer_state.pt) is refused.
     """
     from fnmatch import fnmatch
 
@@ -267,14 +268,20 @@ def push(
         from grd_tools.hub import refuse_pickles, upload_files
         from gres_cli.backends.settings import MODEL_TYPE as SETTINGS_TYPE
         from gres_cli.backends.settings import BackendSettings
-        from gres_cli.model.grser import GRSer
+        from gres_cli.model import onnx_spec
         from gres_cli.model.hub import MODEL_FILES, read_config
 
         refuse_pickles(folder)
         config = read_config(folder) if folder.is_dir() else {}
         if config.get("model_type") == SETTINGS_TYPE:  # settings only: they must parse
             BackendSettings.from_dict(config, folder / "config.json")
+        elif config.get("model_type") == onnx_spec.MODEL_TYPE:  # its graphs and tokenizer load
+            from gres_cli.backends.grser_onnx import GRSerOnnxModel
+
+            GRSerOnnxModel(folder)
         else:
+            from gres_cli.model.grser import GRSer
+
             GRSer.from_pretrained(folder)  # refuse a folder that does not load
         files = sorted(
             p.name

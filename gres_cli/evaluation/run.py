@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ from grd_tools.format import MANIFEST, GRDDataset, Pair
 from grd_tools.imageio import read_mask
 from grd_tools.paths import resolve_inside
 from gres_cli.errors import GresError
+from gres_cli.inference.writers import read_record
 from gres_cli.metrics.cosod import CoSODMeter
 from gres_cli.metrics.masks import GRESMeter, resize_nearest
 
@@ -140,16 +140,13 @@ class JsonlPredictions:
         except OSError as e:
             raise GresError(f"{path}: cannot read ({e.strerror})") from None
         for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
             try:
-                rec = json.loads(line)
-                if rec["image"] is None and rec["error"]:
-                    continue  # a --jobs line that could not run: it answers no pair
-                key = (str(Path(rec["image"]).resolve()), rec["expression"])
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise GresError(f"{path}:{n}: not a `gres segment` record") from None
-            self.by_path[key] = rec
+                rec = read_record(line)
+            except ValueError as e:
+                raise GresError(f"{path}:{n}: {e}") from None
+            if rec is None:
+                continue
+            self.by_path[(str(Path(rec["image"]).resolve()), rec["expression"])] = rec
             self.by_stem[(rec.get("group", ""), Path(rec["image"]).stem, rec["expression"])] = rec
 
     def _record(self, dataset: GRDDataset, pair: Pair) -> dict | None:

@@ -74,6 +74,22 @@ def segment_record(
     return rec | {"error": None}, mask
 
 
+def read_record(line: str) -> dict[str, Any] | None:
+    """One line of a records.jsonl as the record of an image, or None for a line that answers
+    no image (blank, or a `--jobs` line that could not run: image null, error set). ValueError
+    for a line that is not a record (cut by a crash, or another file's)."""
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+        if rec["image"] is None and rec["error"]:
+            return None
+        str(rec["image"]), str(rec["expression"])  # every record names both
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ValueError("not a `gres segment` record") from None
+    return rec
+
+
 def run_settings(
     model: str, revision: str | None, engine: Any, fmt: str, overlay: bool, group: bool = True
 ) -> dict[str, Any]:

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gres_cli.inference.writers import RECORDS, read_record
 from gres_cli.view.site import MaskSource, Picture, ViewError
 
-RECORDS = "records.jsonl"  # gres_cli.inference.writers.RECORDS, without importing the engine
 #: record fields shown in a card's details, in this order (others follow)
 FIELDS = ("image", "group", "expression", "present", "score", "margin", "d_pos", "d_neg")
 BACKEND_FIELDS = ("backend_present", "backend_score")
@@ -27,16 +27,14 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     bad = 0
     for line in lines:
-        if not line.strip():
-            continue
         try:
-            rec = json.loads(line)
-            if rec["image"] is None and rec["error"]:
-                continue  # a --jobs line that could not run: no image to show
-            key = (str(rec["image"]), str(rec["expression"]))
-        except (json.JSONDecodeError, KeyError, TypeError):
+            rec = read_record(line)
+        except ValueError:
             bad += 1  # a line cut by a crash, or not a record
             continue
+        if rec is None:
+            continue
+        key = (str(rec["image"]), str(rec["expression"]))
         latest.pop(key, None)  # re-inserted: keeps the order of the newest records
         latest[key] = rec
     return list(latest.values()), bad
