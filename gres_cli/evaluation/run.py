@@ -304,24 +304,26 @@ def score_model(
         from gres_cli.backends.openvocab import reweighted_score
     list(_pairs(dataset, split))  # refuse an empty split up front
     asked, jobs = [], []
-    for group in dataset.groups:
-        if split is None or group.split == split:
-            paths = [resolve_inside(dataset.root, i.file) for i in group.images]
-            for expr in group.expressions:
-                asked.append((group, expr))
-                jobs.append(Job(ImageGroup(group.id, paths), expr.text))
+    for grd_group in dataset.groups:
+        if split is None or grd_group.split == split:
+            paths = [resolve_inside(dataset.root, i.file) for i in grd_group.images]
+            for expr in grd_group.expressions:
+                asked.append((grd_group, expr))
+                jobs.append(Job(ImageGroup(grd_group.id, paths), expr.text))
     answers = _job_by_job(seg.run(jobs), len(jobs))
-    for (group, expr), job, results in zip(asked, jobs, answers, strict=True):
+    for (grd_group, expr), job, results in zip(asked, jobs, answers, strict=True):
         names = job.group.output_stems() if saved is not None else []
-        for k, img in enumerate(group.images):
+        for k, img in enumerate(grd_group.images):
             shape = (img.height, img.width)
-            gt = scorer.ground_truth(dataset, Pair(group, expr, img, expr.targets.get(img.id)))
+            gt = scorer.ground_truth(dataset, Pair(grd_group, expr, img, expr.targets.get(img.id)))
             r = results.get(k)
             if saved is not None and r is not None:
-                saved.add(group.id, expr, names[k], r)
+                saved.add(grd_group.id, expr, names[k], r)
             if r is None or r.error:  # unreadable: no answer, so not scored as "absent"
                 reason = "no result" if r is None else r.error
-                scorer.left_out.append(f"{group.id}/{Path(img.file).name} | {expr.text}: {reason}")
+                scorer.left_out.append(
+                    f"{grd_group.id}/{Path(img.file).name} | {expr.text}: {reason}"
+                )
                 continue
             present = r.present
             empty = np.zeros(shape, bool)
@@ -329,20 +331,20 @@ def score_model(
                 r.mask if present else empty,
                 gt,
                 present,
-                group.id,
+                grd_group.id,
                 r.saliency if present else None,
             )
             gt_r = None if gt is None or not sweeps else protocol.resize(gt)
             for m, meter in sweeps.items():
                 present = presence(r.d_pos, r.d_neg, m)
                 pred = protocol.resize(r.mask if present else empty)
-                meter.update(pred, gt_r, present, group=group.id)
+                meter.update(pred, gt_r, present, group=grd_group.id)
             for (w, m), meter in weighed.items():
                 present = reweighted_score(r.d_pos, r.d_neg, r.alone, weight, w) > m
                 pred = protocol.resize(r.mask if present else empty)
-                meter.update(pred, gt_r, present, group=group.id)
+                meter.update(pred, gt_r, present, group=grd_group.id)
         if on_scored:
-            on_scored(len(group.images))
+            on_scored(len(grd_group.images))
     return scorer, seg.margin, sweeps, weighed
 
 
