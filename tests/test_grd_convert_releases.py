@@ -129,7 +129,21 @@ def d3_release(tmp_path: Path) -> Path:
     return src
 
 
-def test_d3_intra_group(d3_release: Path, tmp_path: Path) -> None:
+def masks_in_worker_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `convert.write_masks` use its pool of worker processes even for a few masks."""
+    import grd_tools.validate
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: map_files works in-process")
+    monkeypatch.setattr(grd_tools.validate, "PARALLEL_FROM", 1)
+
+
+@pytest.mark.parametrize("processes", [False, True], ids=["in-process", "worker-processes"])
+def test_d3_intra_group(
+    d3_release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
+) -> None:
+    if processes:
+        masks_in_worker_processes(monkeypatch)
     out = convert(d3_release, tmp_path / "grd", to="grd")  # layout detected
     ds = load(out)
     assert [g.id for g in ds.groups] == ["1", "2"]
@@ -355,15 +369,11 @@ def test_refcoco_sentences_of_one_ref_share_one_mask_file(
 def test_refcoco_masks_from_worker_processes(
     refcoco_release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: bool
 ) -> None:
-    """The masks are rasterised on every core once there are many (validate's `map_files`):
+    """The masks are rasterised on every core once there are many (`convert.write_masks`):
     the same files either way; a ref whose annotations fall outside its image is absent; a
     segmentation that does not decode is one line naming it, and DST never appears."""
-    import grd_tools.validate
-
     if processes:
-        if (os.cpu_count() or 1) < 2:
-            pytest.skip("one core: map_files checks in-process")
-        monkeypatch.setattr(grd_tools.validate, "PARALLEL_FROM", 1)
+        masks_in_worker_processes(monkeypatch)
     instances = json.loads((refcoco_release / "instances.json").read_text())
     instances["annotations"][4]["segmentation"] = [[W + 5, H + 5, W + 9, H + 5, W + 9, H + 9]]
     (refcoco_release / "instances.json").write_text(json.dumps(instances))

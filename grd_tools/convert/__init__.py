@@ -7,7 +7,7 @@ temporary GRD folder. DST is written atomically; SRC is never modified.
 Contract of a format module (`grd_tools/convert/<name>.py`):
 - `read(src: Path, dst: Path, **options) -> None`: write a valid GRD dataset into the empty
   folder `dst` (copy or hard-link images with `fsutil.link_or_copy`, write masks as 0/255 PNG,
-  then `format.save`).
+  many at once with `write_masks`, then `format.save`).
 - `write(dataset: GRDDataset, dst: Path, **options) -> None`: write the format into the empty
   folder `dst`; `dataset.root` is where its files are.
 - `detect(src: Path) -> bool` (optional): True when `src` looks like this format.
@@ -16,16 +16,20 @@ Unknown options are ignored (`**_`), so one CLI can pass every option to every m
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from grd_tools.errors import GRDError
-from grd_tools.format import MANIFEST, GRDDataset, load, save
+from grd_tools.format import MANIFEST, GRDDataset, Group, load, save
 from grd_tools.fsutil import atomic_output_dir, link_or_copy, refuse_overlap
+from grd_tools.imageio import write_mask
 from grd_tools.paths import resolve_inside
+from grd_tools.validate import map_files
 
 #: formats `--to` accepts (readers and writers exist for each)
 WRITABLE = ("grd", "coco", "hf", "cosod")
@@ -50,6 +54,37 @@ def detect_format(src: Path) -> str:
         if detect is not None and detect(src):
             return fmt
     raise GRDError(f"{src}: cannot tell its format; pass --from {'|'.join(READABLE)}")
+
+
+def write_masks(dst: Path, jobs: dict[str, Any], rasterise: Callable[[Any], Any]) -> set[str]:
+    """Write each mask of `jobs` ({path inside `dst`: what `rasterise` takes}) as a 0/255 PNG, on
+    every core once there are many (`validate.map_files`): rasterising and PNG-encoding the masks
+    is most of a release's conversion. `rasterise` must be picklable (a module-level function or
+    a partial of one); it returns a mask, or None. Returns the paths whose mask came out empty
+    (nothing written there), for `mark_absent`."""
+    items = list(jobs.items())
+    written = map_files(functools.partial(_write_one, rasterise, dst), items)
+    return {path for (path, _), ok in zip(items, written, strict=True) if not ok}
+
+
+def _write_one(rasterise: Callable[[Any], Any], dst: Path, item: tuple[str, Any]) -> bool:
+    path, job = item
+    mask = rasterise(job)
+    if mask is None or not mask.any():
+        return False
+    write_mask(resolve_inside(dst, path), mask)
+    return True
+
+
+def mark_absent(groups: list[Group], paths: set[str]) -> None:
+    """Record as absent every target of `groups` whose mask file is one of `paths`."""
+    if not paths:
+        return
+    for group in groups:
+        for expression in group.expressions:
+            for image, target in expression.targets.items():
+                if target in paths:
+                    expression.targets[image] = None
 
 
 def read_grd(src: Path, dst: Path, **_: Any) -> None:
@@ -115,4 +150,13 @@ def _run(
                     writer(load(tmp), out, **options)
 
 
-__all__ = ["READABLE", "WRITABLE", "GRDDataset", "convert", "detect_format", "read_grd"]
+__all__ = [
+    "READABLE",
+    "WRITABLE",
+    "GRDDataset",
+    "convert",
+    "detect_format",
+    "mark_absent",
+    "read_grd",
+    "write_masks",
+]

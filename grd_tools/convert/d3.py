@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from grd_tools import safe_pickle
+from grd_tools.convert import mark_absent, write_masks
 from grd_tools.convert.coco import decode_segmentation
 from grd_tools.errors import GRDError
 from grd_tools.format import Expression, GRDDataset, Group, ImageRecord, save
 from grd_tools.fsutil import link_or_copy
-from grd_tools.imageio import write_mask
 from grd_tools.paths import resolve_inside
 
 IMAGES_DIR = "d3_images"
@@ -66,6 +66,7 @@ def read(src: Path, dst: Path, inter_group: bool = False, **_: Any) -> None:
                 segments[(int(ann["image_id"]), int(sid))].append(ann["segmentation"])
         every_sentence = sorted(int(s) for s in t["sentences"])
         groups = []
+        masks: dict[str, tuple[Any, int, int, str]] = {}  # path -> (RLEs, height, width, where)
         for gid in sorted(t["groups"]):
             field = f"groups.pkl[{gid}]"
             g = t["groups"][gid]
@@ -91,12 +92,10 @@ def read(src: Path, dst: Path, inter_group: bool = False, **_: Any) -> None:
                 targets: dict[str, str | None] = {}
                 for img in images:
                     parts = segments.get((int(img.id), sid))
-                    mask = _merge(parts, img, f"image {img.id}, sentence {sid}") if parts else None
-                    if mask is None or not mask.any():
-                        targets[img.id] = None
-                        continue
-                    targets[img.id] = f"masks/{gid}/{sid}/{img.id}.png"
-                    write_mask(resolve_inside(dst, targets[img.id]), mask)
+                    targets[img.id] = f"masks/{gid}/{sid}/{img.id}.png" if parts else None
+                    if parts:  # written below, with every other mask, on every core
+                        where = f"image {img.id}, sentence {sid}"
+                        masks[targets[img.id]] = (_rles(parts), img.height, img.width, where)
                 meta = {"d3_sent_id": sid, "is_negative": bool(sent.get("is_negative", False))}
                 if sent.get("raw_sent_zh"):
                     meta["text_zh"] = safe_pickle.plain(sent["raw_sent_zh"])
@@ -115,6 +114,7 @@ def read(src: Path, dst: Path, inter_group: bool = False, **_: Any) -> None:
             groups.append(Group(str(gid), images, expressions, None, gmeta))
     except (KeyError, TypeError, ValueError) as e:
         raise GRDError(f"{src / PICKLE_DIR}: {field}: bad or missing field {e}") from None
+    mark_absent(groups, write_masks(dst, masks, _merge))  # an empty union is absent
     save(
         GRDDataset(
             groups,
@@ -126,13 +126,20 @@ def read(src: Path, dst: Path, inter_group: bool = False, **_: Any) -> None:
     )
 
 
-def _merge(parts: list[Any], img: ImageRecord, where: str) -> Any:
-    """Union of one sentence's instance masks on one image (each an RLE or a list of RLEs):
-    one list of RLE parts, which `decode_segmentation` unions."""
-    rles = [r for seg in parts for r in (seg if isinstance(seg, (list, tuple)) else [seg])]
+def _rles(parts: list[Any]) -> Any:
+    """One sentence's instance segmentations on one image (each an RLE or a list of RLEs) as
+    one list of plain RLE parts, which `decode_segmentation` unions."""
+    return _plain_rle(
+        [r for seg in parts for r in (seg if isinstance(seg, (list, tuple)) else [seg])]
+    )
+
+
+def _merge(job: tuple[Any, int, int, str]) -> Any:
+    """The union of one sentence's instance masks on one image (in a worker, `write_masks`)."""
+    rles, height, width, where = job
     try:
-        return decode_segmentation(_plain_rle(rles), img.height, img.width)
-    except ValueError as e:
+        return decode_segmentation(rles, height, width)
+    except (ValueError, TypeError, KeyError) as e:
         raise GRDError(f"{PICKLE_DIR}/annotations.pkl: {where}: {e}") from None
 
 

@@ -32,13 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from grd_tools import safe_pickle
+from grd_tools.convert import mark_absent, write_masks
 from grd_tools.convert.coco import decode_segmentation
 from grd_tools.errors import GRDError
 from grd_tools.format import Expression, GRDDataset, Group, ImageRecord, save
 from grd_tools.fsutil import link_or_copy
-from grd_tools.imageio import write_mask
 from grd_tools.paths import resolve_inside
-from grd_tools.validate import map_files
 
 INSTANCES = "instances.json"
 GROUP_BY = ("image", "category")
@@ -164,9 +163,8 @@ class MaskJob:
     width: int
 
 
-def _write_mask(instances: Path, dst: Path, item: tuple[str, MaskJob]) -> bool:
-    """Rasterise and write one ref's mask (in a worker process); False when it is empty."""
-    rel, job = item
+def _rasterise(instances: Path, job: MaskJob) -> Any:
+    """The union of a ref's annotation masks (run in a worker process by `write_masks`)."""
     mask = None
     for aid, segmentation in job.parts:
         try:
@@ -174,25 +172,7 @@ def _write_mask(instances: Path, dst: Path, item: tuple[str, MaskJob]) -> bool:
         except (ValueError, KeyError) as e:
             raise GRDError(f"{instances}: annotation {aid}: {e}") from None
         mask = m if mask is None else mask | m
-    if mask is None or not mask.any():
-        return False
-    write_mask(resolve_inside(dst, rel), mask)
-    return True
-
-
-def write_masks(instances: Path, dst: Path, groups: list[Group], masks: dict[str, MaskJob]) -> None:
-    """Write every mask of `masks` (on every core: rasterising and PNG-encoding them is most of
-    a conversion's work) and record the empty ones (all annotations outside the image) as
-    absent in `groups`."""
-    items = list(masks.items())
-    written = map_files(functools.partial(_write_mask, instances, dst), items)
-    empty = {rel for (rel, _), ok in zip(items, written, strict=True) if not ok}
-    if empty:
-        for group in groups:
-            for expression in group.expressions:
-                for image, target in expression.targets.items():
-                    if target in empty:
-                        expression.targets[image] = None
+    return mask
 
 
 def _load(src: Path, refs_path: Path, image_root: Path) -> _Release:
@@ -255,7 +235,8 @@ def read(
             used.add(gid)
             category = None if group_by == "image" else name
             groups.append(release.group(gid, split, chunk, category, dst, masks))
-    write_masks(src / INSTANCES, dst, groups, masks)
+    # a ref whose annotations rasterise to nothing on its image is absent there
+    mark_absent(groups, write_masks(dst, masks, functools.partial(_rasterise, src / INSTANCES)))
     save(
         GRDDataset(
             groups,
