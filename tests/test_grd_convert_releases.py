@@ -357,7 +357,12 @@ def test_refcoco_sentences_of_one_ref_share_one_mask_file(
     refcoco_release: Path, tmp_path: Path
 ) -> None:
     """Was: one PNG per sentence, the ref's mask rasterised and encoded again for each."""
-    out = convert(refcoco_release, tmp_path / "grd", to="grd", from_="refcoco")
+    counted: list[tuple[int, int]] = []  # what `gres grd convert`'s spinner counts
+    out = convert(
+        refcoco_release, tmp_path / "grd", to="grd", from_="refcoco",
+        progress=lambda done, total: counted.append((done, total)),
+    )  # fmt: skip
+    assert counted[-1] == (4, 4)  # 4 refs with a target, 5 sentences
     g10 = next(g for g in load(out).groups if g.id == "10")
     man, guy, dog = g10.expressions
     assert man.targets["10"] == guy.targets["10"] == "masks/10/ref-1.png"

@@ -56,14 +56,19 @@ def detect_format(src: Path) -> str:
     raise GRDError(f"{src}: cannot tell its format; pass --from {'|'.join(READABLE)}")
 
 
-def write_masks(dst: Path, jobs: dict[str, Any], rasterise: Callable[[Any], Any]) -> set[str]:
+def write_masks(
+    dst: Path,
+    jobs: dict[str, Any],
+    rasterise: Callable[[Any], Any],
+    progress: Callable[[int, int], None] | None = None,
+) -> set[str]:
     """Write each mask of `jobs` ({path inside `dst`: what `rasterise` takes}) as a 0/255 PNG, on
     every core once there are many (`validate.map_files`): rasterising and PNG-encoding the masks
     is most of a release's conversion. `rasterise` must be picklable (a module-level function or
-    a partial of one); it returns a mask, or None. Returns the paths whose mask came out empty
-    (nothing written there), for `mark_absent`."""
+    a partial of one); it returns a mask, or None. `progress(done, total)` follows the masks.
+    Returns the paths whose mask came out empty (nothing written there), for `mark_absent`."""
     items = list(jobs.items())
-    written = map_files(functools.partial(_write_one, rasterise, dst), items)
+    written = map_files(functools.partial(_write_one, rasterise, dst), items, progress=progress)
     return {path for (path, _), ok in zip(items, written, strict=True) if not ok}
 
 

@@ -20,6 +20,7 @@ expression metadata.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,14 @@ def _tables(src: Path) -> dict[str, dict[int, dict[str, Any]]]:
     return tables
 
 
-def read(src: Path, dst: Path, inter_group: bool = False, **_: Any) -> None:
+def read(
+    src: Path,
+    dst: Path,
+    inter_group: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    **_: Any,
+) -> None:
+    """`progress(done, total)` follows the masks being written."""
     t = _tables(src)
     field = "?"
     try:
@@ -114,7 +122,7 @@ def read(src: Path, dst: Path, inter_group: bool = False, **_: Any) -> None:
             groups.append(Group(str(gid), images, expressions, None, gmeta))
     except (KeyError, TypeError, ValueError) as e:
         raise GRDError(f"{src / PICKLE_DIR}: {field}: bad or missing field {e}") from None
-    mark_absent(groups, write_masks(dst, masks, _merge))  # an empty union is absent
+    mark_absent(groups, write_masks(dst, masks, _merge, progress))  # empty union: absent
     save(
         GRDDataset(
             groups,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,8 +203,10 @@ def read(
     refs: str | None = None,
     images: str | Path | None = None,
     group_size: int = 10,
+    progress: Callable[[int, int], None] | None = None,
     **_: Any,
 ) -> None:
+    """`progress(done, total)` follows the masks being written."""
     if group_by not in GROUP_BY:
         raise GRDError(f"--group-by {group_by}: choose from {', '.join(GROUP_BY)}")
     if group_size < 1:
@@ -236,7 +239,8 @@ def read(
             category = None if group_by == "image" else name
             groups.append(release.group(gid, split, chunk, category, dst, masks))
     # a ref whose annotations rasterise to nothing on its image is absent there
-    mark_absent(groups, write_masks(dst, masks, functools.partial(_rasterise, src / INSTANCES)))
+    rasterise = functools.partial(_rasterise, src / INSTANCES)
+    mark_absent(groups, write_masks(dst, masks, rasterise, progress))
     save(
         GRDDataset(
             groups,

@@ -71,10 +71,18 @@ def convert(
     """
     import contextlib
 
+    from rich.markup import escape
+
     from grd_tools.convert import convert as run
 
-    # a spinner on stderr while the work runs; silent when stderr is not a terminal
-    status = err_console.status(f"converting {src} -> {dst} ({to})")
+    # a spinner on stderr while the work runs, counting the masks a release's reader writes
+    # (most of its time); silent when stderr is not a terminal
+    what = escape(f"converting {src} -> {dst} ({to})")
+    status = err_console.status(what)
+
+    def masks_written(done: int, total: int) -> None:
+        status.update(f"{what}: {done:,} of {total:,} masks")
+
     with user_errors(), status if err_console.is_terminal else contextlib.nullcontext():
         out = run(
             src,
@@ -88,5 +96,6 @@ def convert(
             group_size=group_size,
             refs=refs,
             images=images,
+            progress=masks_written,
         )
     typer.echo(str(out))
