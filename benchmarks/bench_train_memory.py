@@ -3,7 +3,7 @@ synthetic sets of 2,000 and 20,000 images, and the preloaded (in-memory) loader 
 one, side by side in one run.
 
     python benchmarks/bench_train_memory.py [--steps 200] [--small 2000] [--large 20000]
-        [--repeats 2] [--before OTHER_CHECKOUT] [--sets DIR] [--speed-only]
+        [--repeats 2] [--before OTHER_CHECKOUT] [--sets DIR] [--speed-only] [--workers 2]
 
 Speed: the streaming and the preloaded loader on the small set alternate `--repeats` times;
 those runs are timed without the memory polling (reading /proc/PID/smaps_rollup of every
@@ -67,14 +67,21 @@ def tree_pss_kib(root: int) -> int:
 
 
 def run(
-    data: Path, out: Path, steps: int, preload: bool, code: Path, memory: bool = True
+    data: Path,
+    out: Path,
+    steps: int,
+    preload: bool,
+    code: Path,
+    memory: bool = True,
+    workers: int = 2,
 ) -> dict[str, float]:
-    """One `gres train`; `memory`: poll its tree's PSS and RSS (NaN otherwise)."""
+    """One `gres train`; `memory`: poll its tree's PSS and RSS (NaN otherwise); `workers`:
+    the streaming loader's processes (preloading reads in the main process)."""
     config = out.with_suffix(".yaml")
     config.write_text(
         "preset: tiny-synth\nimages_per_group: 6\ngroups_per_step: 4\nval_split: null\n"
         f"steps: {steps}\ncheckpoint_every: {steps}\nlog_every: 1\nwarmup_steps: 10\n"
-        f"preload: {str(preload).lower()}\nworkers: {0 if preload else 2}\n"
+        f"preload: {str(preload).lower()}\nworkers: {0 if preload else workers}\n"
     )
     cmd = [sys.executable, "-m", "gres_cli", "train", str(data), "--out", str(out)]
     start = time.perf_counter()
@@ -116,6 +123,7 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="another source tree to compare with")
     parser.add_argument("--sets", type=Path, help="keep the synthetic sets here (reused)")
     parser.add_argument("--speed-only", action="store_true", help="only the speed pairs")
+    parser.add_argument("--workers", type=int, default=2, help="the streaming loader's workers")
     args = parser.parse_args()
     here = Path(__file__).resolve().parents[1]
     trees = [("this", here)] + ([("before", args.before.resolve())] if args.before else [])
@@ -136,7 +144,8 @@ def main() -> None:
                 generate(sets[images], groups=images // 8, size=64)
                 print(f"generated {images} images in {time.perf_counter() - t:.0f} s", flush=True)
         for i, (name, code, images, preload, memory) in enumerate(plan):
-            r = run(sets[images], Path(tmp) / f"run{i}", args.steps, preload, code, memory)
+            r = run(sets[images], Path(tmp) / f"run{i}", args.steps, preload, code, memory,
+                    args.workers)  # fmt: skip
             rows.append((name, images, r, memory))
             print(f"{name}, {images} images: {r}", flush=True)
     print(f"\ngres train, tiny-synth, {args.steps} steps of 4 groups x 6 images at 64 px; "

@@ -132,7 +132,7 @@ class _Release:
                 targets: dict[str, str | None] = {i.id: None for i in images}
                 parts = self.ref_parts(ref)
                 if parts:
-                    targets[img.id] = f"masks/{gid}/ref-{ref['ref_id']}.png"
+                    targets[img.id] = f"masks/{gid}/ref-{int(ref['ref_id'])}.png"
                     masks[targets[img.id]] = MaskJob(parts, img.height, img.width)
                 text = str(sent.get("sent") or sent["raw"]).strip()
                 meta: dict[str, Any] = {"ref_id": int(ref["ref_id"]), "source_image": img.id}
@@ -170,7 +170,7 @@ def _rasterise(instances: Path, job: MaskJob) -> Any:
     for aid, segmentation in job.parts:
         try:
             m = decode_segmentation(segmentation, job.height, job.width)
-        except (ValueError, KeyError) as e:
+        except (ValueError, TypeError, KeyError) as e:
             raise GRDError(f"{instances}: annotation {aid}: {e}") from None
         mask = m if mask is None else mask | m
     return mask
