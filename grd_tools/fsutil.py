@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from grd_tools.errors import GRDError
+from grd_tools.paths import is_within
 
 
 def _umask() -> int:
@@ -46,9 +47,9 @@ def refuse_overlap(
     """Raise GRDError when `dst` is `src`, lies inside it, or contains it: writing DST would
     modify the source, and replacing it would delete the source."""
     s, d = Path(src).resolve(), Path(dst).resolve()
-    if d == s or s in d.parents:
+    if is_within(d, s):
         raise GRDError(f"{dst}: {dst_name} may not be SRC or lie inside it (SRC is never modified)")
-    if d in s.parents:
+    if is_within(s, d):
         raise GRDError(f"{dst}: {dst_name} contains SRC {src}; replacing it would delete SRC")
 
 

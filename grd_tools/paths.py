@@ -40,3 +40,10 @@ def resolve_inside(root: str | os.PathLike[str], rel: str, *, root_real: str | N
     if real != root_real and not real.startswith(os.path.join(root_real, "")):
         raise UnsafePathError(f"{rel!r}: resolves to {real}, outside the dataset root {root_real}")
     return Path(root) / rel
+
+
+def is_within(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """True when `path` is `folder` or lies inside it, compared as given (resolve both first to
+    compare where they really are)."""
+    path, folder = Path(path), Path(folder)
+    return path == folder or folder in path.parents

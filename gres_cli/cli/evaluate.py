@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from grd_tools.paths import is_within
 from gres_cli.cli.common import err_console, fail, user_errors, writable_folder
 
 
@@ -161,7 +162,7 @@ def evaluate(
         for source in (dataset, predictions):
             if target is not None and source is not None:
                 t, src = target.resolve(), source.resolve()
-                if t == src or src in t.parents:
+                if is_within(t, src):
                     fail(f"{option} {target}: is or lies inside the input {source}; pick another")
     if saving is not None:
         site = None
@@ -398,13 +399,13 @@ def _refuse_overlaps(
     where = folder.resolve()
     for source in inputs:
         src = source.resolve()
-        if where == src or src in where.parents or where in src.parents:
+        if is_within(where, src) or is_within(src, where):
             fail(f"{option} {folder}: is, holds or lies inside the input {source}; pick another")
     for name, other in outputs.items():
         if other is None:
             continue
         o = other.resolve()
-        if o == where or where in o.parents or o in where.parents:
+        if is_within(o, where) or is_within(where, o):
             fail(f"{option} {folder}: overlaps {name} {other}; pick another folder")
 
 

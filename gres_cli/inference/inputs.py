@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from grd_tools.paths import is_within
 from gres_cli.errors import GresError
 
 IMAGE_SUFFIXES = {
@@ -132,7 +133,7 @@ def check_out(out: Path, path: str, groups: list[ImageGroup]) -> None:
     target = out.resolve()
     if path != "-" and Path(path).is_dir():
         folder = Path(path).resolve()
-        if target == folder or folder in target.parents:
+        if is_within(target, folder):
             raise GresError(f"--out {out}: lies inside the input folder {path}; pick another")
     for g in groups:
         for image in g.images:

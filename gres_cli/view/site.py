@@ -29,6 +29,7 @@ from PIL import Image, ImageChops, ImageFilter
 from grd_tools.errors import GRDError
 from grd_tools.fsutil import atomic_output_dir, atomic_write_text, link_or_copy
 from grd_tools.imageio import open_image_reduced
+from grd_tools.paths import is_within
 
 #: marks a folder as a gres view site: only such a folder (or an empty one) is replaced
 MARKER = ".gres-view"
@@ -196,7 +197,7 @@ def open_site(out: Path, source: Path | None) -> Iterator[tuple[Path, Path | Non
     delete the input)."""
     out = out.absolute()
     source = source.absolute() if source is not None else None
-    if source is not None and (out == source or out in source.parents):
+    if source is not None and is_within(source, out):
         raise ViewError(f"--out {out}: holds the input {source}; choose another folder")
     if out.exists() and not out.is_dir():
         raise ViewError(f"--out {out}: is a file; give a folder")
