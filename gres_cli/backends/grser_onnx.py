@@ -23,6 +23,7 @@ from PIL import Image
 
 from gres_cli.backends.protocol import FirstPass, SecondPass
 from gres_cli.errors import ModelLoadError
+from gres_cli.model import hub
 from gres_cli.model import onnx_spec as spec
 from gres_cli.model.preprocess import (
     image_to_array,
@@ -91,7 +92,7 @@ class GRSerOnnxModel:
             raise ModelLoadError(
                 f'{folder}: an ONNX model needs onnxruntime: pip install "{EXTRA}"'
             ) from None
-        self.config = _json(folder / "config.json")
+        self.config = hub.read_config(folder)
         self.group = group
         self.input_size = int(self.config["image_size"])
         self.margin = float(self.config["margin"])

@@ -299,21 +299,19 @@ def self_check(net: GRSer, folder: Path) -> dict[str, float]:
 
 
 def _check_tokenizer(net: GRSer, folder: Path) -> None:
-    """The folder's tokenizer.json read by `tokenizers` alone (padding and truncation at T)
-    gives transformers' ids for every check expression and its anti-expression."""
-    from tokenizers import Tokenizer
+    """The folder's tokenizer.json read by the torch-free runtime's own `Tokenizer`
+    (`tokenizers` alone, padding and truncation at T) gives transformers' ids for every check
+    expression and its anti-expression."""
+    from gres_cli.backends.grser_onnx import Tokenizer
 
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    t = net.config.max_tokens
-    tok.enable_truncation(max_length=t)
-    pad = net.tokenizer.pad_token
-    tok.enable_padding(length=t, pad_id=tok.token_to_id(pad), pad_token=pad)
+    tokenize = Tokenizer(folder, net.config.max_tokens)
     for expression in CHECK_EXPRESSIONS:
         want = _tokenize(net, expression)
-        for row, text in enumerate((expression, spec.ANTI_PREFIX + expression)):
-            got = tok.encode(text)
-            if got.ids != want["input_ids"][row].tolist() or (
-                got.attention_mask != want["attention_mask"][row].tolist()
+        texts = [expression, spec.ANTI_PREFIX + expression]
+        ids, mask = tokenize(texts)
+        for row, text in enumerate(texts):
+            if ids[row].tolist() != want["input_ids"][row].tolist() or (
+                mask[row].tolist() != want["attention_mask"][row].tolist()
             ):
                 raise GresError(
                     f"self-check failed: tokenizer.json read by tokenizers tokenizes {text!r} "
