@@ -114,9 +114,6 @@ class Segmenter:
         self.keep_saliency = keep_saliency  # grey-level maps for the co-SOD metrics
         self.all_masks = all_masks  # masks of absent images too (a margin sweep needs them)
 
-    def _autocast(self) -> Any:
-        return self.runtime.autocast()
-
     def _batches(self, paths: list[Path], keep_photo: bool = False) -> Iterator[tuple]:
         """(image indices, prepared pixels on the device, original sizes, errors, photos) per
         batch of `paths`, decoded ahead of the model by the runtime's loader."""
@@ -213,7 +210,7 @@ class Segmenter:
                 yield ImageResult(job.number, images[k], job.job.group.images[images[k]], err)
         if not good:
             return
-        with self._autocast():
+        with self.runtime.autocast():
             first = self.model.first_pass(self.model.model_input(raw[good]), job.text)
         job.summaries.append(first.summary)
         for j, k in enumerate(good):
@@ -262,7 +259,7 @@ class Segmenter:
     def _query(self, job, experts, images, sizes, photos, raw, items) -> Iterator[ImageResult]:
         """Pass 2 on one batch (from cached items, or from pixels): presence, and masks at
         original size where wanted."""
-        with self._autocast():
+        with self.runtime.autocast():
             pixels = None if raw is None else self.model.model_input(raw)
             out = self.model.second_pass(pixels, job.text, experts, items)
         floats = self.runtime.floats  # float32 numpy on the host, whatever the model's arrays

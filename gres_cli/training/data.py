@@ -81,8 +81,13 @@ class StringTable:
         return len(self.ends)
 
     def __getitem__(self, i: int) -> str:
-        start = int(self.ends[i - 1]) if i > 0 else 0
-        return self.blob[start : int(self.ends[i])].decode("utf-8", "surrogateescape")
+        start, stop = _span(self.ends, i)
+        return self.blob[start:stop].decode("utf-8", "surrogateescape")
+
+
+def _span(ends: np.ndarray, i: int) -> tuple[int, int]:
+    """(start, stop) of run i of consecutive runs whose end offsets are `ends`."""
+    return (int(ends[i - 1]) if i > 0 else 0), int(ends[i])
 
 
 class SplitIndex:
@@ -147,9 +152,8 @@ class _GroupFiles(Sequence[tuple[Path, ...]]):
     def __getitem__(self, group: int) -> tuple[Path, ...]:  # type: ignore[override]
         if not 0 <= group < len(self):
             raise IndexError(group)
-        ends = self.index._group_ends
-        start = int(ends[group - 1]) if group > 0 else 0
-        return tuple(Path(self.index._images[i]) for i in range(start, int(ends[group])))
+        files = range(*_span(self.index._group_ends, group))
+        return tuple(Path(self.index._images[i]) for i in files)
 
 
 class _Items(Sequence[Item]):
@@ -165,8 +169,8 @@ class _Items(Sequence[Item]):
         if not 0 <= i < len(self):
             raise IndexError(i)
         x = self.index
-        start = int(x._item_ends[i - 1]) if i > 0 else 0
-        ids = x._target_ids[start : int(x._item_ends[i])].tolist()
+        start, stop = _span(x._item_ends, i)
+        ids = x._target_ids[start:stop].tolist()
         targets = tuple(None if t < 0 else Path(x._targets[t]) for t in ids)
         return Item(int(x._item_groups[i]), x._texts[i], targets)
 
