@@ -60,3 +60,37 @@ def user_errors() -> Iterator[None]:
         yield
     except user_errors_types() as e:
         fail(str(e))
+
+
+class ProgressBar:
+    """A long job's progress as a rich bar on stderr (drawn in a terminal only), and its
+    failures as lines: what a run (gres_cli.inference.run.Progress) tells a front end."""
+
+    def __init__(self, label: str, failed: str = "failed") -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        self.failed = failed
+        self.bar = Progress(
+            TextColumn(f"[bold]{label}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            console=err_console,
+            disable=not err_console.is_terminal,
+        )
+        self.task = self.bar.add_task(label, total=None)
+
+    def __enter__(self) -> ProgressBar:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def start(self, total: int) -> None:
+        self.bar.update(self.task, total=total)
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.advance(self.task, n)
+
+    def job_failed(self, message: str) -> None:
+        err_console.print(f"gres: {self.failed}: {message}", markup=False, soft_wrap=True)

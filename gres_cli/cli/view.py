@@ -72,6 +72,16 @@ def site_after_run(out: Path | None) -> Iterator[None]:
         raise
 
 
+def check_site_after_run(out: Path) -> None:
+    """`gres segment --view`: refuse, before any work, a site folder (OUT-view) that cannot
+    take the site (a file, or a folder that is not a gres site)."""
+    from gres_cli.view import default_out
+    from gres_cli.view.site import check_site_folder
+
+    with user_errors():
+        check_site_folder(default_out(out), out)
+
+
 def site_of_evaluation(result: dict[str, Any], report: Path | None, plots: Path | None) -> None:
     """`gres eval --view`: the site of the evaluation just made, beside --report (REPORT-view)
     or, without --report, in ./gres-eval-view; `plots` the --plots folder to show."""

@@ -48,6 +48,7 @@ class SavedPredictions:
             else "pass --save-predictions DIR (or another --report)"
         )
         self.previous = self._previous_settings()
+        self.run: Any = None  # the RunFolder of the temporary folder, from begin()
         self.writer: Any = None
         self.records = 0
         self._tmp: Path | None = None
@@ -82,12 +83,13 @@ class SavedPredictions:
                 if self.writer is not None:
                     self._writing(self.writer.drain)  # raises if a mask could not be written
             finally:
-                if self.writer is not None:
-                    self.writer.close()
+                if self.run is not None:
+                    self.run.close()
 
     def begin(self, engine: Any, model: str, revision: str | None, group: bool) -> None:
         """Claim the folder for this run's settings (GresError when DIR holds other ones)."""
-        from gres_cli.inference.writers import OutputWriter, run_settings, settings_difference
+        from gres_cli.inference.run import RunFolder, run_settings
+        from gres_cli.inference.writers import settings_difference
 
         settings = {
             "made_by": MADE_BY,
@@ -101,8 +103,8 @@ class SavedPredictions:
             )
         assert self._tmp is not None, "begin() runs inside writing()"
         self.margin = engine.margin
-        self.writer = OutputWriter(self._tmp, FORMAT, overlay=False, shown_as=self.out)
-        self.writer.claim(settings, overwrite=False)
+        self.run = RunFolder(self._tmp, FORMAT, overlay=False, shown_as=self.out)
+        self.writer = self.run.claim(settings).writer
 
     def add(self, group: str, expression: Any, name: str, result: Any) -> None:
         """One engine result of `expression` (a GRD expression) on the image whose outputs are

@@ -1,20 +1,16 @@
 """Outputs of `gres segment`: mask files, overlays and JSONL records, written atomically.
 
 `OUT/records.jsonl` lists every finished image (one JSON record per line, flushed as images
-finish); a re-run reads it and skips those images unless --overwrite, so an interrupted run
-resumes where it stopped. `OUT/settings.json` names what made those records (model, its config,
-margin, threshold, format...): a re-run with other settings is refused, so old answers are
-never passed off as answers of new settings.
+finish). Which answers are done, stale or refused, and `OUT/settings.json`, are the run's
+(gres_cli.inference.run.RunFolder); this module writes files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 from collections import deque
-from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TextIO
@@ -22,13 +18,14 @@ from typing import Any, TextIO
 import numpy as np
 from PIL import Image, ImageDraw
 
-from grd_tools.fsutil import atomic_write_bytes, atomic_write_text
+from grd_tools.fsutil import atomic_write_bytes
 from grd_tools.imageio import mask_png, mask_to_grey
 from grd_tools.paths import resolve_inside
-from gres_cli.errors import GresError
+from gres_cli.inference.lock import locked
 
 RECORDS = "records.jsonl"
 SETTINGS = "settings.json"
+RECORDS_LOCK = ".gres.records.lock"  # appends and rewrites of records.jsonl, between processes
 FORMATS = ("png", "npy", "rle", "none")
 
 
@@ -90,24 +87,6 @@ def read_record(line: str) -> dict[str, Any] | None:
     return rec
 
 
-def run_settings(
-    model: str, revision: str | None, engine: Any, fmt: str, overlay: bool, group: bool = True
-) -> dict[str, Any]:
-    """What makes a run's answers what they are, kept in OUT/settings.json: a re-run with
-    other settings is refused instead of passing the old answers off as new ones."""
-    from gres_cli.model.hub import model_identity
-
-    return {
-        **model_identity(model, revision),
-        "margin": engine.margin,
-        "threshold": engine.threshold,
-        "experts": engine.experts,
-        "format": fmt,
-        "overlay": overlay,
-        "group": group,
-    }
-
-
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     """COCO RLE (compressed counts as a string), decodable by pycocotools."""
     from pycocotools import mask as mask_utils
@@ -146,61 +125,6 @@ class OutputWriter:
         self._pending: deque[Future] = deque()
         self._queue_limit = 2 * self.threads  # images in flight: bounds the masks and photos held
 
-    def claim(self, settings: dict[str, Any], overwrite: bool) -> None:
-        """Make OUT the output of `settings` (a JSON-ready dict: `OUT/settings.json`).
-
-        OUT made with other settings (or by a gres that wrote none) is refused with a GresError
-        naming the first difference, unless `overwrite`: then its records are dropped, so no
-        old answer survives next to the new ones. Several processes sharing OUT (--shard,
-        torchrun) check and switch under one lock: only the first drops the records."""
-        with _locked(self.out / ".gres.lock"):
-            path = self.out / SETTINGS
-            try:
-                old = json.loads(path.read_text("utf-8")) if path.exists() else None
-            except (OSError, json.JSONDecodeError):
-                old = {}
-            if old == settings:
-                return
-            if old is None and not (self.out / RECORDS).stat().st_size:
-                difference = None  # a fresh OUT
-            elif old is None:
-                difference = "records but no settings.json (made by an older gres)"
-            else:
-                difference = settings_difference(old, settings)
-            if difference is not None and not overwrite:
-                raise GresError(
-                    f"--out {self.out}: holds outputs made with {difference}; pass --overwrite "
-                    "to redo them, or pick another --out"
-                )
-            self._records.truncate(0)
-            atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
-
-    def refuse_clash(self, images: set[str], expression: str) -> None:
-        """Output files are named after their image, not the expression: refuse (GresError)
-        when OUT holds files of one of `images` for another expression, which this run would
-        overwrite under a record that still points at them."""
-        if self.fmt not in ("png", "npy") and not self.overlay:
-            return  # this run writes no per-image file
-        for (image, text), rec in self.finished().items():
-            if image in images and text != expression and (rec.get("mask") or rec.get("overlay")):
-                raise GresError(
-                    f"--out {self.out}: holds the outputs of {image} for {text!r}, which "
-                    f"{expression!r} would overwrite; pick another --out"
-                )
-
-    def finished(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """Records of images already done, keyed by (image, expression)."""
-        done = {}
-        path = self.out / RECORDS
-        for line in path.read_text("utf-8").splitlines() if path.exists() else []:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash: that image is redone
-                continue
-            if rec.get("error") is None:
-                done[(rec["image"], rec["expression"])] = rec
-        return done
-
     def output_path(self, group: str, name: str, suffix: str) -> Path:
         """OUT/<group>/<name><suffix>, refused (GRDError) unless it resolves inside OUT."""
         return resolve_inside(self.out, f"{group}/{name}{suffix}")
@@ -238,8 +162,11 @@ class OutputWriter:
     def _append_next(self) -> dict[str, Any]:
         record = self._pending[0].result()  # popped only once done: Ctrl-C here loses nothing
         self._pending.popleft()
-        self._records.write(json.dumps(record) + "\n")
-        self._records.flush()
+        # processes sharing OUT (shards) append whole lines, one at a time; a rewrite of the
+        # file (--overwrite) waits for the line being appended
+        with locked(self.out / RECORDS_LOCK):
+            self._records.write(json.dumps(record) + "\n")
+            self._records.flush()
         return record
 
     def _write_files(
@@ -289,22 +216,6 @@ def settings_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
             label = options.get(key, f"--{key.replace('_', '-')}")
             return f"{label} {old.get(key)!r}, not {new.get(key)!r}"
     return "other settings"
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock between processes (POSIX flock; no lock where there is none)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: processes sharing one OUT are not coordinated
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def draw_overlay(photo: Image.Image, mask: np.ndarray, record: dict[str, Any]) -> Image.Image:

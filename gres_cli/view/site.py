@@ -187,6 +187,25 @@ def default_out(path: Path) -> Path:
     return path.with_name(f"{path.stem if path.is_file() else path.name}-view")
 
 
+def check_site_folder(out: Path, source: Path | None) -> Path | None:
+    """The previous site at `out` (None: `out` is new or empty), or ViewError: `out` is a file,
+    a non-empty folder that is not a gres view site, or a folder holding `source` (replacing
+    it would delete the input)."""
+    out = out.absolute()
+    source = source.absolute() if source is not None else None
+    if source is not None and is_within(source, out):
+        raise ViewError(f"--out {out}: holds the input {source}; choose another folder")
+    if out.exists() and not out.is_dir():
+        raise ViewError(f"--out {out}: is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise ViewError(
+                f"--out {out}: not empty and not a gres view site; give a new or empty folder"
+            )
+        return out
+    return None
+
+
 @contextlib.contextmanager
 def open_site(out: Path, source: Path | None) -> Iterator[tuple[Path, Path | None]]:
     """Yield (temporary folder to build the site in, the previous site at `out` or None).
@@ -196,18 +215,7 @@ def open_site(out: Path, source: Path | None) -> Iterator[tuple[Path, Path | Non
     folder that is not a gres view site, or a folder holding `source` (replacing it would
     delete the input)."""
     out = out.absolute()
-    source = source.absolute() if source is not None else None
-    if source is not None and is_within(source, out):
-        raise ViewError(f"--out {out}: holds the input {source}; choose another folder")
-    if out.exists() and not out.is_dir():
-        raise ViewError(f"--out {out}: is a file; give a folder")
-    previous = None
-    if out.is_dir() and any(out.iterdir()):
-        if not (out / MARKER).is_file():
-            raise ViewError(
-                f"--out {out}: not empty and not a gres view site; give a new or empty folder"
-            )
-        previous = out
+    previous = check_site_folder(out, source)
     with atomic_output_dir(out, overwrite=True) as tmp:
         yield tmp, previous
         for name in STATIC_FILES:
