@@ -56,7 +56,11 @@ def _folder_name(folder: Path) -> str:
 def _stdin_groups(lines: Iterable[str]) -> list[ImageGroup]:
     """Paths grouped by their parent FOLDER (its full path, not its name): `a/day1/1.png` and
     `b/day1/1.png` are two groups. One folder's group takes the folder's name; several are named
-    by their path below the folders' common ancestor (`day1`, `a/day1` and `b/day1`...)."""
+    by their path below the folders' common ancestor (`day1`, `a/day1` and `b/day1`...).
+
+    Names come from the folders that hold at least one listed image: a mistyped path from a
+    folder that does not exist gets an error record in a group of its own, and never renames
+    the others' groups (a corrected re-run then finds every good image's answer in place)."""
     by_parent: dict[Path, list[Path]] = {}
     seen: set[Path] = set()
     for line in lines:
@@ -69,10 +73,22 @@ def _stdin_groups(lines: Iterable[str]) -> list[ImageGroup]:
             by_parent.setdefault(real.parent, []).append(p)
     if not by_parent:
         raise GresError("no image paths on standard input")
-    if len(by_parent) == 1:
+    found = {k: v for k, v in by_parent.items() if any(p.is_file() for p in v)}
+    lost = {k: v for k, v in by_parent.items() if k not in found}
+    return _named_by_folder(found) + _named_by_folder(lost, within=by_parent)
+
+
+def _named_by_folder(
+    by_parent: dict[Path, list[Path]], within: dict[Path, list[Path]] | None = None
+) -> list[ImageGroup]:
+    """Groups of `by_parent`, one folder's named after it, several by their path below the
+    common ancestor of `within`'s folders (default: their own)."""
+    if not by_parent:
+        return []
+    if len(by_parent) == 1 and within is None:
         ((parent, images),) = by_parent.items()
         return [ImageGroup(parent.name or "root", images)]
-    common = Path(os.path.commonpath([str(p) for p in by_parent]))
+    common = Path(os.path.commonpath([str(p) for p in within or by_parent]))
     top = common.name or "root"
     return [
         ImageGroup((Path(top) / parent.relative_to(common)).as_posix(), images)

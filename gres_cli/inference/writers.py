@@ -208,6 +208,9 @@ def settings_difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     options = {
         "expression": "EXPRESSION",
         "config_sha256": "the model's config.json",
+        "weights_sha256": "the model's weights (its files changed)",
+        "commit": "the model's Hub commit",
+        "backend_identity": "the backend the settings folder names",
         "dataset_sha256": "the dataset's grd.json",
         "layout": "the layout (--jobs: masks in a folder per expression)",
     }

@@ -82,16 +82,96 @@ def resolve_model_dir(
 
 
 def model_identity(model_id: str | os.PathLike[str], revision: str | None = None) -> dict[str, Any]:
-    """What names a model in a run's settings: the id or folder as given, the revision, and the
-    SHA-256 of its config.json (a retrained folder at the same path is another model)."""
+    """What names a model in a run's settings, by what it is, not how it was typed:
+
+    - `model`: a local folder as its absolute path (`onnx` and `./onnx/` are one model), a Hub
+      id as the id, with `commit`, the commit the revision resolved to;
+    - `config_sha256` and, for a local folder, `weights_sha256`: a digest of its files (a
+      folder retrained or re-exported in place is another model). A settings folder
+      (gres-backend) adds the identity of the backend it names (`backend_identity`).
+    """
     import hashlib
 
-    config = resolve_model_dir(model_id, revision) / CONFIG_FILE
+    folder = resolve_model_dir(model_id, revision)
+    config = folder / CONFIG_FILE
     try:
-        digest = hashlib.sha256(config.read_bytes()).hexdigest()
+        data = config.read_bytes()
     except OSError as e:
         raise ModelLoadError(f"{config}: cannot read ({e.strerror})") from None
-    return {"model": str(model_id), "revision": revision, "config_sha256": digest}
+    local = Path(model_id).is_dir()
+    identity: dict[str, Any] = {
+        "model": os.path.abspath(model_id) if local else str(model_id),
+        "revision": revision,
+        "config_sha256": hashlib.sha256(data).hexdigest(),
+    }
+    if local:
+        identity["weights_sha256"] = folder_digest(folder)
+    else:  # the Hub cache keeps a snapshot per commit: its folder is named after it
+        identity["commit"] = folder.name
+    named = read_config(folder)
+    if named.get("model_type") == "gres-backend" and isinstance(named.get("backend"), str):
+        backend = named["backend"]
+        if not Path(backend).is_absolute() and (folder / backend).is_dir():
+            backend = str(folder / backend)
+        identity["backend_identity"] = model_identity(backend, named.get("revision"))
+    return identity
+
+
+def folder_digest(folder: Path) -> str:
+    """SHA-256 over a model folder's files (names and contents; the card README.md and hidden
+    files left out). Each file's digest is cached by (path, size, mtime) in the user's cache
+    (`file_sha256`), so a multi-GB checkpoint is read once, not on every run."""
+    import hashlib
+
+    total = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        name = path.relative_to(folder).as_posix()
+        if name == "README.md" or any(part.startswith(".") for part in name.split("/")):
+            continue
+        total.update(f"{name}\0{file_sha256(path)}\n".encode())
+    return total.hexdigest()
+
+
+def digest_cache() -> Path:
+    """Where file digests are cached: $GRES_CACHE, else $XDG_CACHE_HOME/gres, else
+    ~/.cache/gres."""
+    if os.environ.get("GRES_CACHE"):
+        return Path(os.environ["GRES_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "gres"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, cached by its absolute path, size and mtime (a rewrite changes the
+    mtime, so a changed file is hashed again; an unwritable cache only costs the re-read)."""
+    import hashlib
+
+    stat = path.stat()
+    key = os.path.abspath(path)
+    stamp = [stat.st_size, stat.st_mtime_ns]
+    cache_file = digest_cache() / "file-digests.json"
+    try:
+        cache = json.loads(cache_file.read_text("utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    hit = cache.get(key)
+    if isinstance(hit, list) and hit[:2] == stamp and len(hit) == 3:
+        return str(hit[2])
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    cache[key] = [*stamp, digest.hexdigest()]
+    try:
+        from grd_tools.fsutil import atomic_write_text
+
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache_file, json.dumps(cache))
+    except OSError:
+        pass  # a read-only home: the digest is only recomputed next time
+    return digest.hexdigest()
 
 
 def read_config(folder: Path) -> dict[str, Any]:
