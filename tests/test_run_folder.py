@@ -289,3 +289,21 @@ def test_a_python_run_resumes_where_it_stopped(model_dir: Path, photos: Path, tm
         RunFolder(tmp_path / "out").open(engine, str(model_dir)),
     ):
         RunFolder(tmp_path / "out").open(engine, str(model_dir))
+
+
+def test_the_readme_python_run_resumes_when_run_again(tmp_path: Path, monkeypatch):
+    """The README's "From Python" block, as written, twice: the second run skips every image."""
+    from conftest import REPO
+
+    text = (REPO / "README.md").read_text().split("## From Python", 1)[1]
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    monkeypatch.chdir(tmp_path)
+    first: dict = {}
+    exec(code, first)
+    again: dict = {}
+    exec(code, again)
+    total = sum(first["summary"].counts.values())
+    assert total == len(list((REPO / "examples/synth-demo/images").rglob("*.png")))
+    assert again["summary"].counts["skipped"] == total
+    assert again["summary"].records == first["summary"].records

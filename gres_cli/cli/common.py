@@ -11,7 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -77,7 +77,8 @@ class ProgressBar:
             console=err_console,
             disable=not err_console.is_terminal,
         )
-        self.task = self.bar.add_task(label, total=None)
+        self.label = label
+        self.task: Any = None  # added at start(): a bar that never starts draws nothing
 
     def __enter__(self) -> ProgressBar:
         self.bar.__enter__()
@@ -87,10 +88,11 @@ class ProgressBar:
         self.bar.__exit__(None, None, None)
 
     def start(self, total: int) -> None:
-        self.bar.update(self.task, total=total)
+        self.task = self.bar.add_task(self.label, total=total)
 
     def advance(self, n: int = 1) -> None:
-        self.bar.advance(self.task, n)
+        if self.task is not None:
+            self.bar.advance(self.task, n)
 
     def job_failed(self, message: str) -> None:
         err_console.print(f"gres: {self.failed}: {message}", markup=False, soft_wrap=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +10,7 @@ import typer
 from rich.markup import escape
 
 from grd_tools.paths import is_within
-from gres_cli.cli.common import err_console, fail, user_errors, writable_folder
+from gres_cli.cli.common import ProgressBar, err_console, fail, user_errors, writable_folder
 
 
 def evaluate(
@@ -133,37 +132,23 @@ def evaluate(
 
     Example: `gres eval data/synth --model examples/demo-model --split test --report r.json`
     """
-    from gres_cli.evaluation.run import (
-        FolderPredictions,
-        JsonlPredictions,
-        Scorer,
-        dataset_hash,
-        open_dataset,
-        score_model,
-        score_predictions,
-        sweep_metrics,
-    )
-    from gres_cli.metrics.cosod import REFERENCES
-    from gres_cli.metrics.masks import PROTOCOLS
+    from gres_cli.evaluation import report as library
 
-    if protocol not in PROTOCOLS:
-        fail(f"--protocol {protocol!r}: choose from {', '.join(PROTOCOLS)}")
-    if cosod_reference not in REFERENCES:
-        fail(f"--cosod-reference {cosod_reference!r}: choose from {', '.join(REFERENCES)}")
-
-    if (model is None) == (predictions is None):
-        fail("pass exactly one of --model or --predictions")
-    if save_predictions is not None and model is None:
-        fail("--save-predictions needs --model (--predictions are saved already)")
+    options = library.EvalOptions(model, predictions, revision, split, margin, protocol)
+    options.cosod_reference, options.strict, options.group = cosod_reference, strict, not no_group
+    options.calibrate, options.save_predictions = calibrate, save_predictions
+    options.engine = {"device": device, "batch_size": batch_size, "workers": workers}
+    with user_errors():
+        options.margins = library.parse_numbers(margins, "--margins", "-0.2,0,0.2")
+        options.group_weights = library.parse_numbers(group_weights, "--group-weights", "0,0.5,1")
+        options.check(save_calibrated)
     saving, saving_option = save_predictions, "--save-predictions"
     if saving is None and view and model is not None:  # the site's galleries need the masks
         saving, saving_option = _predictions_beside(report), "--view"
     for option, target in (("--report", report), ("--plots", plots)):  # never onto an input
         for source in (dataset, predictions):
-            if target is not None and source is not None:
-                t, src = target.resolve(), source.resolve()
-                if is_within(t, src):
-                    fail(f"{option} {target}: is or lies inside the input {source}; pick another")
+            if target and source and is_within(target.resolve(), source.resolve()):
+                fail(f"{option} {target}: is or lies inside the input {source}; pick another")
     if saving is not None:
         site = None
         if view:  # where site_of_evaluation puts it
@@ -171,151 +156,27 @@ def evaluate(
         model_folder = [Path(model)] if model is not None and Path(model).exists() else []
         outputs = {"--report": report, "--plots": plots, "--save-calibrated": save_calibrated}
         outputs["the --view site"] = site
-        _refuse_overlaps(saving, saving_option, [dataset, *model_folder], outputs)
+        with user_errors():
+            library.check_overlaps(saving, saving_option, [dataset, *model_folder], outputs)
     if report is not None:  # before the work, not after it
         if report.is_dir():
             fail(f"--report {report}: is a folder; give a file name such as report.json")
         writable_folder(report.parent, "--report")
     if plots is not None:
         writable_folder(plots, "--plots")
-    sweep: list[float] = []
-    if margins is not None:
-        if model is None:
-            fail("--margins needs --model (saved predictions hold decisions, not masks for all m)")
-        try:
-            sweep = sorted({float(x) for x in margins.split(",") if x.strip()})
-        except ValueError:
-            fail(f"--margins {margins!r}: expected numbers like -0.2,0,0.2")
-    if calibrate is not None and not sweep:
-        fail("--calibrate needs --margins")
-    weights: list[float] = []
-    if group_weights is not None:
-        if not sweep:
-            fail("--group-weights needs --margins")
-        try:
-            weights = sorted({float(x) for x in group_weights.split(",") if x.strip()})
-        except ValueError:
-            fail(f"--group-weights {group_weights!r}: expected numbers like 0,0.5,1")
-        if any(w < 0 for w in weights):
-            fail("--group-weights must be >= 0")
-    if save_calibrated is not None and calibrate is None:
-        fail("--save-calibrated needs --calibrate METRIC (and --margins)")
-    if save_calibrated is not None:
-        if save_calibrated.exists():
-            fail(f"--save-calibrated {save_calibrated}: already exists; choose a new folder")
-        from gres_cli.backends.settings import calibrated
-
-        with user_errors():  # a GRSer or an unknown model is refused before the work
-            calibrated(model, revision, 0.0, {})
-    if calibrate is not None and calibrate not in sweep_metrics(protocol):
-        names = ", ".join(sweep_metrics(protocol))
-        fail(f"--calibrate {calibrate!r}: not a metric of the margin sweep ({names})")
-    with user_errors(), open_dataset(dataset) as (ds, source_format):
-        if split is None:
-            split = "test" if any(g.split == "test" for g in ds.groups) else None
-        scorer = Scorer(protocol, cosod_reference, strict)
-        resolution = scorer.masks.protocol.resolution
-        settings = {"protocol": protocol, "resolution": resolution, "split": split}
-        if scorer.cosod is not None:
-            settings["cosod_reference"] = cosod_reference
-        settings["dataset"] = str(dataset)
-        settings["dataset_format"] = source_format
-        settings["dataset_sha256"] = dataset_hash(ds.root)
-        missing: list[str] = []
-        saved = None
-        if saving is not None and source_format != "grd" and saving_option == "--view":
-            saving = None  # records of a temporary conversion's images: galleries need GRD
-        elif saving is not None and source_format != "grd":
-            fail(
-                f"--save-predictions: {dataset} is read through a temporary conversion from "
-                f"{source_format}; convert it with gres grd convert --to grd and evaluate that"
-            )
-        elif saving is not None:
-            from gres_cli.evaluation.saved import SavedPredictions
-
-            saved = SavedPredictions(saving, saving_option, settings["dataset_sha256"], split)
-        if predictions is not None:
-            if not predictions.exists():
-                fail(f"--predictions {predictions}: no such file or folder")
-            source = (
-                FolderPredictions(predictions)
-                if predictions.is_dir()
-                else JsonlPredictions(predictions)
-            )
-            scorer, missing = score_predictions(ds, source, split, scorer)
-            settings["predictions"] = str(predictions)
-        else:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-            progress = Progress(
-                TextColumn("[bold]eval"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                console=err_console,
-                disable=not err_console.is_terminal,
-            )
-            with progress, saved.writing() if saved else contextlib.nullcontext():
-                task = progress.add_task("pairs", total=sum(1 for _ in ds.pairs(split)))
-                scorer, used, sweeps, weighed = score_model(
-                    ds,
-                    model,
-                    split,
-                    margin,
-                    sweep,
-                    scorer,
-                    revision=revision,
-                    on_scored=lambda n: progress.advance(task, n),
-                    group=not no_group,
-                    group_weights=weights,
-                    saved=saved,
-                    device=device,
-                    batch_size=batch_size,
-                    workers=workers,
-                )
-            settings.update(
-                {"model": model, "revision": revision, "margin": used, "group": not no_group}
-            )
-            if saved is not None:
-                settings["saved_predictions"] = str(saved.records_file)
-                err_console.print(
-                    escape(f"predictions: {saved.out} ({saved.records} records)"), soft_wrap=True
-                )
-    meter = scorer.masks
-    metrics = scorer.metrics()
-    missing += scorer.left_out
-    result = {
-        "metrics": metrics,
-        "settings": settings,
-        "pairs": meter.pairs,
-        "left_out": len(scorer.left_out),
-        "missing": missing,
-        "warnings": scorer.warnings,
-        "groups": meter.per_group(),
-    }
-    if sweep:
-        curve = {str(m): sweeps[m].compute() for m in sweep}
-        result["margin_sweep"] = curve
-        if calibrate is not None:
-            best = max(sweep, key=lambda m: (curve[str(m)][calibrate], -abs(m)))
-            result["calibrated"] = {"metric": calibrate, "margin": best, **curve[str(best)]}
-            weight = None
-            if weighed:
-                result["group_weight_sweep"] = {
-                    str(w): {str(m): weighed[w, m].compute() for m in sweep} for w in weights
-                }
-                weight, best = max(
-                    weighed, key=lambda wm: (weighed[wm].compute()[calibrate], -abs(wm[1]))
-                )
-                result["calibrated"] = {
-                    "metric": calibrate,
-                    "margin": best,
-                    "group_weight": weight,
-                    **weighed[weight, best].compute(),
-                }
-            if save_calibrated is not None:
-                _save_calibrated(
-                    save_calibrated, model, revision, best, weight, calibrate, settings
-                )
+    options.save_predictions, options.saving_option = saving, saving_option
+    bar = ProgressBar("eval")
+    with user_errors(), bar:
+        done = library.evaluate(dataset, options, bar.start, bar.advance)
+        if save_calibrated is not None:
+            chosen = library.save_calibrated(save_calibrated, model, revision, done.report)
+            err_console.print(f"wrote gres-backend settings ({chosen}) to {save_calibrated}")
+    result = done.report
+    if done.saved is not None:
+        saved = done.saved
+        err_console.print(
+            escape(f"predictions: {saved.out} ({saved.records} records)"), soft_wrap=True
+        )
     if report is not None:
         from grd_tools.fsutil import atomic_write_text
 
@@ -323,57 +184,19 @@ def evaluate(
     if plots is not None:
         from gres_cli.evaluation.plots import write_plots
 
+        meter, settings = done.scorer.masks, result["settings"]
         with user_errors():
             written = write_plots(
                 plots,
-                f"{dataset.name}: {meter.pairs} pairs, protocol {protocol} ({resolution})",
+                f"{dataset.name}: {meter.pairs} pairs, protocol {protocol} "
+                f"({settings['resolution']})",
                 meter.iou_histogram(),
                 meter.confusion(),
                 result.get("margin_sweep"),
-                scorer.cosod.curves() if scorer.cosod is not None else None,
+                done.scorer.cosod.curves() if done.scorer.cosod is not None else None,
             )
         err_console.print(escape(f"plots: {', '.join(str(p) for p in written)}"))
-    from rich.table import Table
-
-    table = Table(
-        title=f"gres eval ({meter.pairs} pairs, protocol {protocol}, {resolution} resolution)"
-    )
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in metrics.items():
-        table.add_row(k, f"{v:.4f}")
-    err_console.print(table)
-    if scorer.left_out:
-        err_console.print(
-            f"{len(scorer.left_out)} pairs left out (image or prediction unreadable; see "
-            "`missing` in the report)"
-        )
-    if len(missing) > len(scorer.left_out):
-        err_console.print(
-            f"{len(missing) - len(scorer.left_out)} pairs had no prediction (counted as empty)"
-        )
-    for line in scorer.warnings[:5]:
-        err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
-    if len(scorer.warnings) > 5:
-        err_console.print(f"... {len(scorer.warnings) - 5} more warnings (see --report)")
-    if sweep:
-        table = Table(title="margin sweep (one forward pass)")
-        for col in ("m", "acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc"):
-            table.add_column(col, justify="right")
-        for m in sweep:
-            row = result["margin_sweep"][str(m)]
-            table.add_row(
-                f"{m:g}",
-                *(f"{row[k]:.4f}" for k in ("acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc")),
-            )
-        err_console.print(table)
-        if "calibrated" in result:
-            c = result["calibrated"]
-            also = f" with group weight {c['group_weight']:g}" if "group_weight" in c else ""
-            err_console.print(
-                f"calibrated: --margin {c['margin']:g}{also} maximises {calibrate} "
-                f"({c[calibrate]:.4f})"
-            )
+    _print_summary(result, calibrate)
     if report is None and not err_console.is_terminal:
         typer.echo(json.dumps(result))
     if view:
@@ -382,55 +205,56 @@ def evaluate(
         site_of_evaluation(result, report, plots)
 
 
+def _print_summary(result: dict, calibrate: str | None) -> None:
+    """The metrics, what was left out, warnings and the margin sweep, as tables on stderr."""
+    from rich.table import Table
+
+    settings = result["settings"]
+    table = Table(
+        title=f"gres eval ({result['pairs']} pairs, protocol {settings['protocol']}, "
+        f"{settings['resolution']} resolution)"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result["metrics"].items():
+        table.add_row(k, f"{v:.4f}")
+    err_console.print(table)
+    left_out, warnings = result["left_out"], result["warnings"]
+    if left_out:
+        err_console.print(
+            f"{left_out} pairs left out (image or prediction unreadable; see `missing` in the "
+            "report)"
+        )
+    if len(result["missing"]) > left_out:
+        err_console.print(
+            f"{len(result['missing']) - left_out} pairs had no prediction (counted as empty)"
+        )
+    for line in warnings[:5]:
+        err_console.print(f"[yellow]warning:[/] {escape(line)}", soft_wrap=True)
+    if len(warnings) > 5:
+        err_console.print(f"... {len(warnings) - 5} more warnings (see --report)")
+    if "margin_sweep" in result:
+        columns = ("acc", "f1", "mIoU", "oIoU", "N-acc", "T-acc")
+        table = Table(title="margin sweep (one forward pass)")
+        for col in ("m", *columns):
+            table.add_column(col, justify="right")
+        for m, row in result["margin_sweep"].items():
+            table.add_row(f"{float(m):g}", *(f"{row[k]:.4f}" for k in columns))
+        err_console.print(table)
+    if "calibrated" in result:
+        c = result["calibrated"]
+        also = f" with group weight {c['group_weight']:g}" if "group_weight" in c else ""
+        err_console.print(
+            f"calibrated: --margin {c['margin']:g}{also} maximises {calibrate} ({c[calibrate]:.4f})"
+        )
+
+
 def _predictions_beside(report: Path | None) -> Path:
     """Where `--view` saves a --model run's predictions: REPORT-predictions beside the report
     (the name of the site, REPORT-view, with another suffix), else ./gres-eval-predictions."""
     if report is None:
         return Path("gres-eval-predictions")
     return report.with_name(f"{report.stem}-predictions")
-
-
-def _refuse_overlaps(
-    folder: Path, option: str, inputs: list[Path], outputs: dict[str, Path | None]
-) -> None:
-    """The predictions folder is replaced when the evaluation ends: it may not be, hold or lie
-    inside an input (the dataset, a model folder) nor another output of the run (one line,
-    exit 2, before any work)."""
-    where = folder.resolve()
-    for source in inputs:
-        src = source.resolve()
-        if is_within(where, src) or is_within(src, where):
-            fail(f"{option} {folder}: is, holds or lies inside the input {source}; pick another")
-    for name, other in outputs.items():
-        if other is None:
-            continue
-        o = other.resolve()
-        if is_within(o, where) or is_within(where, o):
-            fail(f"{option} {folder}: overlaps {name} {other}; pick another folder")
-
-
-def _save_calibrated(
-    out: Path,
-    model: str,
-    revision: str | None,
-    margin: float,
-    weight: float | None,
-    metric: str,
-    settings: dict,
-) -> None:
-    from grd_tools.fsutil import atomic_output_dir
-    from gres_cli.backends.settings import calibrated
-
-    note = {"metric": metric, "dataset_sha256": settings["dataset_sha256"]}
-    note |= {"split": settings["split"], "group": settings["group"]}
-    with user_errors():
-        found = calibrated(model, revision, margin, note)
-        if weight is not None:
-            found.group_weight = weight
-        with atomic_output_dir(out) as tmp:
-            found.write(tmp)
-    chosen = f"m = {margin:g}" + ("" if weight is None else f", gamma = {weight:g}")
-    err_console.print(f"wrote gres-backend settings ({chosen}) to {out}")
 
 
 def register(app: typer.Typer) -> None:
