@@ -83,6 +83,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # GRES_HYPOTHESIS_TRACE=DIR: each process writes DIR/<worker>.json, {test: [examples, sha256 of
 # the examples' reprs in order]}: runs that drew the same examples write the same digests.
+# GRES_HYPOTHESIS_TRACE_ONLY=1 records the examples without running the tests' bodies (a test
+# body does not steer what is drawn next unless it fails), for a quick comparison of runs.
 _TRACE: dict[str, Any] = {}
 
 
@@ -103,6 +105,8 @@ def _traced(name: str, test: Any, fixtures: set[str]) -> Any:
         count, digest = _TRACE.get(name, (0, hashlib.sha256()))
         digest.update(repr(drawn).encode())
         _TRACE[name] = (count + 1, digest)
+        if os.environ.get("GRES_HYPOTHESIS_TRACE_ONLY"):
+            return None
         return test(*args, **kwargs)
 
     return traced

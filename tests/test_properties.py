@@ -407,8 +407,8 @@ CliRunner().invoke(
     app, ["eval", str(GRD), "--predictions", str(TEMPLATES / "p.jsonl"), "--report", str(REPORT)]
 )
 REPORT_DOC = json.loads(REPORT.read_text())
-REPORT_DOC["settings"]["predictions"] = "p.jsonl"  # no example carries a template path
-REPORT_DOC["dataset"] = "data"
+# no example carries a template path (test_hypothesis_profiles.py would see it)
+REPORT_DOC["settings"] |= {"predictions": "p.jsonl", "dataset": "data"}
 
 
 @given(
