@@ -266,6 +266,17 @@ def test_generated_jsonl_predictions_score_or_fail_in_one_line(lines: list[str])
         _check(result, (0, 2))
 
 
+def test_an_rle_larger_than_any_image_is_refused_before_it_is_decoded(tmp_path: Path):
+    """A record's rle size is read before its counts are decoded: 2^20 x 2^20 pixels would be
+    a terabyte of mask (a MemoryError traceback, or the machine's memory)."""
+    predictions = tmp_path / "p.jsonl"
+    huge = {**RECORD, "rle": {"size": [2**20, 2**20], "counts": "0"}}
+    predictions.write_text(json.dumps(huge) + "\n")
+    result = CliRunner().invoke(app, ["eval", str(GRD), "--predictions", str(predictions)])
+    _check(result, (2,))
+    assert "1048576x1048576 pixels: more than any image gres reads" in result.stderr
+
+
 # --- the other readers: hf, CoSOD, D³, RefCOCO ----------------------------------------------
 
 HF = TEMPLATES / "hf"

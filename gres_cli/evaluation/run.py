@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from grd_tools.format import MANIFEST, GRDDataset, Pair
-from grd_tools.imageio import read_mask
+from grd_tools.imageio import MAX_IMAGE_PIXELS, read_mask
 from grd_tools.paths import resolve_inside
 from gres_cli.errors import GresError
 from gres_cli.inference.writers import read_record
@@ -208,6 +208,8 @@ def _mask_fault(rec: dict) -> str | None:
         )
         if not sized or not isinstance(rle.get("counts"), str):
             return '"rle" is not a COCO RLE ({"size": [height, width], "counts": "..."})'
+        if size[0] * size[1] > MAX_IMAGE_PIXELS:  # decoding it would take the memory first
+            return f'"rle" of {size[1]}x{size[0]} pixels: more than any image gres reads'
     elif mask and not isinstance(mask, str):
         return '"mask" is not a file name'
     return None
