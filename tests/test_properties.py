@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import io
 import json
 import math
 import os
@@ -286,7 +287,19 @@ HF_ROWS = pq.read_table(HF_SHARD).to_pylist()
 HF_SCHEMA = pq.read_schema(HF_SHARD)  # keeps the `datasets` features in its metadata
 
 
+def _empty_mask_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (12, 10), 0).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+_PRESENT = next(i for i, row in enumerate(HF_ROWS) if row["present"])
+
+
 @given(rows=mutated(HF_ROWS, typed=True))
+# a row marked present whose mask is all zero: convert exited 0 with an empty-mask-present
+# dataset (the other readers write such a target as absent)
+@example(rows=_replaced(HF_ROWS, (_PRESENT, "mask", "bytes"), _empty_mask_png()))
 def test_mutated_hf_rows_convert_or_fail_in_one_line(rows: list[dict]):
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
