@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from grd_tools.errors import GRDError
-from grd_tools.paths import resolve_inside
+from grd_tools.paths import check_relative
 from gres_cli.backends.protocol import FirstPass, SecondPass
 from gres_cli.errors import ModelLoadError
 from gres_cli.model import hub
@@ -102,10 +102,12 @@ def _graph_files(config: dict[str, Any], folder: Path, where: Path) -> dict[str,
     files = {}
     for name in (spec.TEXT, spec.ENCODE, spec.QUERY):
         file = graphs.get(name, spec.GRAPH_FILES[name])
+        # the name's text only: in the Hub cache every file is a symlink out to a blob
         try:
             if not isinstance(file, str):
                 raise TypeError(file)
-            files[name] = resolve_inside(folder, file)
+            check_relative(file)
+            files[name] = folder / file
         except (GRDError, TypeError, ValueError):
             raise ModelLoadError(
                 f"{where}: graph {name!r} must be a file inside the model folder"
