@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -9,14 +10,115 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Hypothesis profiles (CONTRIBUTING.md). `ci`, the default, draws the same examples on every
+# machine, from any folder, under any xdist worker and in any test order, so a red CI means a
+# bug, not bad luck. `fuzz` explores: thousands of random examples per test, and the failures
+# it finds are kept in an ignored folder and replayed first on the next fuzz run.
+settings.register_profile(
+    "ci",
+    max_examples=25,
+    derandomize=True,  # examples seeded from the test's source, not from a clock
+    database=None,  # nothing replayed from (or written to) a previous run
+    deadline=None,  # the commands' speed depends on the machine; the examples must not
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("GRES_FUZZ_EXAMPLES", "5000")),
+    derandomize=False,
+    database=DirectoryBasedExampleDatabase(REPO / ".hypothesis-fuzz"),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def _no_local_constants_when_derandomized() -> None:
+    """Hypothesis also draws, now and then, constants it finds in the source of the local
+    modules loaded at that moment (not site-packages, not tests). Which modules are loaded
+    depends on the tests run before in the same process (the xdist worker, the order, `-k`) and
+    on how the project is installed (editable or not), so a derandomized run would still draw
+    different examples on another machine. A derandomized run draws none of them; `fuzz` keeps
+    them (they help it find bugs). Hypothesis has no setting for this, hence the wrapper; the
+    same-examples check in tests/test_properties.py fails if a later Hypothesis breaks it."""
+    from hypothesis.internal.conjecture import providers
+
+    collect = providers._get_local_constants
+    if getattr(collect, "gres_wrapped", False):
+        return
+    empty = providers.Constants()
+
+    def local_constants() -> Any:
+        return empty if settings.default.derandomize else collect()
+
+    local_constants.gres_wrapped = True  # type: ignore[attr-defined]
+    providers._get_local_constants = local_constants
+
+
+_no_local_constants_when_derandomized()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # `--hypothesis-profile NAME` wins over $HYPOTHESIS_PROFILE, whichever loads last
+    name = config.getoption("hypothesis_profile", None)
+    if name:
+        settings.load_profile(name)
+
+
+# GRES_HYPOTHESIS_TRACE=DIR: each process writes DIR/<worker>.json, {test: [examples, sha256 of
+# the examples' reprs in order]}: runs that drew the same examples write the same digests.
+# GRES_HYPOTHESIS_TRACE_ONLY=1 records the examples without running the tests' bodies (a test
+# body does not steer what is drawn next unless it fails), for a quick comparison of runs.
+_TRACE: dict[str, Any] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not os.environ.get("GRES_HYPOTHESIS_TRACE"):
+        return
+    for item in items:
+        hypothesis_handle = getattr(getattr(item, "obj", None), "hypothesis", None)
+        if hypothesis_handle is not None:
+            hypothesis_handle.inner_test = _traced(
+                item.name, hypothesis_handle.inner_test, set(item.fixturenames)
+            )
+
+
+def _traced(name: str, test: Any, fixtures: set[str]) -> Any:
+    def traced(*args: Any, **kwargs: Any) -> Any:
+        drawn = {k: v for k, v in sorted(kwargs.items()) if k not in fixtures}
+        count, digest = _TRACE.get(name, (0, hashlib.sha256()))
+        digest.update(repr(drawn).encode())
+        _TRACE[name] = (count + 1, digest)
+        if os.environ.get("GRES_HYPOTHESIS_TRACE_ONLY"):
+            return None
+        return test(*args, **kwargs)
+
+    return traced
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    folder = os.environ.get("GRES_HYPOTHESIS_TRACE")
+    if not folder or not _TRACE:
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    digests = {name: [n, d.hexdigest()] for name, (n, d) in sorted(_TRACE.items())}
+    (Path(folder) / f"{worker}.json").write_text(json.dumps(digests, indent=1))
 
 
 def build_grd(
@@ -115,7 +217,6 @@ def read_jsonl(source: str | Path) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-REPO = Path(__file__).resolve().parents[1]
 DEMO_MODEL = REPO / "examples" / "demo-model"
 
 

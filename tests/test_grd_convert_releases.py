@@ -64,9 +64,12 @@ D3_MASKS = {
 
 @pytest.fixture
 def d3_release(tmp_path: Path) -> Path:
+    return make_d3_release(tmp_path / "d3")
+
+
+def make_d3_release(src: Path) -> Path:
     """Two groups: group 1 = images 1-3 with sentences 1, 2; group 2 = images 4-5 with sentence 3
     (an absence sentence). Sentence 2 also has an instance in image 4 (outer to group 2)."""
-    src = tmp_path / "d3"
     images = {}
     for iid, gid in ((1, 1), (2, 1), (3, 1), (4, 2), (5, 2)):
         name = f"{iid:012d}.jpg"
@@ -241,8 +244,11 @@ def raster(seg: list[list[float]]) -> np.ndarray:
 
 @pytest.fixture
 def refcoco_release(tmp_path: Path) -> Path:
+    return make_refcoco_release(tmp_path / "refcoco")
+
+
+def make_refcoco_release(src: Path) -> Path:
     """REFER layout: images 10, 11 (person refs) and 12 (dog); train and val splits."""
-    src = tmp_path / "refcoco"
     coco_images = []
     for iid in (10, 11, 12):
         name = f"COCO_train2014_{iid:012d}.jpg"

@@ -29,7 +29,7 @@ from grd_tools.format import MANIFEST, GRDDataset, Group, load, save
 from grd_tools.fsutil import atomic_output_dir, link_or_copy, refuse_overlap
 from grd_tools.imageio import write_mask
 from grd_tools.paths import resolve_inside
-from grd_tools.validate import map_files
+from grd_tools.validate import map_files, validate
 
 #: formats `--to` accepts (readers and writers exist for each)
 WRITABLE = ("grd", "coco", "hf", "cosod")
@@ -144,7 +144,7 @@ def _run(
     with atomic_output_dir(dst, overwrite=overwrite) as out:
         if to == "grd":
             reader(src, out, **options)
-            load(out)  # a reader must leave a schema-valid manifest
+            refuse_invalid(out, src, from_)
         else:
             writer = _module(to).write
             if from_ == "grd":
@@ -152,7 +152,24 @@ def _run(
             else:
                 with tempfile.TemporaryDirectory(prefix=".grd-convert-", dir=out.parent) as tmp:
                     reader(src, Path(tmp), **options)
+                    refuse_invalid(Path(tmp), src, from_)
                     writer(load(tmp), out, **options)
+
+
+def refuse_invalid(grd: Path, src: Path, from_: str) -> None:
+    """What a reader accepts must validate (issue 24: a mutated COCO file made a group with no
+    images whose target named another group's image). Raises GRDError naming the first error
+    of `gres grd validate` on what the reader wrote. Masks are not decoded (pixels are the
+    readers' job: `write_mask` writes 0/255, an empty mask is written as absent); manifest
+    structure and image/mask headers are checked, which is cheap beside writing the masks."""
+    errors = validate(grd, check_pixels=False).errors
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise GRDError(
+            f"{src}: read as {from_}, it makes an invalid GRD dataset: {first.message} "
+            f"[{first.code} at {first.where}]{more}"
+        )
 
 
 __all__ = [

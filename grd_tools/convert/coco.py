@@ -153,6 +153,8 @@ def read(src: Path, dst: Path, **_: Any) -> None:
             m = decode_segmentation(ann["segmentation"], int(img["height"]), int(img["width"]))
         except (ValueError, KeyError, TypeError) as err:
             raise GRDError(f"{path}: annotation {ann['id']}: {err}") from None
+        if not m.any():  # an empty mask marks the target absent, as in every other reader
+            continue
         key = img_key[int(r["image_id"])]
         rel = ann.get("mask_file") or f"masks/{gid}/{eid}/{key}.png"
         write_mask(resolve_inside(dst, rel), m)

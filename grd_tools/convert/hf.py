@@ -118,7 +118,12 @@ def read(src: Path, dst: Path, **_: Any) -> None:
                     rel = r.get("mask_file") or f"masks/{gid}/{eid}/{iid}.png"
                     path = resolve_inside(dst, rel)
                     atomic_write_bytes(path, r["mask"]["bytes"])
-                    write_mask(path, read_mask(path) > 127)  # normalise to 0/255
+                    mask = read_mask(path) > 127
+                    if mask.any():
+                        write_mask(path, mask)  # normalise to 0/255
+                    else:  # an empty mask marks the target absent, as in every other reader
+                        path.unlink()
+                        rel = None
                 exprs[(gid, eid)].targets[iid] = rel
             except GRDError as e:
                 raise GRDError(f"{shard}: row {i}: {e}") from None

@@ -54,7 +54,7 @@ def _backend_folder(
 
     folder = hub.resolve_model_dir(checkpoint, revision, token=token)
     kind = hub.read_config(folder).get("model_type")
-    if kind not in BACKENDS:
+    if not isinstance(kind, str) or kind not in BACKENDS:
         raise ModelLoadError(
             f"{checkpoint}: model_type {kind!r} is not a backend ({', '.join(BACKENDS)})"
         )
@@ -75,6 +75,8 @@ def load_model(
     folder = hub.resolve_model_dir(model_id, revision, token=token)
     config = hub.read_config(folder)
     kind = config.get("model_type", GRSER if "swin_embed_dim" in config else None)
+    if not isinstance(kind, str):  # a list would not even be looked up (issue 24)
+        kind = None
     if kind == GRES_BACKEND:
         from gres_cli.backends.settings import BackendSettings
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from grd_tools.errors import GRDError
+from grd_tools.paths import check_relative
 from gres_cli.backends.protocol import FirstPass, SecondPass
 from gres_cli.errors import ModelLoadError
 from gres_cli.model import hub
@@ -78,6 +81,40 @@ class Tokenizer:
         return ids, np.asarray([e.attention_mask for e in enc], np.int64)
 
 
+def _config_number(config: dict[str, Any], key: str, where: Path, low: int | None = None) -> Any:
+    """config[key]: an integer >= `low` (a size, a count) or, when `low` is None, any finite
+    number; ModelLoadError in one line otherwise (a mutated config.json, issue 24)."""
+    value = config.get(key)
+    if low is None:
+        if type(value) not in (int, float) or not math.isfinite(value):
+            raise ModelLoadError(f"{where}: {key} must be a finite number")
+    elif type(value) is not int or value < low:
+        raise ModelLoadError(f"{where}: {key} must be an integer >= {low}")
+    return value
+
+
+def _graph_files(config: dict[str, Any], folder: Path, where: Path) -> dict[str, Path]:
+    """The export's graph files by name, each inside `folder` (config.json names them)."""
+    export = config.get(spec.CONFIG_KEY, {})
+    graphs = export.get("graphs", spec.GRAPH_FILES) if isinstance(export, dict) else None
+    if not isinstance(graphs, dict):
+        raise ModelLoadError(f"{where}: {spec.CONFIG_KEY}.graphs must map graph names to files")
+    files = {}
+    for name in (spec.TEXT, spec.ENCODE, spec.QUERY):
+        file = graphs.get(name, spec.GRAPH_FILES[name])
+        # the name's text only: in the Hub cache every file is a symlink out to a blob
+        try:
+            if not isinstance(file, str):
+                raise TypeError(file)
+            check_relative(file)
+            files[name] = folder / file
+        except (GRDError, TypeError, ValueError):
+            raise ModelLoadError(
+                f"{where}: graph {name!r} must be a file inside the model folder"
+            ) from None
+    return files
+
+
 class GRSerOnnxModel:
     """A GRSer ONNX folder as a `GroupModel` (runtime "numpy")."""
 
@@ -94,20 +131,24 @@ class GRSerOnnxModel:
             ) from None
         self.config = hub.read_config(folder)
         self.group = group
-        self.input_size = int(self.config["image_size"])
-        self.margin = float(self.config["margin"])
-        self.experts = int(self.config["experts"])
+        where = folder / hub.CONFIG_FILE
+        self.input_size = _config_number(self.config, "image_size", where, low=1)
+        self.margin = float(_config_number(self.config, "margin", where))
+        self.experts = _config_number(self.config, "experts", where, low=1)
         self.max_experts = self.experts  # the decoder takes K expert slots
-        self.stages = len(self.config["swin_depths"])
-        self.tokenize = Tokenizer(folder, int(self.config["max_tokens"]))
-        graphs = self.config.get(spec.CONFIG_KEY, {}).get("graphs", spec.GRAPH_FILES)
+        depths = self.config.get("swin_depths")
+        if not isinstance(depths, list) or not depths:
+            raise ModelLoadError(f"{where}: swin_depths must be a list of the stages' depths")
+        self.stages = len(depths)
+        self.tokenize = Tokenizer(folder, _config_number(self.config, "max_tokens", where, low=1))
+        graphs = _graph_files(self.config, folder, where)
         options = ort.SessionOptions()
         options.log_severity_level = 3  # stderr holds gres's own progress and one-line errors
         if threads:
             options.intra_op_num_threads = threads
         self.sessions = {}
         for name in (spec.TEXT, spec.ENCODE, spec.QUERY):
-            path = folder / graphs.get(name, spec.GRAPH_FILES[name])
+            path = graphs[name]
             try:
                 self.sessions[name] = ort.InferenceSession(
                     str(path), options, providers=["CPUExecutionProvider"]

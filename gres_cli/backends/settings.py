@@ -6,6 +6,7 @@ with `--model FOLDER` (or its Hub id) and no flags. Written by `gres model init 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ class BackendSettings:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: Path | str = "config.json") -> BackendSettings:
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"{where}: not a gres-backend config (not a JSON object)")
         data = {k: v for k, v in data.items() if k != "model_type"}
         try:
             settings = cls(**data)
@@ -40,8 +43,20 @@ class BackendSettings:
             raise ModelLoadError(f"{where}: gres-backend config names no backend")
         if settings.sam is not None and (not isinstance(settings.sam, str) or not settings.sam):
             raise ModelLoadError(f"{where}: sam must name a SAM checkpoint (a Hub id or folder)")
-        if not isinstance(settings.experts, int) or settings.experts < 1:
+        if type(settings.experts) is not int or settings.experts < 1:
             raise ModelLoadError(f"{where}: experts must be an integer >= 1")
+        # each value is used as its type (a margin in arithmetic, a revision in a Hub call):
+        # a config of another shape is refused here, in one line (issue 24)
+        if settings.revision is not None and not (
+            isinstance(settings.revision, str) and settings.revision
+        ):
+            raise ModelLoadError(f"{where}: revision must be a branch, tag or commit (text)")
+        if settings.margin is not None and not _finite(settings.margin):
+            raise ModelLoadError(f"{where}: margin must be a finite number or null")
+        if not _finite(settings.group_weight):
+            raise ModelLoadError(f"{where}: group_weight must be a finite number")
+        if settings.extra is not None and not isinstance(settings.extra, dict):
+            raise ModelLoadError(f"{where}: extra must be a JSON object or null")
         return settings
 
     def write(self, folder: Path) -> None:
@@ -60,6 +75,11 @@ class BackendSettings:
             + f"- margin m: {m}; experts K: {self.experts}; group weight: {self.group_weight:g}\n\n"
             f'Use: `gres segment PHOTOS "the red umbrella" --model <this folder or repo>`\n'
         )
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number that is a number (true/false are not) and finite."""
+    return type(value) in (int, float) and math.isfinite(value)
 
 
 def calibrated(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from grd_tools.format import MANIFEST, GRDDataset, Pair
-from grd_tools.imageio import read_mask
+from grd_tools.imageio import MAX_IMAGE_PIXELS, read_mask
 from grd_tools.paths import resolve_inside
 from gres_cli.errors import GresError
 from gres_cli.inference.writers import read_record
@@ -146,8 +146,12 @@ class JsonlPredictions:
                 raise GresError(f"{path}:{n}: {e}") from None
             if rec is None:
                 continue
+            fault = _mask_fault(rec)
+            if fault is not None:
+                raise GresError(f"{path}:{n}: {fault}")
             self.by_path[(str(Path(rec["image"]).resolve()), rec["expression"])] = rec
-            self.by_stem[(rec.get("group", ""), Path(rec["image"]).stem, rec["expression"])] = rec
+            group = str(rec.get("group", ""))
+            self.by_stem[(group, Path(rec["image"]).stem, rec["expression"])] = rec
 
     def _record(self, dataset: GRDDataset, pair: Pair) -> dict | None:
         image = str(resolve_inside(dataset.root, pair.image.file).resolve())
@@ -172,7 +176,10 @@ class JsonlPredictions:
             from pycocotools import mask as mask_utils
 
             rle = {"size": rec["rle"]["size"], "counts": rec["rle"]["counts"].encode()}
-            pred = mask_utils.decode(rle).astype(bool)
+            try:
+                pred = mask_utils.decode(rle).astype(bool)
+            except Exception as e:  # pycocotools raises bare Exceptions
+                raise GresError(f"{rec['image']}: its rle does not decode ({e})") from None
         elif rec.get("mask"):
             pred = read_mask(self.mask_file(rec["mask"])) > 0
         else:
@@ -186,6 +193,26 @@ class JsonlPredictions:
         path = Path(written)
         beside = self.folder.parent / path
         return beside if not path.is_file() and beside.is_file() else path
+
+
+def _mask_fault(rec: dict) -> str | None:
+    """Why a record's mask fields cannot be read (None when they can): `rle` a COCO RLE with a
+    [height, width] size and string counts, `mask` a file name."""
+    rle, mask = rec.get("rle"), rec.get("mask")
+    if rle:
+        size = rle.get("size") if isinstance(rle, dict) else None
+        sized = (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(type(v) is int and v >= 0 for v in size)
+        )
+        if not sized or not isinstance(rle.get("counts"), str):
+            return '"rle" is not a COCO RLE ({"size": [height, width], "counts": "..."})'
+        if size[0] * size[1] > MAX_IMAGE_PIXELS:  # decoding it would take the memory first
+            return f'"rle" of {size[1]}x{size[0]} pixels: more than any image gres reads'
+    elif mask and not isinstance(mask, str):
+        return '"mask" is not a file name'
+    return None
 
 
 class FolderPredictions:

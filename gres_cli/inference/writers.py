@@ -81,9 +81,13 @@ def read_record(line: str) -> dict[str, Any] | None:
         rec = json.loads(line)
         if rec["image"] is None and rec["error"]:
             return None
-        str(rec["image"]), str(rec["expression"])  # every record names both
+        # every record names its image and expression as text (readers build paths and keys
+        # from them: a null image was a TypeError traceback in `gres eval`, issue 24)
+        named = isinstance(rec["image"], str) and isinstance(rec["expression"], str)
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError("not a `gres segment` record") from None
+        named = False
+    if not named:
+        raise ValueError("not a `gres segment` record")
     return rec
 
 

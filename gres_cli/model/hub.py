@@ -176,9 +176,12 @@ def file_sha256(path: Path) -> str:
 
 def read_config(folder: Path) -> dict[str, Any]:
     try:
-        return json.loads((folder / CONFIG_FILE).read_text("utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+        config = json.loads((folder / CONFIG_FILE).read_text("utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelLoadError(f"{folder / CONFIG_FILE}: cannot read ({e})") from None
+    if not isinstance(config, dict):  # every reader looks keys up in it (issue 24)
+        raise ModelLoadError(f"{folder / CONFIG_FILE}: not a JSON object")
+    return config
 
 
 def load_state_strict(model: Any, weights: Path) -> None:
