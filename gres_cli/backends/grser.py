@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 
-from gres_cli.backends.protocol import FirstPass, SecondPass
+from gres_cli.backends.protocol import Description, FirstPass, SecondPass
 from gres_cli.model.encoders import TextFeatures
 from gres_cli.model.grser import Encoded, ExpertScores, GRSer
+from gres_cli.model.kinds import GRSER
 from gres_cli.model.preprocess import image_to_pixels, normalize, probability_to_original
 
 
-class GRSerModel:
-    """A loaded GRSer as a `GroupModel`."""
+class GRSerAdapter:
+    """A loaded GRSer (`net`) as the engine's `GroupModel`."""
 
-    kind = "grser"
+    kind = GRSER
+    runtime = "torch"
+    group_weight = None  # GRSer's group step is learnt, not weighed
 
     def __init__(self, net: GRSer, group: bool = True) -> None:
         self.net = net.eval()
@@ -37,7 +41,33 @@ class GRSerModel:
         self.max_experts = net.config.experts  # the decoder takes K heatmap channels
         self.config = net.config.to_dict()
 
-    def to(self, device: torch.device) -> GRSerModel:
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+    ) -> GRSerAdapter:
+        """The GRSer in `folder` (resolved already: `checkpoint` and `revision` named it)."""
+        return cls(GRSer.from_pretrained(folder), group=group)
+
+    def describe(self) -> Description:
+        c, params = self.net.config, self.net.num_parameters()
+        rows = [
+            ("preset", str(c.name)),
+            ("input size", f"{c.image_size} px"),
+            ("Swin", f"embed {c.swin_embed_dim}, depths {list(c.swin_depths)}"),
+            ("text encoder", f"{c.text_config.get('model_type')} {self.net.text_encoder.dim}-d"),
+            ("experts K", str(c.experts)),
+            ("default margin m", str(c.margin)),
+            *((f"parameters: {part}", f"{n:,}") for part, n in params.items()),
+        ]
+        return Description("GRSer", rows, {"config": c.to_dict(), "parameters": params})
+
+    def to(self, device: torch.device) -> GRSerAdapter:
         self.net = self.net.to(device).eval()
         return self
 

@@ -22,6 +22,18 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image
 
+from gres_cli.model.decision import presence
+
+__all__ = [
+    "Description",
+    "FirstPass",
+    "GroupModel",
+    "SecondPass",
+    "cat_summaries",
+    "nbytes",
+    "presence",
+]
+
 #: a torch tensor (runtime "torch") or a numpy array (runtime "numpy")
 Array = Any
 
@@ -48,24 +60,39 @@ class SecondPass:
     alone: tuple[Array, Array] | None = None  # (d_pos, d_neg) of the backend alone
 
 
-def presence(d_pos: Array, d_neg: Array, margin: float) -> Array:
-    """The paper's decision, for every model: positive iff d_pos + m < d_neg."""
-    return d_pos + margin < d_neg
+@dataclass
+class Description:
+    """What `gres model info` prints of a loaded model: a table titled `title: MODEL` with
+    `rows`, or with --json `{"model": MODEL, **facts}`."""
+
+    title: str  # "GRSer", "clipseg backend", ...
+    rows: list[tuple[str, str]]
+    facts: dict[str, Any]
 
 
 @runtime_checkable
 class GroupModel(Protocol):
-    """What the engine needs of a model. Implemented by `gres_cli.backends.grser.GRSerModel`
-    and one module per open-vocabulary backend (`clipseg.py`, ...)."""
+    """What the engine and the CLI read of a model: every attribute is declared, none optional.
+    Implemented by `gres_cli.backends.grser.GRSerAdapter`, the ONNX export's `GRSerOnnxModel`
+    and one module per open-vocabulary backend (`clipseg.py`, ...), each registered under its
+    `model_type` (`gres_cli.backends.registry`)."""
 
     kind: str  # "grser", "clipseg", ...: the `model_type` of its config
+    # where its arrays live: "torch" (tensors, a DataLoader, devices) or "numpy" (numpy arrays,
+    # a thread-pool loader, the CPU: the ONNX runtime)
+    runtime: str
     input_size: int  # about how many pixels a side the model reads (JPEGs decode reduced)
     margin: float  # the default m
     experts: int  # the default K
     max_experts: int | None  # the largest K the model takes (None: any)
+    # gamma, the weight of the group term when it is linear in it (open-vocabulary backends:
+    # one pass then serves a sweep over gamma); None: the model has no such weight (GRSer)
+    group_weight: float | None
     config: dict[str, Any]  # what produced it (for records, reports and run settings)
-    # `runtime` (optional): where its arrays live, "torch" when absent (tensors, a DataLoader,
-    # devices) or "numpy" (numpy arrays, a thread-pool loader, the CPU: the ONNX runtime)
+
+    def describe(self) -> Description:
+        """What `gres model info` prints."""
+        ...
 
     def to(self, device: Any) -> GroupModel: ...
 

@@ -17,7 +17,7 @@ in job order.
 
 This module is the orchestration only, and imports no torch. What is torch's lives in the
 model's runtime (`gres_cli.inference.runtimes`): for torch models a DataLoader (worker
-processes, pinned memory on CUDA), the device and autocast (`torch_runtime.py`); for the ONNX
+processes, pinned memory on CUDA), the device and autocast; for the ONNX
 model numpy arrays and a thread pool decoding ahead.
 """
 
@@ -89,7 +89,7 @@ class Segmenter:
     ) -> None:
         model = as_group_model(model)
         # the model's arrays, device, precision and loader (torch's, or numpy's for ONNX)
-        self.runtime = make_runtime(getattr(model, "runtime", "torch"), device, precision)
+        self.runtime = make_runtime(model.runtime, device, precision)
         self.device = self.runtime.device
         # pass 1 keeps each image's bytes, encoder output (and photo) for pass 2 up to this many
         # bytes per job; past it, pass 2 decodes again, so memory stays bounded however large
@@ -129,7 +129,7 @@ class Segmenter:
     def run(self, jobs: list[Job], keep_photo: bool = False) -> Iterator[ImageResult]:
         """Segment each job's expression in every image of its group (photos kept on the
         results when `keep_photo`, for overlays). Yields results job by job, in job order."""
-        return self.runtime.guard(self._run)(jobs, keep_photo)
+        return self.runtime.without_gradients(self._run)(jobs, keep_photo)
 
     def _run(self, jobs: list[Job], keep_photo: bool) -> Iterator[ImageResult]:
         texts: dict[str, Any] = {}
@@ -262,7 +262,8 @@ class Segmenter:
         with self.runtime.autocast():
             pixels = None if raw is None else self.model.model_input(raw)
             out = self.model.second_pass(pixels, job.text, experts, items)
-        floats = self.runtime.floats  # float32 numpy on the host, whatever the model's arrays
+        # float32 numpy on the host, whatever the model's arrays
+        floats = self.runtime.to_host_floats
         d_pos, d_neg = floats(out.d_pos), floats(out.d_neg)
         decided = presence(d_pos, d_neg, self.margin).tolist()
         backend = [None] * len(images)
@@ -292,7 +293,9 @@ class Segmenter:
             )
             if decided[k] or self.all_masks:
                 prob = self.model.probability_at(out.mask_logits[k], sizes[k])
-                res.mask, res.saliency = self.runtime.cut(prob, self.threshold, self.keep_saliency)
+                res.mask, res.saliency = self.runtime.mask_and_grey(
+                    prob, self.threshold, self.keep_saliency
+                )
             yield res
 
     def run_group(

@@ -25,10 +25,10 @@ from huggingface_hub import PyTorchModelHubMixin
 from PIL import Image
 from torch import Tensor, nn
 
-from gres_cli.backends.protocol import presence
 from gres_cli.model import hub
 from gres_cli.model.card import model_card
 from gres_cli.model.config import GRSerConfig
+from gres_cli.model.decision import presence
 from gres_cli.model.decoder import MaskDecoder
 from gres_cli.model.encoders import ImageEncoder, TextEncoder, TextFeatures
 from gres_cli.model.hierarchizer import HeatmapHierarchizer, expert_order
