@@ -26,19 +26,19 @@ Batch = tuple[list[int], Any, list, list[str], list]
 def decode(path: Path, size: int, prepare: Callable, keep_photo: bool) -> Decoded:
     """One image for the model: its prepared input (`prepare` is the model's own: a resize for
     GRSer, the checkpoint's image processor for a backend), its original size, and its error
-    instead when it cannot be read (an image's error, never the run's)."""
+    instead when it cannot be read (an image's error, never the run's). The model's input is
+    decoded the same way whatever the outputs (JPEGs at a reduced scale): with `keep_photo`
+    the full-size photo for the overlay is a decode of its own, so an overlay never changes
+    the model's answers."""
     try:
-        if keep_photo:
-            img = open_image(path)
-            original = img.size
-        else:  # only the model input is needed: decode JPEGs at a reduced scale
-            img, original = open_image_reduced(path, size)
+        img, original = open_image_reduced(path, size)
         pixels = prepare(img)
+        photo = open_image(path) if keep_photo else None
     except GRDError as e:
         return None, (0, 0), str(e), None
     except Exception as e:  # any decoder failure is this image's error, never the run's
         return None, (0, 0), f"{path}: {e}", None
-    return pixels, original, "", img if keep_photo else None
+    return pixels, original, "", photo
 
 
 class Runtime(Protocol):
