@@ -13,7 +13,13 @@ from conftest import gres_here, read_jsonl
 from PIL import Image
 
 from gres_cli.backends import load_model, model_types, register_model_type
-from gres_cli.backends.protocol import Description, FirstPass, GroupModel, SecondPass
+from gres_cli.backends.protocol import (
+    Description,
+    FirstPass,
+    GroupModel,
+    SecondPass,
+    WithoutExtras,
+)
 from gres_cli.errors import ModelLoadError
 
 TOY = "toy-red"
@@ -25,7 +31,7 @@ def red_share(image: Image.Image) -> np.ndarray:
     return np.clip(rgb[..., 0] - rgb[..., 1:].mean(-1), 0, 1)
 
 
-class RedModel:
+class RedModel(WithoutExtras):
     """A toy kind: an image holds "red" when its mean redness passes 0.25; the mask is its
     red pixels. numpy only, so the engine gives it the numpy runtime."""
 
@@ -131,3 +137,36 @@ def test_gres_model_info_prints_what_the_kind_describes(toy_folder):
         "model": str(toy_folder),
         "config": {"model_type": TOY, "folder": str(toy_folder), "group": True},
     }
+
+
+class RedWithExtras(RedModel):
+    """The toy kind with an extra value of its own: it reaches the result and the record."""
+
+    def second_pass(self, pixels, text, experts, items) -> SecondPass:
+        out = super().second_pass(pixels, text, experts, items)
+        out.extras = {"redness": out.d_neg - 0.25}
+        return out
+
+    def image_extras(self, values: dict[str, np.float32], margin: float) -> dict[str, Any]:
+        return {"redness": float(values["redness"])}
+
+    def record_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        return {"toy_redness": round(extras["redness"], 3)}
+
+
+register_model_type("toy-red-extras", f"{__name__}:RedWithExtras")
+
+
+def test_a_models_declared_extras_reach_its_results_and_records(tmp_path):
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "toy-red-extras"}))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (40, 30), (250, 10, 10)).save(photos / "red.png")
+    out = tmp_path / "out"
+    done = gres_here("segment", str(photos), "red", "--model", str(folder), "--out", str(out))
+    assert done.exit_code == 0, done.stderr
+    (record,) = read_jsonl(out / "records.jsonl")
+    assert list(record)[-3:] == ["height", "toy_redness", "error"]
+    assert record["toy_redness"] == 0.941  # (250 - 10) / 255: red less the mean of green, blue

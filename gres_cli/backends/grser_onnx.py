@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gres_cli.backends.protocol import Description, FirstPass, SecondPass
+from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
 from gres_cli.errors import ModelLoadError
 from gres_cli.model import hub
 from gres_cli.model import onnx_spec as spec
@@ -53,7 +53,7 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     return out
 
 
-class GRSerOnnxModel:
+class GRSerOnnxModel(WithoutExtras):
     """A GRSer ONNX folder as a `GroupModel` (runtime "numpy")."""
 
     kind = spec.MODEL_TYPE

@@ -36,13 +36,14 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from gres_cli.backends import registry
-from gres_cli.backends.protocol import Description, FirstPass, SecondPass
+from gres_cli.backends.protocol import Description, FirstPass, SecondPass, presence
 from gres_cli.errors import ModelLoadError
 from gres_cli.model.preprocess import probability_to_original
 
@@ -279,13 +280,27 @@ class OpenVocabModel:
         scores = torch.stack([it.score for it in items])
         emb = torch.stack([it.embedding for it in items])
         d_pos, d_neg = group_distances(scores, emb, experts, self.group_weight)
-        return SecondPass(
-            d_pos,
-            d_neg,
-            torch.stack([it.mask_logits for it in items]),
-            backend_score=scores,
-            alone=group_distances(scores, emb, None, 0.0),
-        )
+        alone_pos, alone_neg = group_distances(scores, emb, None, 0.0)
+        extras = {"backend_score": scores, "alone_d_pos": alone_pos, "alone_d_neg": alone_neg}
+        return SecondPass(d_pos, d_neg, torch.stack([it.mask_logits for it in items]), extras)
+
+    def image_extras(self, values: dict[str, np.float32], margin: float) -> dict[str, Any]:
+        """The backend's own score b_n, its call without the group step at the run's m
+        (`backend_present`), and that call's distances (`alone`: a sweep over the group
+        weight reweighs from them)."""
+        alone = values["alone_d_pos"], values["alone_d_neg"]
+        return {
+            "backend_score": float(values["backend_score"]),
+            "backend_present": bool(presence(*alone, margin)),
+            "alone": (float(alone[0]), float(alone[1])),
+        }
+
+    def record_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        """What the group changed: the backend's own score and call, in every record."""
+        return {
+            "backend_score": round(extras["backend_score"], 6),
+            "backend_present": extras["backend_present"],
+        }
 
 
 def backends_taking(setting: str) -> list[str]:

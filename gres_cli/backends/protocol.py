@@ -16,7 +16,7 @@ runtime (`runtime = "numpy"`), so this module imports neither torch nor onnxrunt
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -29,6 +29,7 @@ __all__ = [
     "FirstPass",
     "GroupModel",
     "SecondPass",
+    "WithoutExtras",
     "cat_summaries",
     "nbytes",
     "presence",
@@ -50,14 +51,14 @@ class FirstPass:
 @dataclass
 class SecondPass:
     """Pass 2 over M images: the distances of the rule d_pos + m < d_neg, mask logits at the
-    model's resolution, and, for open-vocabulary backends, their own score and the distances
-    of the same rule without the group step (the backend alone)."""
+    model's resolution, and the model's own extra values (M each, by name: an open-vocabulary
+    backend's score and its distances without the group step), which its `image_extras` and
+    `record_extras` turn into each image's result and record."""
 
     d_pos: Array  # M
     d_neg: Array  # M
     mask_logits: Array  # M x h x w
-    backend_score: Array | None = None  # M, in [0, 1]
-    alone: tuple[Array, Array] | None = None  # (d_pos, d_neg) of the backend alone
+    extras: dict[str, Array] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,6 +120,26 @@ class GroupModel(Protocol):
     def probability_at(self, mask_logits: Array, size: tuple[int, int]) -> Array:
         """One image's h x w mask logits -> its probability map at (width, height)."""
         ...
+
+    def image_extras(self, values: dict[str, np.float32], margin: float) -> dict[str, Any]:
+        """One image's `SecondPass.extras` (float32 on the host), at the run's margin m -> the
+        model's own values on its result (readable as `result.NAME`); {} for none."""
+        ...
+
+    def record_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        """An image's `image_extras` -> the fields they add to its record (after the core
+        fields, in this order); {} for none."""
+        ...
+
+
+class WithoutExtras:
+    """The extras of a model that has none (GRSer, its ONNX export)."""
+
+    def image_extras(self, values: dict[str, np.float32], margin: float) -> dict[str, Any]:
+        return {}
+
+    def record_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        return {}
 
 
 def cat_summaries(parts: list[dict[str, Array]]) -> dict[str, Array]:
