@@ -81,41 +81,24 @@ class GRSerAdapter(WithoutExtras):
         return self.net.encode_text([expression])
 
     def first_pass(self, pixels: Tensor, text: TextFeatures) -> FirstPass:
-        enc = self.net.encode(pixels, text)
-        scores = self.net.expert_scores(pixels, text, enc)
+        scores, encoded = self.net.first_pass(pixels, text)
         summary = {"prototypes": scores.prototypes, "s_pos": scores.s_pos, "s_neg": scores.s_neg}
         return FirstPass(
             {k: v.float() for k, v in summary.items()},
-            [enc.item(j) for j in range(pixels.shape[0])],
+            [encoded.item(j) for j in range(pixels.shape[0])],
         )
 
     def choose_experts(self, summary: dict[str, Tensor], k: int) -> Tensor:
         """The K' x C_v prototypes of the top-k experts, most reliable first."""
         scores = ExpertScores(summary["prototypes"], summary["s_pos"], summary["s_neg"])
-        return scores.prototypes[self.net.select_experts(scores, k)]
+        return self.net.top_experts(scores, k)
 
     def second_pass(
         self, pixels: Tensor | None, text: TextFeatures, experts: Tensor, items: list[Any] | None
     ) -> SecondPass:
         encoded = Encoded.cat(items) if items else None
-        if not self.group:
-            return self._alone(pixels, text, encoded)
-        dtype = encoded.prototypes.dtype if encoded is not None else pixels.dtype
-        out = self.net.query(pixels, text, experts.to(dtype), encoded)
-        return SecondPass(out.d_pos[0].float(), out.d_neg[0].float(), out.mask_logits[0])
-
-    def _alone(self, pixels: Tensor | None, text: TextFeatures, encoded: Encoded | None):
-        """Each image against its own prototype only: the model without the group."""
-        enc = encoded if encoded is not None else self.net.encode(pixels, text)
-        outs = [
-            self.net.query(None, text, enc.prototypes[i : i + 1], enc.item(i))
-            for i in range(enc.prototypes.shape[0])
-        ]
-        return SecondPass(
-            torch.cat([o.d_pos[0] for o in outs]).float(),
-            torch.cat([o.d_neg[0] for o in outs]).float(),
-            torch.cat([o.mask_logits[0] for o in outs]),
-        )
+        d_pos, d_neg, logits = self.net.second_pass(pixels, text, experts, encoded, self.group)
+        return SecondPass(d_pos.float(), d_neg.float(), logits)
 
     def probability_at(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
         return probability_to_original(mask_logits, size)
