@@ -102,12 +102,13 @@ class TextFeatures:
             return self
         if len(self) != 1:
             raise ValueError(f"cannot expand {len(self)} expressions to {n}")
-        return TextFeatures(*(t.expand(n, *t.shape[1:]) for t in self._tensors()))
+        return TextFeatures(*(t.expand(n, *t.shape[1:]) for t in self.tensors()))
 
     def index(self, i: Tensor) -> TextFeatures:
-        return TextFeatures(*(t[i] for t in self._tensors()))
+        return TextFeatures(*(t[i] for t in self.tensors()))
 
-    def _tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(W, its mask, L, L_anti), in text.onnx's output order."""
         return (self.words, self.word_mask, self.sentence, self.anti)
 
 
