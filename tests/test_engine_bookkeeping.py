@@ -66,3 +66,12 @@ def test_a_models_extras_read_as_attributes_of_its_result():
         assert "unknown" in str(e)
     else:
         raise AssertionError("an unknown name must raise AttributeError")
+
+
+def test_the_cache_counts_the_bytes_of_torch_and_numpy_arrays_alike():
+    import torch
+
+    from gres_cli.backends.protocol import FirstPass, nbytes
+
+    item = FirstPass({"p": torch.zeros(3, 4)}, [np.zeros(5, np.float64), (torch.zeros(2, 2),)])
+    assert nbytes(item) == 3 * 4 * 4 + 5 * 8 + 2 * 2 * 4

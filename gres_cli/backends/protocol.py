@@ -15,6 +15,7 @@ runtime (`runtime = "numpy"`), so this module imports neither torch nor onnxrunt
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -157,7 +158,8 @@ def nbytes(obj: Any) -> int:
     list/tuple/dict of them)."""
     if isinstance(obj, np.ndarray):
         return obj.nbytes
-    if hasattr(obj, "element_size") and hasattr(obj, "numel"):  # a torch tensor
+    torch = sys.modules.get("torch")  # a torch tensor exists only once torch is imported
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if is_dataclass(obj):
         return sum(nbytes(getattr(obj, f.name)) for f in fields(obj))
