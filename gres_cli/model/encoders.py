@@ -102,13 +102,12 @@ class TextFeatures:
             return self
         if len(self) != 1:
             raise ValueError(f"cannot expand {len(self)} expressions to {n}")
-        return TextFeatures(*(t.expand(n, *t.shape[1:]) for t in self.tensors()))
+        return TextFeatures(*(t.expand(n, *t.shape[1:]) for t in self._tensors()))
 
     def index(self, i: Tensor) -> TextFeatures:
-        return TextFeatures(*(t[i] for t in self.tensors()))
+        return TextFeatures(*(t[i] for t in self._tensors()))
 
-    def tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(W, its mask, L, L_anti), in text.onnx's output order."""
+    def _tensors(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return (self.words, self.word_mask, self.sentence, self.anti)
 
 

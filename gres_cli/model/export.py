@@ -259,7 +259,7 @@ def self_check(net: GRSer, folder: Path) -> dict[str, float]:
             want = net.encode_text([expression])
             got = sessions[spec.TEXT].run(list(spec.TEXT_FEATURES), ids)
             errors[spec.TEXT] = max(
-                errors[spec.TEXT], _worst(got, want.tensors(), spec.TEXT_FEATURES)
+                errors[spec.TEXT], _worst(got, want._tensors(), spec.TEXT_FEATURES)
             )
             text = TextFeatures(*(torch.from_numpy(t) for t in got))  # what the runtime has
             feeds = dict(zip(spec.TEXT_FEATURES, got, strict=True))
