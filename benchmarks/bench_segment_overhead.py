@@ -76,7 +76,7 @@ def main() -> None:
             text = model.encode_text(["the cat"])
             sync(device)
             t = time.perf_counter()
-            with torch.inference_mode(), engine._autocast():
+            with torch.inference_mode(), engine.runtime.autocast():
                 # the engine's algorithm on pre-decoded tensors: pass 1 keeps the encoder
                 # output, pass 2 reuses it
                 chunks = pixels.split(args.batch_size)

@@ -97,9 +97,9 @@ SHARE_SCRIPT = """
 import json, sys
 from grd_tools.format import load
 from gres_cli.training.data import GroupSamples, Sampling, SplitIndex, train_loader
-from gres_cli.training.loop import _distributed_setup
+from gres_cli.training.loop import distributed_setup
 
-world, rank, _ = _distributed_setup("cpu")
+world, rank, _ = distributed_setup("cpu")
 sampling = Sampling(2, 5, 1, 1, True)
 samples = GroupSamples(SplitIndex(load(sys.argv[1]), "train"), 64, sampling, 0)
 loader = iter(train_loader(samples, 2, 1, world, rank))

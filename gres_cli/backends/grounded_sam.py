@@ -33,6 +33,7 @@ SAM's own mask threshold). t = 0.35, Grounded-SAM's box threshold, so the defaul
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,9 +80,21 @@ class PrepareCanvases:
         )
 
 
+@dataclass
+class GroundedSamSettings:
+    """Grounding DINO's own setting: the SAM checkpoint that draws the masks."""
+
+    sam: str | None = None  # a Hub id or local folder; None: DEFAULT_SAM
+
+    def __post_init__(self) -> None:
+        if self.sam is not None and (not isinstance(self.sam, str) or not self.sam):
+            raise ValueError("sam must name a SAM checkpoint (a Hub id or folder)")
+
+
 class GroundedSamBackend(OpenVocabModel):
     kind = MODEL_TYPE
     threshold = BOX_THRESHOLD
+    Settings = GroundedSamSettings
 
     def __init__(
         self, folder: Path, checkpoint: str, sam: str | None = None, **settings: Any
@@ -114,6 +127,9 @@ class GroundedSamBackend(OpenVocabModel):
         ).eval()
         pad = self.sam_processor.image_processor.pad_size
         self.input_size = int(pad["height"])
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.detector, self.sam]
 
     def to(self, device: torch.device) -> GroundedSamBackend:
         self.detector = self.detector.to(device).eval()

@@ -11,22 +11,26 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 
-from gres_cli.backends.protocol import FirstPass, SecondPass
+from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
 from gres_cli.model.encoders import TextFeatures
 from gres_cli.model.grser import Encoded, ExpertScores, GRSer
+from gres_cli.model.kinds import GRSER
 from gres_cli.model.preprocess import image_to_pixels, normalize, probability_to_original
 
 
-class GRSerModel:
-    """A loaded GRSer as a `GroupModel`."""
+class GRSerAdapter(WithoutExtras):
+    """A loaded GRSer (`net`) as the engine's `GroupModel`."""
 
-    kind = "grser"
+    kind = GRSER
+    runtime = "torch"
+    group_weight = None  # GRSer's group step is learnt, not weighed
 
     def __init__(self, net: GRSer, group: bool = True) -> None:
         self.net = net.eval()
@@ -37,7 +41,33 @@ class GRSerModel:
         self.max_experts = net.config.experts  # the decoder takes K heatmap channels
         self.config = net.config.to_dict()
 
-    def to(self, device: torch.device) -> GRSerModel:
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+    ) -> GRSerAdapter:
+        """The GRSer in `folder` (resolved already: `checkpoint` and `revision` named it)."""
+        return cls(GRSer.from_pretrained(folder), group=group)
+
+    def describe(self) -> Description:
+        c, params = self.net.config, self.net.num_parameters()
+        rows = [
+            ("preset", str(c.name)),
+            ("input size", f"{c.image_size} px"),
+            ("Swin", f"embed {c.swin_embed_dim}, depths {list(c.swin_depths)}"),
+            ("text encoder", f"{c.text_config.get('model_type')} {self.net.text_encoder.dim}-d"),
+            ("experts K", str(c.experts)),
+            ("default margin m", str(c.margin)),
+            *((f"parameters: {part}", f"{n:,}") for part, n in params.items()),
+        ]
+        return Description("GRSer", rows, {"config": c.to_dict(), "parameters": params})
+
+    def to(self, device: torch.device) -> GRSerAdapter:
         self.net = self.net.to(device).eval()
         return self
 
@@ -51,41 +81,24 @@ class GRSerModel:
         return self.net.encode_text([expression])
 
     def first_pass(self, pixels: Tensor, text: TextFeatures) -> FirstPass:
-        enc = self.net.encode(pixels, text)
-        scores = self.net.expert_scores(pixels, text, enc)
+        scores, encoded = self.net.first_pass(pixels, text)
         summary = {"prototypes": scores.prototypes, "s_pos": scores.s_pos, "s_neg": scores.s_neg}
         return FirstPass(
             {k: v.float() for k, v in summary.items()},
-            [enc.item(j) for j in range(pixels.shape[0])],
+            [encoded.item(j) for j in range(pixels.shape[0])],
         )
 
     def choose_experts(self, summary: dict[str, Tensor], k: int) -> Tensor:
         """The K' x C_v prototypes of the top-k experts, most reliable first."""
         scores = ExpertScores(summary["prototypes"], summary["s_pos"], summary["s_neg"])
-        return scores.prototypes[self.net.select_experts(scores, k)]
+        return self.net.top_experts(scores, k)
 
     def second_pass(
         self, pixels: Tensor | None, text: TextFeatures, experts: Tensor, items: list[Any] | None
     ) -> SecondPass:
         encoded = Encoded.cat(items) if items else None
-        if not self.group:
-            return self._alone(pixels, text, encoded)
-        dtype = encoded.prototypes.dtype if encoded is not None else pixels.dtype
-        out = self.net.query(pixels, text, experts.to(dtype), encoded)
-        return SecondPass(out.d_pos[0].float(), out.d_neg[0].float(), out.mask_logits[0])
-
-    def _alone(self, pixels: Tensor | None, text: TextFeatures, encoded: Encoded | None):
-        """Each image against its own prototype only: the model without the group."""
-        enc = encoded if encoded is not None else self.net.encode(pixels, text)
-        outs = [
-            self.net.query(None, text, enc.prototypes[i : i + 1], enc.item(i))
-            for i in range(enc.prototypes.shape[0])
-        ]
-        return SecondPass(
-            torch.cat([o.d_pos[0] for o in outs]).float(),
-            torch.cat([o.d_neg[0] for o in outs]).float(),
-            torch.cat([o.mask_logits[0] for o in outs]),
-        )
+        d_pos, d_neg, logits = self.net.second_pass(pixels, text, experts, encoded, self.group)
+        return SecondPass(d_pos.float(), d_neg.float(), logits)
 
     def probability_at(self, mask_logits: Tensor, size: tuple[int, int]) -> Tensor:
         return probability_to_original(mask_logits, size)

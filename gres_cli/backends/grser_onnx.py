@@ -7,7 +7,7 @@ The folder's contract (graph files, tensor names and shapes) is gres_cli.model.o
   group   the top-K experts in hierarchizer order (`expert_order`, numpy, as torch's);
   pass 2  query: F_1..F_4 + L, L_anti + K expert slots (the unused ones masked out by
           expert_valid) -> mask logits at the input size, d_pos, d_neg.
-Each step computes what GRSerModel (gres_cli.backends.grser) computes with torch.
+Each step computes what GRSerAdapter (gres_cli.backends.grser) computes with torch.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from PIL import Image
 
 from grd_tools.errors import GRDError
 from grd_tools.paths import check_relative
-from gres_cli.backends.protocol import FirstPass, SecondPass
+from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
 from gres_cli.errors import ModelLoadError
 from gres_cli.model import hub
 from gres_cli.model import onnx_spec as spec
+from gres_cli.model.onnx_tokenizer import Tokenizer
 from gres_cli.model.preprocess import (
     image_to_array,
     normalize_array,
@@ -54,31 +55,6 @@ def _ranks(values: np.ndarray) -> np.ndarray:
     out = np.empty(values.shape[0], np.int64)
     out[np.argsort(values, kind="stable")] = np.arange(values.shape[0])
     return out
-
-
-class Tokenizer:
-    """The export's tokenizer.json read with `tokenizers`: padded to T = max_tokens and
-    truncated at T, as GRSer's TextEncoder.tokenize asks transformers to."""
-
-    def __init__(self, folder: Path, max_tokens: int) -> None:
-        from tokenizers import Tokenizer as RustTokenizer
-
-        path = folder / "tokenizer.json"
-        if not path.is_file():
-            raise ModelLoadError(f"{folder}: an ONNX model folder needs tokenizer.json")
-        self.tok = RustTokenizer.from_file(str(path))
-        special = _json(folder / "tokenizer_config.json")
-        pad = special.get("pad_token") or "[PAD]"
-        pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
-        pad_id = self.tok.token_to_id(pad)
-        self.tok.enable_truncation(max_length=max_tokens)
-        self.tok.enable_padding(length=max_tokens, pad_id=pad_id or 0, pad_token=pad)
-
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(input_ids, attention_mask), int64 len(texts) x T."""
-        enc = self.tok.encode_batch(texts)
-        ids = np.asarray([e.ids for e in enc], np.int64)
-        return ids, np.asarray([e.attention_mask for e in enc], np.int64)
 
 
 def _config_number(config: dict[str, Any], key: str, where: Path, low: int | None = None) -> Any:
@@ -115,11 +91,12 @@ def _graph_files(config: dict[str, Any], folder: Path, where: Path) -> dict[str,
     return files
 
 
-class GRSerOnnxModel:
+class GRSerOnnxModel(WithoutExtras):
     """A GRSer ONNX folder as a `GroupModel` (runtime "numpy")."""
 
     kind = spec.MODEL_TYPE
     runtime = "numpy"
+    group_weight = None  # GRSer's group step is learnt, not weighed
 
     def __init__(self, folder: Path, group: bool = True, threads: int | None = None) -> None:
         """`threads`: onnxruntime's threads per graph (default: its own, the physical cores)."""
@@ -156,6 +133,42 @@ class GRSerOnnxModel:
             except Exception as e:  # onnxruntime's load faults: missing, corrupt, wrong opset
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ModelLoadError(f"{path}: cannot load as ONNX ({first})") from None
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+    ) -> GRSerOnnxModel:
+        """The export in `folder` (resolved already: `checkpoint` and `revision` named it)."""
+        return cls(folder, group=group)
+
+    def describe(self) -> Description:
+        config = self.config
+        facts = config.get(spec.CONFIG_KEY, {})
+        source = facts.get("source") or {}
+        rows = [
+            ("exported from", str(source.get("model"))),
+            ("preset", str(config.get("name"))),
+            ("input size", f"{config.get('image_size')} px"),
+            ("experts K", str(config.get("experts"))),
+            ("default margin m", str(config.get("margin"))),
+            ("opset", str(facts.get("opset"))),
+            (
+                "exported with",
+                f"torch {facts.get('torch')}, onnxruntime {facts.get('onnxruntime')}",
+            ),
+            ("graphs", ", ".join((facts.get("graphs") or {}).values())),
+            *(
+                (f"self-check: {graph}", f"max abs error {error:.1e}")
+                for graph, error in (facts.get("max_abs_error") or {}).items()
+            ),
+        ]
+        return Description("GRSer ONNX export", rows, {"config": config})
 
     def to(self, device: Any) -> GRSerOnnxModel:
         return self  # the CPU (the runtime refuses other devices)
@@ -229,10 +242,3 @@ class GRSerOnnxModel:
 
     def probability_at(self, mask_logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
         return probability_to_original_array(mask_logits, size)
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text("utf-8")) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path}: cannot read ({e})") from None

@@ -32,15 +32,19 @@ group term is 0.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from gres_cli.backends.protocol import FirstPass, SecondPass
+from gres_cli.backends import registry
+from gres_cli.backends.protocol import Description, FirstPass, SecondPass, presence
+from gres_cli.errors import ModelLoadError
 from gres_cli.model.preprocess import probability_to_original
 
 
@@ -140,13 +144,78 @@ class ProcessImage:
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
+@dataclass
+class NoExtraSettings:
+    """The settings of a backend that takes none beyond experts, group weight and margin."""
+
+
 class OpenVocabModel:
-    """A backend as a `GroupModel`: subclasses load the checkpoint and implement `forward`
-    (and `preparer`, `model_input`, `encode_text`); the group rule is shared."""
+    """A backend as a `GroupModel`: subclasses load the checkpoint in `__init__(folder,
+    checkpoint, **settings)` and implement `forward` (and `preparer`, `model_input`,
+    `encode_text`); the group rule, the loading path and the description are shared."""
 
     kind = "open-vocabulary"
+    runtime = "torch"
     #: the backend's customary threshold t on its own score; the default m is 2 t - 1
     threshold = 0.5
+    #: the backend's own settings beyond experts, group weight and margin, as a dataclass its
+    #: constructor takes by keyword (a settings folder's extra keys fill it)
+    Settings: ClassVar[type] = NoExtraSettings
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+        experts: int = 4,
+        group_weight: float = 1.0,
+        margin: float | None = None,
+        **extra: Any,
+    ) -> OpenVocabModel:
+        """The checkpoint in `folder` (resolved already) with gres's settings and the backend's
+        own (`extra`, checked against its `Settings`)."""
+        from transformers.utils import logging as hf_logging
+
+        unknown = sorted(set(extra) - {f.name for f in fields(cls.Settings)})
+        if unknown:
+            owners = backends_taking(unknown[0]) or ["no backend"]
+            raise ModelLoadError(
+                f"{checkpoint}: a {unknown[0]} setting pairs with {', '.join(owners)} only"
+            )
+        try:
+            options = cls.Settings(**extra)
+        except ValueError as e:
+            raise ModelLoadError(f"{checkpoint}: {e}") from None
+        hf_logging.disable_progress_bar()  # stderr holds gres's own progress and one-line errors
+        shared = {"experts": experts, "group_weight": group_weight, "margin": margin}
+        try:
+            model = cls(folder, checkpoint, group=group, **shared, **asdict(options))
+        except (OSError, ValueError, KeyError) as e:  # transformers' loading faults
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelLoadError(f"{checkpoint}: cannot load as {cls.kind} ({first})") from None
+        model.config["revision"] = revision
+        return model
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The backend's networks (one, `self.net`, unless a backend overrides this)."""
+        return [self.net]
+
+    def describe(self) -> Description:
+        params = sum(p.numel() for net in self.networks() for p in net.parameters())
+        rows = [
+            ("checkpoint", str(self.config["checkpoint"])),
+            ("input size", f"{self.input_size} px"),
+            ("experts K", str(self.experts)),
+            ("group weight", f"{self.group_weight:g}"),
+            ("default margin m", f"{self.margin:g}"),
+            ("parameters", f"{params:,}"),
+        ]
+        facts = {"config": self.config, "parameters": {"total": params}}
+        return Description(f"{self.kind} backend", rows, facts)
 
     def __init__(
         self,
@@ -211,10 +280,34 @@ class OpenVocabModel:
         scores = torch.stack([it.score for it in items])
         emb = torch.stack([it.embedding for it in items])
         d_pos, d_neg = group_distances(scores, emb, experts, self.group_weight)
-        return SecondPass(
-            d_pos,
-            d_neg,
-            torch.stack([it.mask_logits for it in items]),
-            backend_score=scores,
-            alone=group_distances(scores, emb, None, 0.0),
-        )
+        alone_pos, alone_neg = group_distances(scores, emb, None, 0.0)
+        extras = {"backend_score": scores, "alone_d_pos": alone_pos, "alone_d_neg": alone_neg}
+        return SecondPass(d_pos, d_neg, torch.stack([it.mask_logits for it in items]), extras)
+
+    def image_extras(self, values: dict[str, np.float32], margin: float) -> dict[str, Any]:
+        """The backend's own score b_n, its call without the group step at the run's m
+        (`backend_present`), and that call's distances (`alone`: a sweep over the group
+        weight reweighs from them)."""
+        alone = values["alone_d_pos"], values["alone_d_neg"]
+        return {
+            "backend_score": float(values["backend_score"]),
+            "backend_present": bool(presence(*alone, margin)),
+            "alone": (float(alone[0]), float(alone[1])),
+        }
+
+    def record_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        """What the group changed: the backend's own score and call, in every record."""
+        return {
+            "backend_score": round(extras["backend_score"], 6),
+            "backend_present": extras["backend_present"],
+        }
+
+
+def backends_taking(setting: str) -> list[str]:
+    """The registered open-vocabulary kinds whose own settings include `setting`."""
+    return [
+        name
+        for name in registry.open_vocabulary_types()
+        if setting
+        in {f.name for f in fields(registry.model_type(name, name).model_class().Settings)}
+    ]

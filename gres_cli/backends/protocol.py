@@ -15,12 +15,26 @@ runtime (`runtime = "numpy"`), so this module imports neither torch nor onnxrunt
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+
+from gres_cli.model.decision import presence
+
+__all__ = [
+    "Description",
+    "FirstPass",
+    "GroupModel",
+    "SecondPass",
+    "WithoutExtras",
+    "cat_summaries",
+    "nbytes",
+    "presence",
+]
 
 #: a torch tensor (runtime "torch") or a numpy array (runtime "numpy")
 Array = Any
@@ -38,34 +52,49 @@ class FirstPass:
 @dataclass
 class SecondPass:
     """Pass 2 over M images: the distances of the rule d_pos + m < d_neg, mask logits at the
-    model's resolution, and, for open-vocabulary backends, their own score and the distances
-    of the same rule without the group step (the backend alone)."""
+    model's resolution, and the model's own extra values (M each, by name: an open-vocabulary
+    backend's score and its distances without the group step), which its `image_extras` and
+    `record_extras` turn into each image's result and record."""
 
     d_pos: Array  # M
     d_neg: Array  # M
     mask_logits: Array  # M x h x w
-    backend_score: Array | None = None  # M, in [0, 1]
-    alone: tuple[Array, Array] | None = None  # (d_pos, d_neg) of the backend alone
+    extras: dict[str, Array] = field(default_factory=dict)
 
 
-def presence(d_pos: Array, d_neg: Array, margin: float) -> Array:
-    """The paper's decision, for every model: positive iff d_pos + m < d_neg."""
-    return d_pos + margin < d_neg
+@dataclass
+class Description:
+    """What `gres model info` prints of a loaded model: a table titled `title: MODEL` with
+    `rows`, or with --json `{"model": MODEL, **facts}`."""
+
+    title: str  # "GRSer", "clipseg backend", ...
+    rows: list[tuple[str, str]]
+    facts: dict[str, Any]
 
 
 @runtime_checkable
 class GroupModel(Protocol):
-    """What the engine needs of a model. Implemented by `gres_cli.backends.grser.GRSerModel`
-    and one module per open-vocabulary backend (`clipseg.py`, ...)."""
+    """What the engine and the CLI read of a model: every attribute is declared, none optional.
+    Implemented by `gres_cli.backends.grser.GRSerAdapter`, the ONNX export's `GRSerOnnxModel`
+    and one module per open-vocabulary backend (`clipseg.py`, ...), each registered under its
+    `model_type` (`gres_cli.backends.registry`)."""
 
     kind: str  # "grser", "clipseg", ...: the `model_type` of its config
+    # where its arrays live: "torch" (tensors, a DataLoader, devices) or "numpy" (numpy arrays,
+    # a thread-pool loader, the CPU: the ONNX runtime)
+    runtime: str
     input_size: int  # about how many pixels a side the model reads (JPEGs decode reduced)
     margin: float  # the default m
     experts: int  # the default K
     max_experts: int | None  # the largest K the model takes (None: any)
+    # gamma, the weight of the group term when it is linear in it (open-vocabulary backends:
+    # one pass then serves a sweep over gamma); None: the model has no such weight (GRSer)
+    group_weight: float | None
     config: dict[str, Any]  # what produced it (for records, reports and run settings)
-    # `runtime` (optional): where its arrays live, "torch" when absent (tensors, a DataLoader,
-    # devices) or "numpy" (numpy arrays, a thread-pool loader, the CPU: the ONNX runtime)
+
+    def describe(self) -> Description:
+        """What `gres model info` prints."""
+        ...
 
     def to(self, device: Any) -> GroupModel: ...
 
@@ -93,6 +122,26 @@ class GroupModel(Protocol):
         """One image's h x w mask logits -> its probability map at (width, height)."""
         ...
 
+    def image_extras(self, values: dict[str, np.float32], margin: float) -> dict[str, Any]:
+        """One image's `SecondPass.extras` (float32 on the host), at the run's margin m -> the
+        model's own values on its result (readable as `result.NAME`); {} for none."""
+        ...
+
+    def record_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        """An image's `image_extras` -> the fields they add to its record (after the core
+        fields, in this order); {} for none."""
+        ...
+
+
+class WithoutExtras:
+    """The extras of a model that has none (GRSer, its ONNX export)."""
+
+    def image_extras(self, values: dict[str, np.float32], margin: float) -> dict[str, Any]:
+        return {}
+
+    def record_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
 
 def cat_summaries(parts: list[dict[str, Array]]) -> dict[str, Array]:
     """Join the summaries of consecutive batches of one job (torch tensors or numpy arrays)."""
@@ -109,7 +158,8 @@ def nbytes(obj: Any) -> int:
     list/tuple/dict of them)."""
     if isinstance(obj, np.ndarray):
         return obj.nbytes
-    if hasattr(obj, "element_size") and hasattr(obj, "numel"):  # a torch tensor
+    torch = sys.modules.get("torch")  # a torch tensor exists only once torch is imported
+    if torch is not None and isinstance(obj, torch.Tensor):
         return obj.numel() * obj.element_size()
     if is_dataclass(obj):
         return sum(nbytes(getattr(obj, f.name)) for f in fields(obj))

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from gres_cli.backends import registry
+from gres_cli.backends.protocol import GroupModel
 from gres_cli.errors import ModelLoadError
+from gres_cli.model import hub
+from gres_cli.model.kinds import GRES_BACKEND
 
-MODEL_TYPE = "gres-backend"
+MODEL_TYPE = GRES_BACKEND
 
 
 @dataclass
@@ -23,26 +27,32 @@ class BackendSettings:
     margin: float | None = None  # None: the backend's default (2 t - 1)
     experts: int = 4
     group_weight: float = 1.0
-    # grounding-dino only: the SAM checkpoint that draws the masks (default facebook/sam-vit-base)
-    sam: str | None = None
+    # the backend's own settings (its declared `Settings`, e.g. Grounding DINO's `sam`), kept
+    # at the top level of config.json; None values are left out (the backend's default)
+    options: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] | None = None  # free-form: how the settings were calibrated
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model_type": MODEL_TYPE, **asdict(self)}
+        shared = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "options"}
+        extra = shared.pop("extra")
+        options = {k: v for k, v in self.options.items() if v is not None}
+        return {"model_type": MODEL_TYPE, **shared, **options, "extra": extra}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: Path | str = "config.json") -> BackendSettings:
         if not isinstance(data, dict):
             raise ModelLoadError(f"{where}: not a gres-backend config (not a JSON object)")
-        data = {k: v for k, v in data.items() if k != "model_type"}
+        known = {f.name for f in fields(cls)} - {"options"}
+        shared = {k: v for k, v in data.items() if k in known}
+        options = {
+            k: v for k, v in data.items() if k not in known | {"model_type"} and v is not None
+        }
         try:
-            settings = cls(**data)
+            settings = cls(**shared, options=options)
         except TypeError as e:
             raise ModelLoadError(f"{where}: not a gres-backend config ({e})") from None
         if not isinstance(settings.backend, str) or not settings.backend:
             raise ModelLoadError(f"{where}: gres-backend config names no backend")
-        if settings.sam is not None and (not isinstance(settings.sam, str) or not settings.sam):
-            raise ModelLoadError(f"{where}: sam must name a SAM checkpoint (a Hub id or folder)")
         if type(settings.experts) is not int or settings.experts < 1:
             raise ModelLoadError(f"{where}: experts must be an integer >= 1")
         # each value is used as its type (a margin in arithmetic, a revision in a Hub call):
@@ -64,6 +74,7 @@ class BackendSettings:
         folder of `atomic_output_dir`)."""
         (folder / "config.json").write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         m = "the backend's default" if self.margin is None else f"{self.margin:g}"
+        own = "".join(f"- {k}: `{v}`\n" for k, v in self.options.items() if v is not None)
         (folder / "README.md").write_text(
             "---\nlibrary_name: gres\ntags: [gres, group-wise-referring-segmentation]\n---\n\n"
             f"# gres backend settings for `{self.backend}`\n\n"
@@ -71,7 +82,7 @@ class BackendSettings:
             "generalized RES of gRefCOCO) with an open-vocabulary segmenter and gres's group\n"
             "rule. This folder holds settings only; the weights are the backend's own.\n\n"
             f"- backend: `{self.backend}` (revision {self.revision or 'default'})\n"
-            + (f"- masks drawn by: `{self.sam}`\n" if self.sam else "")
+            + own
             + f"- margin m: {m}; experts K: {self.experts}; group weight: {self.group_weight:g}\n\n"
             f'Use: `gres segment PHOTOS "the red umbrella" --model <this folder or repo>`\n'
         )
@@ -82,20 +93,50 @@ def _finite(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
 
 
+class SettingsFolder:
+    """The registered kind of a gres-backend folder: loads the backend it names, with its
+    settings."""
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+    ) -> GroupModel:
+        settings = BackendSettings.from_dict(hub.read_config(folder), folder)
+        kind, backend = registry.open_vocabulary_folder(settings.backend, settings.revision, token)
+        return (
+            registry.model_type(kind, settings.backend)
+            .model_class()
+            .from_folder(
+                backend,
+                settings.backend,
+                settings.revision,
+                group=group,
+                token=token,
+                experts=settings.experts,
+                group_weight=settings.group_weight,
+                margin=settings.margin,
+                **settings.options,
+            )
+        )
+
+
 def calibrated(
     model_id: str, revision: str | None, margin: float, note: dict[str, Any]
 ) -> BackendSettings:
     """The settings of `model_id` (a backend checkpoint or a gres-backend folder) with the
     calibrated margin m; `note` says how it was calibrated (metric, dataset, split)."""
-    from gres_cli.backends import BACKENDS
-    from gres_cli.model import hub
-
     folder = hub.resolve_model_dir(model_id, revision)
     config = hub.read_config(folder)
     kind = config.get("model_type")
     if kind == MODEL_TYPE:
         settings = BackendSettings.from_dict(config, folder)
-    elif kind in BACKENDS:
+    elif kind in registry.open_vocabulary_types():
         settings = BackendSettings(str(model_id), revision)
     else:
         raise ModelLoadError(

@@ -108,7 +108,8 @@ def _init_backend(
         kind = backend_kind(backend, revision)  # refuse a checkpoint gres cannot run
         if sam is not None and kind != "grounding-dino":
             fail(f"--sam pairs with a grounding-dino --backend, not {kind}")
-        settings = BackendSettings(backend, revision, margin, experts, group_weight, sam=sam)
+        own = {"sam": sam} if sam is not None else {}  # Grounding DINO's own setting
+        settings = BackendSettings(backend, revision, margin, experts, group_weight, own)
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             settings.write(tmp)
     err_console.print(f"wrote gres-backend settings for {backend} ({kind}) to {out}")
@@ -124,79 +125,18 @@ def info(
     ONNX export: its config, opset, versions and the self-check's measured errors)."""
     with user_errors():
         from gres_cli.backends import load_model
-        from gres_cli.model import hub, onnx_spec
+        from gres_cli.model import hub
 
         folder = hub.resolve_model_dir(model, revision)
-        config = hub.read_config(folder)
-        if config.get("model_type") == onnx_spec.MODEL_TYPE:  # read, not loaded: no runtime
-            _onnx_info(model, config, json_out)
-            return
-        loaded = load_model(str(folder))
-    if loaded.kind != "grser":
-        _backend_info(model, loaded, json_out)
-        return
-    net = loaded.net
-    params = net.num_parameters()
-    report = {"model": model, "config": net.config.to_dict(), "parameters": params}
+        description = load_model(str(folder)).describe()
     if json_out:
-        typer.echo(json.dumps(report, indent=2))
+        typer.echo(json.dumps({"model": model, **description.facts}, indent=2))
         return
     from rich.table import Table
 
-    c = net.config
-    table = Table(title=escape(f"GRSer: {model}"), show_header=False)
-    table.add_row("preset", str(c.name))
-    table.add_row("input size", f"{c.image_size} px")
-    table.add_row("Swin", f"embed {c.swin_embed_dim}, depths {list(c.swin_depths)}")
-    table.add_row("text encoder", f"{c.text_config.get('model_type')} {net.text_encoder.dim}-d")
-    table.add_row("experts K", str(c.experts))
-    table.add_row("default margin m", str(c.margin))
-    for part, n in params.items():
-        table.add_row(f"parameters: {part}", f"{n:,}")
-    err_console.print(table)
-
-
-def _onnx_info(model: str, config: dict, json_out: bool) -> None:
-    from gres_cli.model import onnx_spec
-
-    if json_out:
-        typer.echo(json.dumps({"model": model, "config": config}, indent=2))
-        return
-    from rich.table import Table
-
-    facts = config.get(onnx_spec.CONFIG_KEY, {})
-    source = facts.get("source") or {}
-    table = Table(title=escape(f"GRSer ONNX export: {model}"), show_header=False)
-    table.add_row("exported from", escape(str(source.get("model"))))
-    table.add_row("preset", str(config.get("name")))
-    table.add_row("input size", f"{config.get('image_size')} px")
-    table.add_row("experts K", str(config.get("experts")))
-    table.add_row("default margin m", str(config.get("margin")))
-    table.add_row("opset", str(facts.get("opset")))
-    table.add_row(
-        "exported with", f"torch {facts.get('torch')}, onnxruntime {facts.get('onnxruntime')}"
-    )
-    table.add_row("graphs", ", ".join((facts.get("graphs") or {}).values()))
-    for graph, error in (facts.get("max_abs_error") or {}).items():
-        table.add_row(f"self-check: {graph}", f"max abs error {error:.1e}")
-    err_console.print(table)
-
-
-def _backend_info(model: str, loaded, json_out: bool) -> None:
-    params = sum(p.numel() for p in loaded.net.parameters())
-    report = {"model": model, "config": loaded.config, "parameters": {"total": params}}
-    if json_out:
-        typer.echo(json.dumps(report, indent=2))
-        return
-    from rich.table import Table
-
-    table = Table(title=f"{loaded.kind} backend: {model}", show_header=False)
-    table.add_row("checkpoint", str(loaded.config["checkpoint"]))
-    table.add_row("input size", f"{loaded.input_size} px")
-    table.add_row("experts K", str(loaded.experts))
-    table.add_row("group weight", f"{loaded.group_weight:g}")
-    table.add_row("default margin m", f"{loaded.margin:g}")
-    table.add_row("parameters", f"{params:,}")
+    table = Table(title=escape(f"{description.title}: {model}"), show_header=False)
+    for label, value in description.rows:
+        table.add_row(label, escape(value))
     err_console.print(table)
 
 

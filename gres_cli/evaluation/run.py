@@ -304,9 +304,9 @@ def score_model(
     `saved` (inside its `writing()` block) gets every answer as `gres segment` records it.
     """
     from gres_cli.backends import load_model
-    from gres_cli.backends.protocol import presence
     from gres_cli.inference.engine import Job, Segmenter
     from gres_cli.inference.inputs import ImageGroup
+    from gres_cli.model.decision import presence
 
     scorer = scorer or Scorer()
     seg = Segmenter(
@@ -316,7 +316,7 @@ def score_model(
         all_masks=bool(sweep),  # another margin may call present what this one calls absent
         **engine,
     )
-    weight = getattr(seg.model, "group_weight", None)
+    weight = seg.model.group_weight
     if group_weights and (not group or not weight):
         raise GresError(
             "--group-weights needs an open-vocabulary backend run with its group step "

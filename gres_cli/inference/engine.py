@@ -17,7 +17,7 @@ in job order.
 
 This module is the orchestration only, and imports no torch. What is torch's lives in the
 model's runtime (`gres_cli.inference.runtimes`): for torch models a DataLoader (worker
-processes, pinned memory on CUDA), the device and autocast (`torch_runtime.py`); for the ONNX
+processes, pinned memory on CUDA), the device and autocast; for the ONNX
 model numpy arrays and a thread pool decoding ahead.
 """
 
@@ -63,10 +63,17 @@ class ImageResult:
     size: tuple[int, int] = (0, 0)
     photo: Image.Image | None = None
     saliency: np.ndarray | None = None  # uint8 probability x 255, original size, with the mask
-    # open-vocabulary backends: their own score, and their call without the group step
-    backend_score: float | None = None
-    backend_present: bool | None = None
-    alone: tuple[float, float] | None = None  # (d_pos, d_neg) without the group step
+    # the model's own per-image values (`GroupModel.image_extras`), readable as attributes too
+    # (an open-vocabulary backend's `r.backend_score`), and the fields they add to the record
+    extras: dict[str, Any] = field(default_factory=dict)
+    record_extras: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        """A model's extra value by name (called only for names that are not fields)."""
+        extras = self.__dict__.get("extras", {})
+        if name in extras:
+            return extras[name]
+        raise AttributeError(f"{type(self).__name__} has no {name!r} (nor an extra of that name)")
 
 
 class Segmenter:
@@ -89,7 +96,7 @@ class Segmenter:
     ) -> None:
         model = as_group_model(model)
         # the model's arrays, device, precision and loader (torch's, or numpy's for ONNX)
-        self.runtime = make_runtime(getattr(model, "runtime", "torch"), device, precision)
+        self.runtime = make_runtime(model.runtime, device, precision)
         self.device = self.runtime.device
         # pass 1 keeps each image's bytes, encoder output (and photo) for pass 2 up to this many
         # bytes per job; past it, pass 2 decodes again, so memory stays bounded however large
@@ -129,46 +136,26 @@ class Segmenter:
     def run(self, jobs: list[Job], keep_photo: bool = False) -> Iterator[ImageResult]:
         """Segment each job's expression in every image of its group (photos kept on the
         results when `keep_photo`, for overlays). Yields results job by job, in job order."""
-        return self.runtime.guard(self._run)(jobs, keep_photo)
+        return self.runtime.without_gradients(self._run)(jobs, keep_photo)
 
     def _run(self, jobs: list[Job], keep_photo: bool) -> Iterator[ImageResult]:
         texts: dict[str, Any] = {}
 
-        def open_job(j: int) -> _OpenJob:
+        def open_job(j: int) -> JobInProgress:
             expression = jobs[j].expression
             if expression not in texts:
                 texts[expression] = self.model.encode_text(expression)
-            return _OpenJob(j, jobs[j], texts[expression], self.cache_bytes)
+            return JobInProgress(j, jobs[j], texts[expression], self.cache_bytes)
 
-        # consecutive jobs on the same images (gres eval: a group's expressions) share one
-        # decode: the loader reads the first; the others replay its pixels from memory
-        replays = [
-            j > 0
-            and not keep_photo
-            and bool(job.group.images)
-            and job.group.images == jobs[j - 1].group.images
-            and len(job.group.images) * self.prepared_bytes <= self.cache_bytes
-            for j, job in enumerate(jobs)
-        ]
-        owners = [
-            (j, i)
-            for j, job in enumerate(jobs)
-            if not replays[j]
-            for i in range(len(job.group.images))
-        ]
+        replays = replaying_jobs(jobs, keep_photo, self.prepared_bytes, self.cache_bytes)
+        owners = decode_order(jobs, replays)
         paths = [jobs[j].group.images[i] for j, i in owners]
-        current: _OpenJob | None = None
+        current: JobInProgress | None = None
         decoded: list[tuple] = []  # the current job's pixels, while the next one replays them
         for flat, raw, sizes, errors, photos in self._batches(paths, keep_photo):
             # a batch may span jobs: each run of one job's images goes through pass 1 together
-            start = 0
-            while start < len(flat):
-                j = owners[flat[start]][0]
-                stop = start
-                while stop < len(flat) and owners[flat[stop]][0] == j:
-                    stop += 1
+            for j, part in runs_of_one_job([owners[f][0] for f in flat]):
                 current = current or open_job(j)
-                part = slice(start, stop)
                 if j + 1 < len(jobs) and replays[j + 1]:
                     decoded += zip(raw[part], sizes[part], errors[part], strict=True)
                 images = [owners[f][1] for f in flat[part]]
@@ -182,9 +169,8 @@ class Segmenter:
                         j += 1
                         yield from self._replay(open_job(j), decoded)
                     decoded = []
-                start = stop
 
-    def _replay(self, job: _OpenJob, decoded: list[tuple]) -> Iterator[ImageResult]:
+    def _replay(self, job: JobInProgress, decoded: list[tuple]) -> Iterator[ImageResult]:
         """Both passes of a job whose images are already decoded (in group order)."""
         for start in range(0, len(decoded), self.batch_size):
             raw, sizes, errors = zip(*decoded[start : start + self.batch_size], strict=True)
@@ -200,7 +186,7 @@ class Segmenter:
         yield from self._pass2(job, keep_photo=False)
 
     def _pass1(
-        self, job: _OpenJob, images: list[int], raw: Any, sizes, errors, photos
+        self, job: JobInProgress, images: list[int], raw: Any, sizes, errors, photos
     ) -> Iterator[ImageResult]:
         """What the group step needs of these images; cache what pass 2 reuses."""
         job.seen += len(images)
@@ -214,17 +200,9 @@ class Segmenter:
             first = self.model.first_pass(self.model.model_input(raw[good]), job.text)
         job.summaries.append(first.summary)
         for j, k in enumerate(good):
-            image = images[k]
-            job.ok.append(image)
-            if image in job.job.skip:
-                continue
-            item, photo = first.items[j], photos[k]
-            cost = nbytes(item) + (photo.width * photo.height * 3 if photo else 0)
-            if job.budget >= cost:
-                job.budget -= cost
-                job.cache[image] = (sizes[k], item, photo)
+            job.passed(images[k], sizes[k], first.items[j], photos[k])
 
-    def _pass2(self, job: _OpenJob, keep_photo: bool) -> Iterator[ImageResult]:
+    def _pass2(self, job: JobInProgress, keep_photo: bool) -> Iterator[ImageResult]:
         """Every image of the job against the group's top-K experts: cached images first, then
         the ones that did not fit, decoded and run through the model again."""
         if not job.ok:
@@ -262,20 +240,14 @@ class Segmenter:
         with self.runtime.autocast():
             pixels = None if raw is None else self.model.model_input(raw)
             out = self.model.second_pass(pixels, job.text, experts, items)
-        floats = self.runtime.floats  # float32 numpy on the host, whatever the model's arrays
+        # float32 numpy on the host, whatever the model's arrays
+        floats = self.runtime.to_host_floats
         d_pos, d_neg = floats(out.d_pos), floats(out.d_neg)
         decided = presence(d_pos, d_neg, self.margin).tolist()
-        backend = [None] * len(images)
-        alone: list = [None] * len(images)
-        alone_present = [None] * len(images)
-        if out.backend_score is not None:
-            backend = floats(out.backend_score).tolist()
-        if out.alone is not None:
-            alone_d = floats(out.alone[0]), floats(out.alone[1])
-            alone_present = presence(*alone_d, self.margin).tolist()
-            alone = list(zip(alone_d[0].tolist(), alone_d[1].tolist(), strict=True))
+        extras = {name: floats(values) for name, values in out.extras.items()}
         for k, (dp, dn) in enumerate(zip(d_pos.tolist(), d_neg.tolist(), strict=True)):
             image = images[k]
+            mine = self.model.image_extras({n: v[k] for n, v in extras.items()}, self.margin)
             res = ImageResult(
                 job.number,
                 image,
@@ -286,13 +258,14 @@ class Segmenter:
                 dn,
                 size=sizes[k],
                 photo=photos[k],
-                backend_score=backend[k],
-                backend_present=alone_present[k],
-                alone=alone[k],
+                extras=mine,
+                record_extras=self.model.record_extras(mine),
             )
             if decided[k] or self.all_masks:
                 prob = self.model.probability_at(out.mask_logits[k], sizes[k])
-                res.mask, res.saliency = self.runtime.cut(prob, self.threshold, self.keep_saliency)
+                res.mask, res.saliency = self.runtime.mask_and_grey(
+                    prob, self.threshold, self.keep_saliency
+                )
             yield res
 
     def run_group(
@@ -306,8 +279,44 @@ class Segmenter:
         return list(self.run([Job(group, expression, skip or set())], keep_photo))
 
 
-class _OpenJob:
-    """A job in pass 1: what pass 2 will need of it."""
+def replaying_jobs(
+    jobs: list[Job], keep_photo: bool, prepared_bytes: int, cache_bytes: int
+) -> list[bool]:
+    """Which jobs replay the previous job's decoded pixels from memory instead of decoding
+    again: consecutive jobs on the same images (gres eval: a group's expressions) whose
+    pixels fit the cache budget; never when photos are kept (they are not cached)."""
+    return [
+        j > 0
+        and not keep_photo
+        and bool(job.group.images)
+        and job.group.images == jobs[j - 1].group.images
+        and len(job.group.images) * prepared_bytes <= cache_bytes
+        for j, job in enumerate(jobs)
+    ]
+
+
+def decode_order(jobs: list[Job], replays: list[bool]) -> list[tuple[int, int]]:
+    """(job, image index) of each image the loader decodes, in order: every image of every
+    job but those that replay."""
+    return [
+        (j, i) for j, job in enumerate(jobs) if not replays[j] for i in range(len(job.group.images))
+    ]
+
+
+def runs_of_one_job(job_of: list[int]) -> Iterator[tuple[int, slice]]:
+    """A batch's items (the job of each) as consecutive runs of one job: (job, its slice)."""
+    start = 0
+    while start < len(job_of):
+        stop = start
+        while stop < len(job_of) and job_of[stop] == job_of[start]:
+            stop += 1
+        yield job_of[start], slice(start, stop)
+        start = stop
+
+
+class JobInProgress:
+    """A job between its two passes: what pass 2 will need of it. Pass 1's items (and photos)
+    are cached for pass 2 while the job's byte budget lasts; the rest are decoded again."""
 
     def __init__(self, number: int, job: Job, text: Any, budget: int) -> None:
         self.number, self.job, self.text = number, job, text
@@ -316,3 +325,14 @@ class _OpenJob:
         self.ok: list[int] = []  # readable images, in pass-1 order
         self.cache: dict[int, tuple[tuple[int, int], Any, Any]] = {}  # size, item, photo
         self.budget = budget
+
+    def passed(self, image: int, size: tuple[int, int], item: Any, photo: Any) -> None:
+        """Image `image` went through pass 1: count it readable, and cache what pass 2 reuses
+        of it if it is to be answered and fits the budget (bytes of its arrays and photo)."""
+        self.ok.append(image)
+        if image in self.job.skip:
+            return
+        cost = nbytes(item) + (photo.width * photo.height * 3 if photo else 0)
+        if self.budget >= cost:
+            self.budget -= cost
+            self.cache[image] = (size, item, photo)

@@ -48,7 +48,7 @@ def _images_in(folder: Path) -> list[Path]:
     )
 
 
-def _folder_name(folder: Path) -> str:
+def folder_name(folder: Path) -> str:
     """A group's name from its folder's real path: never `.` or `..`, whatever was typed."""
     return folder.resolve().name or "root"
 
@@ -104,16 +104,16 @@ def discover(
     Group names are relative paths (no `.` or `..` part) and no two images map to one output
     name; anything else is a GresError before any work."""
     if path == "-":
-        return _unique_outputs(_stdin_groups(stdin_lines or []))
+        return unique_outputs(_stdin_groups(stdin_lines or []))
     root = Path(path)
     if not root.exists():
         raise GresError(f"{root}: no such file or folder")
     if root.is_file():
-        return [ImageGroup(_folder_name(root.parent), [root])]
+        return [ImageGroup(folder_name(root.parent), [root])]
     groups = []
     top = _images_in(root)
     if top:
-        groups.append(ImageGroup(_folder_name(root), top))
+        groups.append(ImageGroup(folder_name(root), top))
     if recursive:
         for sub in sorted(p for p in root.rglob("*") if p.is_dir() and not p.name.startswith(".")):
             imgs = _images_in(sub)
@@ -122,10 +122,10 @@ def discover(
     if not groups:
         hint = "" if recursive else " (sub-folders are groups with --recursive)"
         raise GresError(f"{root}: no images found{hint}")
-    return _unique_outputs(groups)
+    return unique_outputs(groups)
 
 
-def _unique_outputs(groups: list[ImageGroup]) -> list[ImageGroup]:
+def unique_outputs(groups: list[ImageGroup]) -> list[ImageGroup]:
     """Refuse, in one line, two groups of one name or two images of one output name (a name
     that differs only in case is the same file on macOS and Windows)."""
     names = Counter(g.name.casefold() for g in groups)
@@ -175,3 +175,7 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     if not 0 <= i < p:
         raise GresError(f"--shard {shard!r}: need 0 <= i < P")
     return i, p
+
+
+# the names gres_cli/inference/jobs.py still imports (to go once it imports the public ones)
+_folder_name, _unique_outputs = folder_name, unique_outputs

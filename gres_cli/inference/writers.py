@@ -63,11 +63,7 @@ def segment_record(
         "width": res.size[0],
         "height": res.size[1],
     }
-    if res.backend_score is not None:  # an open-vocabulary backend: what the group changed
-        rec |= {
-            "backend_score": round(res.backend_score, 6),
-            "backend_present": res.backend_present,
-        }
+    rec |= res.record_extras  # the model's own fields (a backend's score and lone call)
     return rec | {"error": None}, mask
 
 

@@ -28,6 +28,8 @@ from gres_cli.model import hub
 from gres_cli.model import onnx_spec as spec
 from gres_cli.model.encoders import NEGATION_TOKEN, TextFeatures
 from gres_cli.model.grser import GRSer, expert_slots
+from gres_cli.model.kinds import GRSER, GRSER_ONNX, model_kind
+from gres_cli.model.onnx_tokenizer import Tokenizer
 
 #: the self-check's inputs: expressions, batch sizes, and the seed of its random images
 CHECK_EXPRESSIONS = ("the small red circle", "a dog without a leash on the left")
@@ -111,12 +113,9 @@ class QueryGraph(nn.Module):
 
 def load_grser(model_id: str, revision: str | None = None) -> GRSer:
     """The GRSer at `model_id` (folder or Hub id); any other kind of model is a one-line error."""
-    from gres_cli.backends import GRSER
-
     folder = hub.resolve_model_dir(model_id, revision)
-    config = hub.read_config(folder)
-    kind = config.get("model_type", GRSER if "swin_embed_dim" in config else None)
-    if kind == spec.MODEL_TYPE:
+    kind = model_kind(hub.read_config(folder))
+    if kind == GRSER_ONNX:
         raise GresError(f"{model_id}: already an ONNX export")
     if kind != GRSER:
         raise GresError(f"{model_id}: a {kind} model; ONNX export supports GRSer models only")
@@ -302,8 +301,6 @@ def _check_tokenizer(net: GRSer, folder: Path) -> None:
     """The folder's tokenizer.json read by the torch-free runtime's own `Tokenizer`
     (`tokenizers` alone, padding and truncation at T) gives transformers' ids for every check
     expression and its anti-expression."""
-    from gres_cli.backends.grser_onnx import Tokenizer
-
     tokenize = Tokenizer(folder, net.config.max_tokens)
     for expression in CHECK_EXPRESSIONS:
         want = _tokenize(net, expression)

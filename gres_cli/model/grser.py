@@ -25,10 +25,10 @@ from huggingface_hub import PyTorchModelHubMixin
 from PIL import Image
 from torch import Tensor, nn
 
-from gres_cli.backends.protocol import presence
 from gres_cli.model import hub
 from gres_cli.model.card import model_card
 from gres_cli.model.config import GRSerConfig
+from gres_cli.model.decision import presence
 from gres_cli.model.decoder import MaskDecoder
 from gres_cli.model.encoders import ImageEncoder, TextEncoder, TextFeatures
 from gres_cli.model.hierarchizer import HeatmapHierarchizer, expert_order
@@ -324,6 +324,43 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
         side = self.config.image_size
         return (*self._decode(maps, heat, sentence, anti, (side, side)), heat)
 
+    # ---- the two passes, as the engine runs them (gres_cli.backends.grser adapts them) -------
+    def first_pass(self, pixel_values: Tensor, text: TextFeatures) -> tuple[ExpertScores, Encoded]:
+        """Pass 1 over M images: what the group step needs (prototypes, s_pos, s_neg) and the
+        encoder output, which pass 2 reuses (it does not depend on the experts)."""
+        encoded = self.encode(pixel_values, text)
+        return self.expert_scores(pixel_values, text, encoded), encoded
+
+    def top_experts(self, scores: ExpertScores, k: int | None = None) -> Tensor:
+        """The group step: the K' x C_v prototypes of the top-k experts, most reliable first."""
+        return scores.prototypes[self.select_experts(scores, k)]
+
+    def second_pass(
+        self,
+        pixel_values: Tensor | None,
+        text: TextFeatures,
+        experts: Tensor,
+        encoded: Encoded | None = None,
+        group: bool = True,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Pass 2 over M images against the chosen experts: (d_pos M, d_neg M, mask logits
+        M x S x S). `group=False`: each image against its own prototype only (the model without
+        the group step; `experts` unused)."""
+        if not group:
+            enc = encoded if encoded is not None else self.encode(pixel_values, text)
+            outs = [
+                self.query(None, text, enc.prototypes[i : i + 1], enc.item(i))
+                for i in range(enc.prototypes.shape[0])
+            ]
+            return (
+                torch.cat([o.d_pos[0] for o in outs]),
+                torch.cat([o.d_neg[0] for o in outs]),
+                torch.cat([o.mask_logits[0] for o in outs]),
+            )
+        dtype = encoded.prototypes.dtype if encoded is not None else pixel_values.dtype
+        out = self.query(pixel_values, text, experts.to(dtype), encoded)
+        return out.d_pos[0], out.d_neg[0], out.mask_logits[0]
+
     @torch.inference_mode()
     def predict(
         self,
@@ -335,32 +372,20 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
     ) -> list[Prediction]:
         """Segment `text` in a group of PIL images; masks at each image's original size.
 
-        Groups larger than `batch_size` run the two-pass path (same result as all-pairs when
-        the group has at most K images; top-K experts of the whole group otherwise), keeping
-        pass 1's encoder output for pass 2. For folders too large for memory, use the engine
-        behind `gres segment` (`gres_cli.inference.engine.Segmenter`).
+        The engine's two passes (`first_pass`, `top_experts`, `second_pass`) over batches of
+        `batch_size`, pass 1's encoder output kept for pass 2: the top-K experts of the whole
+        group (for at most K images, the paper's all-pairs forward). For folders too large for
+        memory, use the engine behind `gres segment` (`gres_cli.inference.engine.Segmenter`).
         """
         was_training = self.training
         self.eval()
         margin = self.config.margin if margin is None else margin
         pixels = preprocess(images, self.config.image_size).to(self.device)
         features = self.encode_text([text])
-        if len(images) <= batch_size:
-            out = self.forward(pixels, features)
-            logits, d_pos, d_neg = out.mask_logits[0], out.d_pos[0], out.d_neg[0]
-        else:
-            chunks = pixels.split(batch_size)
-            encoded = [self.encode(c, features) for c in chunks]
-            merged = ExpertScores.cat(
-                [self.expert_scores(c, features, e) for c, e in zip(chunks, encoded, strict=True)]
-            )
-            experts = merged.prototypes[self.select_experts(merged)]
-            outs = [
-                self.query(c, features, experts, e) for c, e in zip(chunks, encoded, strict=True)
-            ]
-            logits = torch.cat([o.mask_logits[0] for o in outs])
-            d_pos = torch.cat([o.d_pos[0] for o in outs])
-            d_neg = torch.cat([o.d_neg[0] for o in outs])
+        passed = [self.first_pass(chunk, features) for chunk in pixels.split(batch_size)]
+        experts = self.top_experts(ExpertScores.cat([scores for scores, _ in passed]))
+        outs = [self.second_pass(None, features, experts, encoded) for _, encoded in passed]
+        d_pos, d_neg, logits = (torch.cat(parts) for parts in zip(*outs, strict=True))
         self.train(was_training)
         present = presence(d_pos, d_neg, margin).tolist()
         preds = []

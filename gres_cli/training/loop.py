@@ -251,7 +251,7 @@ def train(
     rank draws its own groups (its rank joins the step's seed), gradients are averaged, and only
     rank 0 writes (log, checkpoints, best model, validation).
     """
-    world, rank, device = _distributed_setup(device)
+    world, rank, device = distributed_setup(device)
     main = rank == 0
     out = Path(out)
     if cfg.threads:
@@ -407,7 +407,7 @@ def _split_indexes(dataset: str | Path, cfg: TrainConfig) -> tuple[SplitIndex, S
     return train_index, None
 
 
-def _distributed_setup(device: str) -> tuple[int, int, str]:
+def distributed_setup(device: str) -> tuple[int, int, str]:
     """(world size, rank, device) from torchrun's environment; starts the process group."""
     import os
 

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from gres_cli.errors import GresError
-from gres_cli.inference.runtimes import decode
+from gres_cli.inference.runtimes.base import Batch, decode
 
 
 class DecodedImages(Dataset):
@@ -79,7 +79,7 @@ class TorchRuntime:
             )
         self.precision = precision
 
-    def guard(self, run: Callable) -> Callable:
+    def without_gradients(self, run: Callable) -> Callable:
         """`run` (a generator function) without autograd, between its yields too."""
         return torch.inference_mode()(run)
 
@@ -97,7 +97,7 @@ class TorchRuntime:
         batch_size: int,
         workers: int,
         keep_photo: bool,
-    ) -> Iterator[tuple[list[int], torch.Tensor, list, list[str], list]]:
+    ) -> Iterator[Batch]:
         loader = DataLoader(
             DecodedImages(paths, size, prepare, keep_photo),
             batch_size=batch_size,
@@ -112,10 +112,10 @@ class TorchRuntime:
     def stack(self, prepared: list[torch.Tensor | None]) -> torch.Tensor:
         return _stack(prepared)
 
-    def floats(self, values: torch.Tensor) -> np.ndarray:
+    def to_host_floats(self, values: torch.Tensor) -> np.ndarray:
         return values.detach().float().cpu().numpy()
 
-    def cut(
+    def mask_and_grey(
         self, prob: torch.Tensor, threshold: float, saliency: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """A probability map -> (its bool mask, its grey levels x 255 when `saliency`), made on

@@ -1,0 +1,113 @@
+"""One loading path for every kind of model: each kind is a class registered under its
+`model_type`, imported only when a folder of that kind is loaded (so `gres --help` stays fast
+and an ONNX model never imports torch), and made with one constructor:
+
+    cls.from_folder(folder, checkpoint, revision, group=..., token=..., **settings) -> GroupModel
+
+`folder` is the resolved model folder, `checkpoint` the id or path it was asked by, `settings`
+the gres-backend folder's (experts, group weight, margin, and the backend's own declared extras).
+Adding a kind is one module and one line: `register_model_type("my-kind", "pkg.mod:MyModel")`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from gres_cli.backends.protocol import GroupModel
+from gres_cli.errors import ModelLoadError
+from gres_cli.model import hub
+from gres_cli.model.kinds import model_kind
+
+
+class ModelClass(Protocol):
+    """What a registered kind provides: its constructor from a folder."""
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+        **settings: Any,
+    ) -> GroupModel: ...
+
+
+@dataclass(frozen=True)
+class ModelType:
+    name: str  # the `model_type` of the kind's config.json
+    target: str  # "module:Class" of its ModelClass
+    # a checkpoint that a gres-backend settings folder may name (an open-vocabulary segmenter)
+    open_vocabulary: bool = False
+
+    def model_class(self) -> ModelClass:
+        module, name = self.target.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_TYPES: dict[str, ModelType] = {}
+
+
+def register_model_type(name: str, target: str, *, open_vocabulary: bool = False) -> None:
+    """Make folders whose config.json says `"model_type": name` load with the class `target`
+    ("module:Class", imported on first load). Registering a name again replaces it."""
+    if ":" not in target:
+        raise ValueError(f"{target!r}: expected 'module:Class'")
+    _TYPES[name] = ModelType(name, target, open_vocabulary)
+
+
+def model_types() -> list[str]:
+    """Every registered model_type, in registration order."""
+    return list(_TYPES)
+
+
+def open_vocabulary_types() -> list[str]:
+    """The model_types a gres-backend settings folder may name."""
+    return [t.name for t in _TYPES.values() if t.open_vocabulary]
+
+
+def model_type(name: str | None, where: str | Path) -> ModelType:
+    """The registered kind `name`, or a ModelLoadError naming the ones gres runs."""
+    if not isinstance(name, str) or name not in _TYPES:  # a list is no name (issue 24)
+        raise ModelLoadError(
+            f"{where}: model_type {name!r} is not one gres runs ({', '.join(model_types())})"
+        )
+    return _TYPES[name]
+
+
+def load_model(
+    model_id: str | Path,
+    revision: str | None = None,
+    *,
+    group: bool = True,
+    token: str | bool | None = None,
+    **settings: Any,
+) -> GroupModel:
+    """Any model gres runs (a folder or Hub id of a registered kind) as a `GroupModel` the
+    engine runs. `group=False` turns the group-wise step off (the model alone, for
+    comparison); `settings` go to the kind's constructor (a backend's experts, margin...)."""
+    folder = hub.resolve_model_dir(model_id, revision, token=token)
+    kind = model_type(model_kind(hub.read_config(folder)), model_id)
+    return kind.model_class().from_folder(
+        folder, str(model_id), revision, group=group, token=token, **settings
+    )
+
+
+def open_vocabulary_folder(
+    checkpoint: str, revision: str | None, token: str | bool | None = None
+) -> tuple[str, Path]:
+    """(model_type, resolved folder) of a checkpoint a settings folder may name, or
+    ModelLoadError."""
+    folder = hub.resolve_model_dir(checkpoint, revision, token=token)
+    kind = hub.read_config(folder).get("model_type")
+    if kind not in open_vocabulary_types():
+        raise ModelLoadError(
+            f"{checkpoint}: model_type {kind!r} is not a backend "
+            f"({', '.join(open_vocabulary_types())})"
+        )
+    return kind, folder
