@@ -13,7 +13,6 @@ Each step computes what GRSerAdapter (gres_cli.backends.grser) computes with tor
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
