@@ -44,6 +44,7 @@ class RedModel(WithoutExtras):
     group_weight = None
 
     def __init__(self, folder: Path, group: bool) -> None:
+        self.group = group
         self.config = {"model_type": TOY, "folder": str(folder), "group": group}
 
     @classmethod

@@ -90,6 +90,7 @@ class GroupModel(Protocol):
     # gamma, the weight of the group term when it is linear in it (open-vocabulary backends:
     # one pass then serves a sweep over gamma); None: the model has no such weight (GRSer)
     group_weight: float | None
+    group: bool  # the group-wise step on; False: each image alone (--no-group), for comparison
     config: dict[str, Any]  # what produced it (for records, reports and run settings)
 
     def describe(self) -> Description:
