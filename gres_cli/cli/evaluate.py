@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from grd_tools.paths import is_within
-from gres_cli.cli.common import err_console, fail, user_errors, writable_folder
+from gres_cli.cli.common import err_console, fail, refuse_sources, user_errors, writable_folder
 
 
 def evaluate(
@@ -158,8 +158,9 @@ def evaluate(
     saving, saving_option = save_predictions, "--save-predictions"
     if saving is None and view and model is not None:  # the site's galleries need the masks
         saving, saving_option = _predictions_beside(report), "--view"
+    model_folder = [Path(model)] if model is not None and Path(model).exists() else []
     for option, target in (("--report", report), ("--plots", plots)):  # never onto an input
-        for source in (dataset, predictions):
+        for source in (dataset, predictions, *model_folder):
             if target is not None and source is not None:
                 t, src = target.resolve(), source.resolve()
                 if is_within(t, src):
@@ -168,7 +169,6 @@ def evaluate(
         site = None
         if view:  # where site_of_evaluation puts it
             site = report.with_name(f"{report.stem}-view") if report else Path("gres-eval-view")
-        model_folder = [Path(model)] if model is not None and Path(model).exists() else []
         outputs = {"--report": report, "--plots": plots, "--save-calibrated": save_calibrated}
         outputs["the --view site"] = site
         _refuse_overlaps(saving, saving_option, [dataset, *model_folder], outputs)
@@ -203,6 +203,7 @@ def evaluate(
     if save_calibrated is not None:
         if save_calibrated.exists():
             fail(f"--save-calibrated {save_calibrated}: already exists; choose a new folder")
+        refuse_sources(save_calibrated, "--save-calibrated", {"DATASET": dataset, "--model": model})
         from gres_cli.backends.settings import calibrated
 
         with user_errors():  # a GRSer or an unknown model is refused before the work
