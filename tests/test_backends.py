@@ -13,7 +13,12 @@ from conftest import build_tiny_clipseg, gres, populate_hub_cache, read_jsonl
 from PIL import Image
 
 from gres_cli.backends import load_model
-from gres_cli.backends.openvocab import group_distances, group_prototype, reweighted_score
+from gres_cli.backends.openvocab import (
+    expert_weights,
+    group_distances,
+    group_prototype,
+    reweighted_score,
+)
 from gres_cli.backends.protocol import presence
 from gres_cli.errors import ModelLoadError
 from gres_cli.inference.engine import Segmenter
@@ -115,6 +120,35 @@ def test_one_expert_has_no_group_term():
         torch.stack(group_distances(scores, emb, group, 1.0)),
         torch.stack(group_distances(scores, emb, None, 0.0)),
     )
+
+
+def test_an_exact_tie_is_absent():
+    """d_pos + m == d_neg is absent (the rule is strict): a backend alone with b = 0.5 at
+    m = 0, and b = 0.75 at m = 0.5 (exact in binary floating point), on both runtimes."""
+    for b, m in ((0.5, 0.0), (0.75, 0.5)):
+        d_pos, d_neg = group_distances(torch.tensor([b]), torch.zeros(1, 4), None, 0.0)
+        assert float(d_pos[0]) + m == float(d_neg[0])  # the tie is exact
+        assert presence(d_pos, d_neg, m).tolist() == [False]
+        assert presence(d_pos.numpy(), d_neg.numpy(), m).tolist() == [False]
+        nudged = presence(d_pos, d_neg, m - 1e-6).tolist()
+        assert nudged == [True]  # any smaller margin says present
+
+
+def test_experts_that_agree_with_no_other_weigh_one_each():
+    """Every agreement a_k <= 0 (orthogonal experts: a_k = 0 exactly): w = 1 for all, so the
+    prototype is their plain mean direction and rho is finite. By hand, for three orthonormal
+    experts: P = (1, 1, 1) / sqrt 3, P_-k = the other two / sqrt 2, ||e_k - P_-k|| = sqrt 2."""
+    emb = torch.eye(3, 8)  # exactly orthonormal: every cosine is 0
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    torch.testing.assert_close(expert_weights(emb), torch.ones(3))
+    group = group_prototype(scores, emb, k=3)
+    assert group.active
+    torch.testing.assert_close(group.prototype, torch.tensor([3**-0.5] * 3 + [0.0] * 5))
+    torch.testing.assert_close(group.radius, torch.tensor(2**0.5))
+    d_pos, d_neg = group_distances(scores, emb, group, 1.0)
+    assert torch.isfinite(d_pos).all() and torch.isfinite(d_neg).all()
+    # opposite experts (a_k = -1 < 0) weigh one each too
+    torch.testing.assert_close(expert_weights(torch.stack([emb[0], -emb[0]])), torch.ones(2))
 
 
 # ---- CLIPSeg through the engine and the CLI ---------------------------------------------------
