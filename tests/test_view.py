@@ -1,5 +1,6 @@
 """`gres view`: the sites it writes for segment runs, eval reports and GRD datasets, on disk and
-in a real browser (Debian's chromium, headless, driven by Playwright; skipped without it)."""
+in a real browser (Debian's chromium, headless, driven by Playwright; skipped without it, except
+in CI (CI=true), where a missing browser fails the run: `.ci/run` installs it)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from grd_tools.imageio import write_mask
 from gres_cli.cli import app
 
 runner = CliRunner()
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("GRES_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -218,15 +219,45 @@ def test_gres_view_imports_no_torch(tmp_path: Path):
 
 
 # ---- in a browser ---------------------------------------------------------------------------
+def _without(what: str) -> None:
+    """Skip a browser test on a machine without `what`; in CI (CI=true) fail it: a CI run
+    whose browser tests all skipped would pass while testing none of the pages."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but no {what}: the browser tests cannot run", pytrace=False)
+    pytest.skip(f"no {what}")
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+        _without(f"{CHROMIUM} (Debian: apt-get install chromium)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _without("playwright (pip install playwright)")
     with sync_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(ci: str):
+    """Was: CI without chromium skipped the 7 page tests and passed."""
+    env = {**os.environ, "CI": ci, "GRES_TEST_CHROMIUM": "/nonexistent/chromium"}
+    one = f"{__file__}::test_run_page_shows_injected_markup_as_text"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", one],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent,
+    )
+    if ci:
+        assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout
+        assert "CI=true but no /nonexistent/chromium" in proc.stdout
+    else:
+        assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout
 
 
 def open_page(browser, index: Path):
