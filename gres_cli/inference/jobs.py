@@ -117,6 +117,8 @@ def _read_line(number: int, text: str, base: Path, recursive: bool) -> JobLine:
         fields = json.loads(text)
     except json.JSONDecodeError as e:
         return JobLine(number, {}, error=f"line {number}: not JSON ({e.msg})")
+    except RecursionError:  # `[` x 3000: past the parser's recursion limit
+        return JobLine(number, {}, error=f"line {number}: not JSON (nested too deeply)")
     if not isinstance(fields, dict):
         return JobLine(number, {}, error=f"line {number}: not a JSON object")
     job = JobLine(number, fields)

@@ -85,7 +85,7 @@ def read_record(line: str) -> dict[str, Any] | None:
         if rec["image"] is None and rec["error"]:
             return None
         str(rec["image"]), str(rec["expression"])  # every record names both
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError):
         raise ValueError("not a `gres segment` record") from None
     return rec
 
@@ -195,7 +195,7 @@ class OutputWriter:
         for line in path.read_text("utf-8").splitlines() if path.exists() else []:
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a crash: that image is redone
+            except (json.JSONDecodeError, RecursionError):  # cut by a crash: image redone
                 continue
             if rec.get("error") is None:
                 done[(rec["image"], rec["expression"])] = rec
