@@ -201,6 +201,29 @@ def test_masks_equal_the_library_processor_and_post_processing(
     assert compared >= 3  # not a test of empty masks
 
 
+#: 30 words: past the tiny CLIPSeg's 77 text positions (its character-level tokenizer has no
+#: model_max_length, so nothing else truncates it)
+LONG_EXPRESSION = " ".join(["the big red umbrella near the old wooden door"] * 3)
+
+
+def test_an_expression_past_the_text_models_positions_is_truncated_and_said_once(
+    clipseg_dir: Path, photos: Path, tmp_path: Path
+):
+    """Was: a ValueError traceback (sequence length must be less than max_position_embeddings).
+    Truncated at the text model's own max_position_embeddings: words past it change nothing."""
+    runs = []
+    for n, text in enumerate((LONG_EXPRESSION, LONG_EXPRESSION + " and a blue car")):
+        args = ["segment", str(photos), text, "--model", str(clipseg_dir), "--format", "rle"]
+        proc = gres(*args, "--out", str(tmp_path / f"o{n}"))
+        assert proc.returncode == 0, proc.stderr
+        said = [line for line in proc.stderr.splitlines() if "truncated" in line]
+        assert len(said) == 1 and "77" in said[0], proc.stderr
+        runs.append(
+            {Path(r["image"]).name: (r["d_pos"], r["d_neg"]) for r in read_jsonl(proc.stdout)}
+        )
+    assert len(runs[0]) == 6 and runs[0] == runs[1]
+
+
 def test_no_group_gives_the_backend_alone(clipseg_dir: Path, photos: Path, tmp_path: Path):
     model = load_model(clipseg_dir)
     engine = Segmenter(model, "cpu", batch_size=4, margin=0.0)
