@@ -6,6 +6,8 @@ with `--model FOLDER` (or its Hub id) and no flags. Written by `gres model init 
 from __future__ import annotations
 
 import json
+import os
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,14 @@ class BackendSettings:
             raise ModelLoadError(f"{where}: experts must be an integer >= 1")
         return settings
 
+    def pin(self) -> BackendSettings:
+        """Name the checkpoints so that this folder loads them from any working folder: a
+        local folder by its absolute path, a Hub id with the commit it resolves to now."""
+        self.backend, self.revision = pinned_checkpoint(self.backend, self.revision)
+        if self.sam is not None and Path(self.sam).expanduser().is_dir():
+            self.sam = os.path.abspath(Path(self.sam).expanduser())
+        return self
+
     def write(self, folder: Path) -> None:
         """config.json and a short model card into `folder` (which exists, e.g. a temporary
         folder of `atomic_output_dir`)."""
@@ -55,11 +65,35 @@ class BackendSettings:
             "Group-wise referring expression segmentation (GRES, Wu et al., ICCV 2023; not the\n"
             "generalized RES of gRefCOCO) with an open-vocabulary segmenter and gres's group\n"
             "rule. This folder holds settings only; the weights are the backend's own.\n\n"
-            f"- backend: `{self.backend}` (revision {self.revision or 'default'})\n"
+            + _where(self.backend, self.revision)
             + (f"- masks drawn by: `{self.sam}`\n" if self.sam else "")
             + f"- margin m: {m}; experts K: {self.experts}; group weight: {self.group_weight:g}\n\n"
             f'Use: `gres segment PHOTOS "the red umbrella" --model <this folder or repo>`\n'
         )
+
+
+def pinned_checkpoint(checkpoint: str, revision: str | None) -> tuple[str, str | None]:
+    """(checkpoint, revision) as a settings folder stores them: a local folder as its absolute
+    path (`clip` typed in one folder is nothing, or another model, in the next); a Hub id as
+    the id with the commit `revision` resolves to now (a branch moves)."""
+    from gres_cli.model import hub
+
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return os.path.abspath(path), revision
+    folder = hub.resolve_model_dir(checkpoint, revision)
+    commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision
+    return checkpoint, commit
+
+
+def _where(backend: str, revision: str | None) -> str:
+    """The card's line naming the backend, saying how it is found."""
+    if Path(backend).is_absolute():
+        return (
+            f"- backend: `{backend}`, a local folder stored by its absolute path: found from "
+            "any working folder on this machine, not after it moves\n"
+        )
+    return f"- backend: `{backend}` from the Hugging Face Hub, revision {revision or 'default'}\n"
 
 
 def calibrated(
@@ -84,4 +118,4 @@ def calibrated(
         )
     settings.margin = margin
     settings.extra = {**(settings.extra or {}), "calibrated": note}
-    return settings
+    return settings.pin()

@@ -110,7 +110,7 @@ def _init_backend(
         kind = backend_kind(backend, revision)  # refuse a checkpoint gres cannot run
         if sam is not None and kind != "grounding-dino":
             fail(f"--sam pairs with a grounding-dino --backend, not {kind}")
-        settings = BackendSettings(backend, revision, margin, experts, group_weight, sam=sam)
+        settings = BackendSettings(backend, revision, margin, experts, group_weight, sam=sam).pin()
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             settings.write(tmp)
     err_console.print(f"wrote gres-backend settings for {backend} ({kind}) to {out}")
