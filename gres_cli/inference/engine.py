@@ -23,6 +23,7 @@ model numpy arrays and a thread pool decoding ahead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -276,12 +277,14 @@ class Segmenter:
             alone = list(zip(alone_d[0].tolist(), alone_d[1].tolist(), strict=True))
         for k, (dp, dn) in enumerate(zip(d_pos.tolist(), d_neg.tolist(), strict=True)):
             image = images[k]
+            # NaN or inf is no answer: NaN < NaN would call the image absent, silently
+            broken = not (math.isfinite(dp) and math.isfinite(dn))
             res = ImageResult(
                 job.number,
                 image,
                 job.job.group.images[image],
-                None,
-                decided[k],
+                f"the model gave non-finite distances (d_pos {dp}, d_neg {dn})" if broken else None,
+                decided[k] and not broken,
                 dp,
                 dn,
                 size=sizes[k],
@@ -290,7 +293,7 @@ class Segmenter:
                 backend_present=alone_present[k],
                 alone=alone[k],
             )
-            if decided[k] or self.all_masks:
+            if not broken and (decided[k] or self.all_masks):
                 prob = self.model.probability_at(out.mask_logits[k], sizes[k])
                 res.mask, res.saliency = self.runtime.cut(prob, self.threshold, self.keep_saliency)
             yield res
