@@ -480,6 +480,31 @@ def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
     assert page.problems == []
 
 
+def test_eval_page_rounds_metrics_as_the_cli_does(browser, tmp_path: Path):
+    """Was: prec@0.5 = 29/32 = 0.90625 showed as 0.9063 on the page (JavaScript's toFixed
+    rounds an exact tie up) and 0.9062 in the CLI's table and the README (Python's format
+    rounds it to even). Every metric on the page reads as `f"{value:.4f}"`."""
+    root, preds = make_evaluation(tmp_path)
+    report = tmp_path / "r.json"
+    args = ["eval", str(root), "--predictions", str(preds), "--report", str(report)]
+    assert runner.invoke(app, args).exit_code == 0
+    data = json.loads(report.read_text())
+    ties = {"prec@0.5": 0.90625, "prec@0.6": 0.03125, "prec@0.7": 0.09375, "mIoU": 0.40625}
+    data["metrics"] |= ties  # exact binary ties at the 5th decimal, both ways to even
+    report.write_text(json.dumps(data))
+    assert runner.invoke(app, ["view", str(report), "--out", str(tmp_path / "site")]).exit_code == 0
+    page = open_page(browser, tmp_path / "site" / "index.html")
+    shown = page.locator("#metrics .metric").evaluate_all(
+        "cards => cards.map(c => [c.querySelector('.metric-name').textContent,"
+        " c.querySelector('.metric-value').textContent])"
+    )
+    metrics = data["metrics"]
+    assert len(shown) >= 10
+    assert {name: value for name, value in shown} == {n: f"{metrics[n]:.4f}" for n, _ in shown}
+    assert dict(shown)["prec@0.5"] == "0.9062" and dict(shown)["prec@0.7"] == "0.0938"
+    assert page.problems == []
+
+
 def test_eval_page_of_a_model_run_shows_its_galleries(browser, tmp_path: Path, monkeypatch):
     """Issue 13: `gres eval --model ... --view` saves the model's answers beside the report
     (REPORT-predictions), so its page has the galleries. At m = 0.313 the demo model on
