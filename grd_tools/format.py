@@ -268,6 +268,8 @@ def read_manifest(root: str | os.PathLike[str]) -> Any:
         raise GRDError(
             f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}"
         ) from None
+    except RecursionError:  # a manifest nests a few levels, never a thousand
+        raise GRDError(f"{path}: invalid JSON: nested too deeply to parse") from None
     except OSError as e:
         raise GRDError(f"{path}: cannot read ({e.strerror})") from None
 

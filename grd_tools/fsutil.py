@@ -42,15 +42,25 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def refuse_overlap(
-    src: str | os.PathLike[str], dst: str | os.PathLike[str], dst_name: str = "DST"
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    dst_name: str = "DST",
+    src_name: str = "SRC",
 ) -> None:
     """Raise GRDError when `dst` is `src`, lies inside it, or contains it: writing DST would
-    modify the source, and replacing it would delete the source."""
+    modify the source, and replacing it would delete the source. Both are resolved first, so
+    `./model/` and `model` or a symlink to it are one folder."""
     s, d = Path(src).resolve(), Path(dst).resolve()
     if is_within(d, s):
-        raise GRDError(f"{dst}: {dst_name} may not be SRC or lie inside it (SRC is never modified)")
+        raise GRDError(
+            f"{dst}: {dst_name} may not be {src_name} {src} or lie inside it "
+            f"({src_name} is never modified); pick another folder"
+        )
     if is_within(s, d):
-        raise GRDError(f"{dst}: {dst_name} contains SRC {src}; replacing it would delete SRC")
+        raise GRDError(
+            f"{dst}: {dst_name} contains {src_name} {src}; replacing it would delete it; "
+            "pick another folder"
+        )
 
 
 def _old_name(dst: Path) -> str:

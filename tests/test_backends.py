@@ -13,7 +13,12 @@ from conftest import build_tiny_clipseg, gres, populate_hub_cache, read_jsonl
 from PIL import Image
 
 from gres_cli.backends import load_model
-from gres_cli.backends.openvocab import group_distances, group_prototype, reweighted_score
+from gres_cli.backends.openvocab import (
+    expert_weights,
+    group_distances,
+    group_prototype,
+    reweighted_score,
+)
 from gres_cli.backends.protocol import presence
 from gres_cli.errors import ModelLoadError
 from gres_cli.inference.engine import Segmenter
@@ -117,6 +122,35 @@ def test_one_expert_has_no_group_term():
     )
 
 
+def test_an_exact_tie_is_absent():
+    """d_pos + m == d_neg is absent (the rule is strict): a backend alone with b = 0.5 at
+    m = 0, and b = 0.75 at m = 0.5 (exact in binary floating point), on both runtimes."""
+    for b, m in ((0.5, 0.0), (0.75, 0.5)):
+        d_pos, d_neg = group_distances(torch.tensor([b]), torch.zeros(1, 4), None, 0.0)
+        assert float(d_pos[0]) + m == float(d_neg[0])  # the tie is exact
+        assert presence(d_pos, d_neg, m).tolist() == [False]
+        assert presence(d_pos.numpy(), d_neg.numpy(), m).tolist() == [False]
+        nudged = presence(d_pos, d_neg, m - 1e-6).tolist()
+        assert nudged == [True]  # any smaller margin says present
+
+
+def test_experts_that_agree_with_no_other_weigh_one_each():
+    """Every agreement a_k <= 0 (orthogonal experts: a_k = 0 exactly): w = 1 for all, so the
+    prototype is their plain mean direction and rho is finite. By hand, for three orthonormal
+    experts: P = (1, 1, 1) / sqrt 3, P_-k = the other two / sqrt 2, ||e_k - P_-k|| = sqrt 2."""
+    emb = torch.eye(3, 8)  # exactly orthonormal: every cosine is 0
+    scores = torch.tensor([0.9, 0.8, 0.7])
+    torch.testing.assert_close(expert_weights(emb), torch.ones(3))
+    group = group_prototype(scores, emb, k=3)
+    assert group.active
+    torch.testing.assert_close(group.prototype, torch.tensor([3**-0.5] * 3 + [0.0] * 5))
+    torch.testing.assert_close(group.radius, torch.tensor(2**0.5))
+    d_pos, d_neg = group_distances(scores, emb, group, 1.0)
+    assert torch.isfinite(d_pos).all() and torch.isfinite(d_neg).all()
+    # opposite experts (a_k = -1 < 0) weigh one each too
+    torch.testing.assert_close(expert_weights(torch.stack([emb[0], -emb[0]])), torch.ones(2))
+
+
 # ---- CLIPSeg through the engine and the CLI ---------------------------------------------------
 
 
@@ -165,6 +199,29 @@ def test_masks_equal_the_library_processor_and_post_processing(
         assert got.shape == want.shape and np.array_equal(got, want)
         compared += 1
     assert compared >= 3  # not a test of empty masks
+
+
+#: 30 words: past the tiny CLIPSeg's 77 text positions (its character-level tokenizer has no
+#: model_max_length, so nothing else truncates it)
+LONG_EXPRESSION = " ".join(["the big red umbrella near the old wooden door"] * 3)
+
+
+def test_an_expression_past_the_text_models_positions_is_truncated_and_said_once(
+    clipseg_dir: Path, photos: Path, tmp_path: Path
+):
+    """Was: a ValueError traceback (sequence length must be less than max_position_embeddings).
+    Truncated at the text model's own max_position_embeddings: words past it change nothing."""
+    runs = []
+    for n, text in enumerate((LONG_EXPRESSION, LONG_EXPRESSION + " and a blue car")):
+        args = ["segment", str(photos), text, "--model", str(clipseg_dir), "--format", "rle"]
+        proc = gres(*args, "--out", str(tmp_path / f"o{n}"))
+        assert proc.returncode == 0, proc.stderr
+        said = [line for line in proc.stderr.splitlines() if "truncated" in line]
+        assert len(said) == 1 and "77" in said[0], proc.stderr
+        runs.append(
+            {Path(r["image"]).name: (r["d_pos"], r["d_neg"]) for r in read_jsonl(proc.stdout)}
+        )
+    assert len(runs[0]) == 6 and runs[0] == runs[1]
 
 
 def test_no_group_gives_the_backend_alone(clipseg_dir: Path, photos: Path, tmp_path: Path):

@@ -368,6 +368,24 @@ def test_grounded_sam_settings_name_the_sam_and_no_group_is_the_detector_alone(
         load_model(stray)
 
 
+def test_grounded_sam_truncates_an_expression_past_its_text_positions(
+    grounded_dirs: tuple[Path, Path, Path], photos: Path, tmp_path: Path, capsys
+):
+    """Was: a RuntimeError (tensor sizes differ) past Grounding DINO's max_text_len. Cut at
+    min(max_text_len, the text model's max_position_embeddings) = 32 here, said once."""
+    detector_dir, sam_dir, _ = grounded_dirs
+    model = load_model(write_settings(tmp_path / "s", backend=str(detector_dir), sam=str(sam_dir)))
+    long = "the umbrella that is red and held by the man " * 5
+    for _ in range(2):
+        text = model.encode_text(long)
+    assert text["input_ids"].shape == (1, 32)
+    said = [line for line in capsys.readouterr().err.splitlines() if "truncated" in line]
+    assert len(said) == 1 and "32" in said[0], said
+    pixels = torch.stack([model.preparer()(Image.open(p)) for p in sorted(photos.glob("*.png"))])
+    with torch.no_grad():
+        assert model.forward(pixels[:2], text).score.shape == (2,)
+
+
 def test_grounded_sam_through_an_offline_hub_cache(
     grounded_dirs: tuple[Path, Path, Path], photos: Path, tmp_path: Path
 ):

@@ -91,6 +91,58 @@ def test_replacing_a_destination_never_leaves_neither(tmp_path: Path, monkeypatc
         (dst / "f").write_text("old")
 
 
+_DIE_AT_RENAME = """
+import os, sys
+from grd_tools import fsutil
+
+fsutil._exchange = lambda a, b: False  # a platform without renameat2: the two-rename path
+real_replace, calls = os.replace, []
+
+def dying_replace(a, b):
+    calls.append((a, b))
+    if len(calls) == int(sys.argv[2]):
+        os._exit(137)  # like kill -9: no finally, no clean-up
+    real_replace(a, b)
+
+os.replace = dying_replace
+with fsutil.atomic_output_dir(sys.argv[1], overwrite=True) as tmp:
+    (tmp / "f").write_text("new")
+print(len(calls))
+"""
+
+
+def test_the_fallback_without_an_atomic_exchange_survives_a_kill_at_each_rename(
+    tmp_path: Path,
+):
+    """Where renameat2 is missing, atomic_output_dir moves the old DST aside, then moves the
+    new one in. Killed at the first rename: the old DST is untouched; at the second: DST is
+    missing until recover_output_dir (or the next atomic_output_dir) puts the old one back.
+    Never neither, never a mix; recovery leaves no `.DST.old-*` behind."""
+    import subprocess
+    import sys
+
+    dst = tmp_path / "out"
+    dst.mkdir()
+    (dst / "f").write_text("old")
+    run = [sys.executable, "-c", _DIE_AT_RENAME, str(dst)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    done = subprocess.run([*run, "0"], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "2"  # the fallback path ran: two renames, no exchange
+    assert (dst / "f").read_text() == "new"
+    (dst / "f").write_text("old")
+    for rename in (1, 2):
+        killed = subprocess.run([*run, str(rename)], env=env, capture_output=True)
+        assert killed.returncode == 137, killed.stderr
+        moved_aside = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.old-")]
+        assert dst.exists() == (rename == 1) and len(moved_aside) == (rename == 2)
+        recover_output_dir(dst)
+        assert (dst / "f").read_text() == "old"
+        assert not any(p.name.startswith(".out.old-") for p in tmp_path.iterdir())
+    with atomic_output_dir(dst, overwrite=True) as tmp:  # and the next run goes through
+        (tmp / "f").write_text("new")
+    assert (dst / "f").read_text() == "new"
+
+
 def test_atomic_output_dir_refuses_an_existing_dst_without_overwrite(tmp_path: Path):
     (tmp_path / "d").mkdir()
     with pytest.raises(GRDError, match="already exists"), atomic_output_dir(tmp_path / "d"):

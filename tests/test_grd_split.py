@@ -131,6 +131,23 @@ def test_groups_sharing_an_image_or_an_id_stay_together(tmp_path: Path):
         assert set(splits) == {"train", "val", "test"}
 
 
+def test_groups_linked_through_a_third_are_one_unit(tmp_path: Path):
+    """C shares one file with A and another with B (A and B share nothing): A, B and C are
+    one unit, so all three land in one split for every seed. C comes last, so only a
+    transitive merge joins A and B."""
+    root = build_grd(tmp_path / "ds", n_groups=12)
+    data = json.loads((root / "grd.json").read_text())
+    a, b, c = data["groups"][0], data["groups"][1], data["groups"][11]
+    c["images"][0]["file"] = a["images"][0]["file"]
+    c["images"][1]["file"] = b["images"][0]["file"]
+    (root / "grd.json").write_text(json.dumps(data))
+    dataset = load(root)
+    for seed in range(20):
+        splits = assign_splits(dataset, parse_ratios("0.4,0.3,0.3"), seed)
+        assert splits[0] == splits[1] == splits[11], seed
+        assert set(splits) == {"train", "val", "test"}
+
+
 def test_source_untouched_and_files_hard_linked_or_copied(tmp_path: Path):
     root = build_grd(tmp_path / "ds", n_groups=6)
     before = _tree_hash(root)

@@ -46,6 +46,24 @@ def test_meter_on_a_hand_worked_example():
     assert groups["a"]["pairs"] == 2 and groups["b"]["N-acc"] == pytest.approx(0.5)
 
 
+def test_n_acc_and_t_acc_count_empty_masks_not_the_decision():
+    """gRefCOCO (Liu et al., GRES, CVPR 2023, sec. 6): a no-target sample is a true positive
+    of N-acc when the output has no foreground pixel; T-acc is the share of target samples
+    whose output has some. The present/absent decision is scored by acc/precision/recall.
+    Here the two differ on every pair, so counting the decision would give the opposite."""
+    meter = GRESMeter()
+    empty, pixel = np.zeros((2, 2), bool), _m(["#.", ".."])
+    meter.update(empty, None, pred_present=True)  # absent target, called present, mask empty
+    meter.update(pixel, None, pred_present=False)  # absent target, called absent, a pixel
+    meter.update(pixel, None, pred_present=False)
+    meter.update(empty, pixel, pred_present=True)  # present target, called present, mask empty
+    r = meter.compute()
+    assert r["N-acc"] == pytest.approx(1 / 3)  # by masks; by decision it would be 2/3
+    assert r["T-acc"] == pytest.approx(0.0)  # by masks; by decision it would be 1
+    assert meter.confusion() == {"tp": 1, "fp": 1, "tn": 2, "fn": 0}
+    assert r["acc"] == pytest.approx(3 / 4) and r["recall"] == pytest.approx(1.0)
+
+
 def test_size_mismatch_is_an_error():
     with pytest.raises(ValueError, match="differ in size"):
         pair_iou(np.zeros((2, 2), bool), np.zeros((3, 2), bool))

@@ -1,5 +1,6 @@
 """`gres view`: the sites it writes for segment runs, eval reports and GRD datasets, on disk and
-in a real browser (Debian's chromium, headless, driven by Playwright; skipped without it)."""
+in a real browser (Debian's chromium, headless, driven by Playwright; skipped without it, except
+in CI (CI=true), where a missing browser fails the run: `.ci/run` installs it)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from grd_tools.imageio import write_mask
 from gres_cli.cli import app
 
 runner = CliRunner()
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(os.environ.get("GRES_TEST_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",
@@ -218,15 +219,45 @@ def test_gres_view_imports_no_torch(tmp_path: Path):
 
 
 # ---- in a browser ---------------------------------------------------------------------------
+def _without(what: str) -> None:
+    """Skip a browser test on a machine without `what`; in CI (CI=true) fail it: a CI run
+    whose browser tests all skipped would pass while testing none of the pages."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true but no {what}: the browser tests cannot run", pytrace=False)
+    pytest.skip(f"no {what}")
+
+
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+        _without(f"{CHROMIUM} (Debian: apt-get install chromium)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        _without("playwright (pip install playwright)")
     with sync_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_missing_browser_fails_in_ci_and_skips_elsewhere(ci: str):
+    """Was: CI without chromium skipped the 7 page tests and passed."""
+    env = {**os.environ, "CI": ci, "GRES_TEST_CHROMIUM": "/nonexistent/chromium"}
+    one = f"{__file__}::test_run_page_shows_injected_markup_as_text"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", one],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent,
+    )
+    if ci:
+        assert proc.returncode == 1 and "1 error" in proc.stdout, proc.stdout
+        assert "CI=true but no /nonexistent/chromium" in proc.stdout
+    else:
+        assert proc.returncode == 0 and "1 skipped" in proc.stdout, proc.stdout
 
 
 def open_page(browser, index: Path):
@@ -446,6 +477,31 @@ def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
     sizes = page.locator("#viewer img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
     assert sizes == [40, 40]
     assert page.evaluate("window.pwned") is None
+    assert page.problems == []
+
+
+def test_eval_page_rounds_metrics_as_the_cli_does(browser, tmp_path: Path):
+    """Was: prec@0.5 = 29/32 = 0.90625 showed as 0.9063 on the page (JavaScript's toFixed
+    rounds an exact tie up) and 0.9062 in the CLI's table and the README (Python's format
+    rounds it to even). Every metric on the page reads as `f"{value:.4f}"`."""
+    root, preds = make_evaluation(tmp_path)
+    report = tmp_path / "r.json"
+    args = ["eval", str(root), "--predictions", str(preds), "--report", str(report)]
+    assert runner.invoke(app, args).exit_code == 0
+    data = json.loads(report.read_text())
+    ties = {"prec@0.5": 0.90625, "prec@0.6": 0.03125, "prec@0.7": 0.09375, "mIoU": 0.40625}
+    data["metrics"] |= ties  # exact binary ties at the 5th decimal, both ways to even
+    report.write_text(json.dumps(data))
+    assert runner.invoke(app, ["view", str(report), "--out", str(tmp_path / "site")]).exit_code == 0
+    page = open_page(browser, tmp_path / "site" / "index.html")
+    shown = page.locator("#metrics .metric").evaluate_all(
+        "cards => cards.map(c => [c.querySelector('.metric-name').textContent,"
+        " c.querySelector('.metric-value').textContent])"
+    )
+    metrics = data["metrics"]
+    assert len(shown) >= 10
+    assert {name: value for name, value in shown} == {n: f"{metrics[n]:.4f}" for n, _ in shown}
+    assert dict(shown)["prec@0.5"] == "0.9062" and dict(shown)["prec@0.7"] == "0.0938"
     assert page.problems == []
 
 

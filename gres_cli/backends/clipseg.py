@@ -48,8 +48,11 @@ class CLIPSegBackend(OpenVocabModel):
 
     def encode_text(self, expression: str) -> Tensor:
         """The conditional embedding (1 x projection_dim), once per job."""
-        tokens = self.processor.tokenizer(
-            [expression], padding=True, truncation=True, return_tensors="pt"
+        tokenizer = self.processor.tokenizer
+        positions = self.net.config.text_config.max_position_embeddings
+        length = self.text_length(tokenizer, expression, positions)
+        tokens = tokenizer(
+            [expression], padding=True, truncation=True, max_length=length, return_tensors="pt"
         ).to(self.net.device)
         return self.net.get_conditional_embeddings(
             batch_size=1, input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]

@@ -143,7 +143,12 @@ class GroundedSamBackend(OpenVocabModel):
 
     def encode_text(self, expression: str) -> dict[str, Tensor]:
         """The tokens (1 x L), as the processor makes them for one candidate label."""
-        tokens = self.processor(text=[expression], return_tensors="pt")
+        config = self.detector.config
+        positions = min(config.max_text_len, config.text_config.max_position_embeddings)
+        length = self.text_length(self.processor.tokenizer, expression, positions)
+        tokens = self.processor(
+            text=[expression], truncation=True, max_length=length, return_tensors="pt"
+        )
         return {k: v.to(self.detector.device) for k, v in tokens.items()}
 
     def forward(self, pixels: Tensor, text: dict[str, Tensor]) -> BackendOutput:

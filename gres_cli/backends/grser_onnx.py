@@ -123,8 +123,10 @@ class GRSerOnnxModel(WithoutExtras):
         if threads:
             options.intra_op_num_threads = threads
         self.sessions = {}
+        files = {}
         for name in (spec.TEXT, spec.ENCODE, spec.QUERY):
             path = graphs[name]
+            files[name] = path.name
             try:
                 self.sessions[name] = ort.InferenceSession(
                     str(path), options, providers=["CPUExecutionProvider"]
@@ -132,6 +134,39 @@ class GRSerOnnxModel(WithoutExtras):
             except Exception as e:  # onnxruntime's load faults: missing, corrupt, wrong opset
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ModelLoadError(f"{path}: cannot load as ONNX ({first})") from None
+        self._check_graphs(folder, files)
+
+    def _check_graphs(self, folder: Path, files: dict[str, str]) -> None:
+        """Refuse (ModelLoadError, one line) a config.json that disagrees with the inputs its
+        graphs declare (an edited config, or graphs copied from another export): else
+        onnxruntime fails mid-run with InvalidArgument, after images were read."""
+        declared = {
+            graph: {i.name: i.shape for i in session.get_inputs()}
+            for graph, session in self.sessions.items()
+        }
+        fix = "re-export the model (gres model export) or restore its config.json"
+        maps = set(spec.map_names(self.stages))
+        taken = {n for n in declared[spec.QUERY] if n.startswith("map_")}
+        if taken != maps:
+            raise ModelLoadError(
+                f'{folder}/config.json: "swin_depths" {self.config["swin_depths"]} has '
+                f"{len(maps)} stages but {files[spec.QUERY]} takes {len(taken)} maps; {fix}"
+            )
+        checks = (  # (config key, its value, graph, input, axis)
+            ("max_tokens", int(self.config["max_tokens"]), spec.TEXT, spec.TEXT_INPUTS[0], 1),
+            ("image_size", self.input_size, spec.ENCODE, spec.PIXELS, 2),
+            ("image_size", self.input_size, spec.ENCODE, spec.PIXELS, 3),
+            ("experts", self.experts, spec.QUERY, spec.EXPERTS, 0),
+        )
+        for key, value, graph, name, axis in checks:
+            shape = declared[graph].get(name)
+            if shape is None or len(shape) <= axis:
+                raise ModelLoadError(f"{folder}/{files[graph]}: has no input {name}; {fix}")
+            if isinstance(shape[axis], int) and shape[axis] != value:  # str: a dynamic axis
+                raise ModelLoadError(
+                    f'{folder}/config.json: "{key}" is {value} but {files[graph]} takes '
+                    f"{shape[axis]} ({name} {shape}); {fix}"
+                )
 
     @classmethod
     def from_folder(

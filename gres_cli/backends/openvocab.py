@@ -31,6 +31,7 @@ group term is 0.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -230,6 +231,7 @@ class OpenVocabModel:
         self.max_experts = None  # the rule takes any K
         self.group_weight = group_weight
         self.margin = 2 * self.threshold - 1 if margin is None else margin
+        self._truncated: set[str] = set()  # expressions already said to be cut
         self.config = {
             "model_type": self.kind,
             "checkpoint": checkpoint,
@@ -250,6 +252,22 @@ class OpenVocabModel:
 
     def encode_text(self, expression: str) -> Any:
         raise NotImplementedError
+
+    def text_length(self, tokenizer: Any, expression: str, positions: int) -> int:
+        """The `max_length` to tokenize `expression` at: the text model's own `positions`. A
+        checkpoint's tokenizer may not know them (no model_max_length), and a longer input
+        fails inside the model, so every backend truncates here; a cut expression is said
+        once on stderr."""
+        tokens = len(tokenizer(expression)["input_ids"])
+        if tokens > positions and expression not in self._truncated:
+            self._truncated.add(expression)
+            shown = expression if len(expression) <= 60 else expression[:57] + "..."
+            print(
+                f"gres: warning: the expression {shown!r} has {tokens} tokens; the "
+                f"{self.kind} text model reads {positions}: truncated to them",
+                file=sys.stderr,
+            )
+        return positions
 
     def to(self, device: torch.device) -> OpenVocabModel:
         """Moves `self.net` (a backend with more than one network overrides this)."""

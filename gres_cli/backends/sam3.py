@@ -67,10 +67,11 @@ class Sam3Backend(OpenVocabModel):
         return ProcessImage(self.processor.image_processor)
 
     def encode_text(self, expression: str) -> Sam3Text:
-        tokens = self.processor.tokenizer(
+        tokenizer = self.processor.tokenizer
+        tokens = tokenizer(
             [expression],
             padding="max_length",
-            max_length=TEXT_TOKENS,
+            max_length=self.text_length(tokenizer, expression, TEXT_TOKENS),
             truncation=True,
             return_tensors="pt",
         ).to(self.net.device)

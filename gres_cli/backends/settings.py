@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,15 @@ class BackendSettings:
             raise ModelLoadError(f"{where}: extra must be a JSON object or null")
         return settings
 
+    def pin(self) -> BackendSettings:
+        """Name the checkpoints so that this folder loads them from any working folder: a
+        local folder by its absolute path, a Hub id with the commit it resolves to now."""
+        self.backend, self.revision = pinned_checkpoint(self.backend, self.revision)
+        sam = self.options.get("sam")  # Grounding DINO's mask drawer, a checkpoint too
+        if isinstance(sam, str) and Path(sam).expanduser().is_dir():
+            self.options["sam"] = os.path.abspath(Path(sam).expanduser())
+        return self
+
     def write(self, folder: Path) -> None:
         """config.json and a short model card into `folder` (which exists, e.g. a temporary
         folder of `atomic_output_dir`)."""
@@ -81,7 +92,7 @@ class BackendSettings:
             "Group-wise referring expression segmentation (GRES, Wu et al., ICCV 2023; not the\n"
             "generalized RES of gRefCOCO) with an open-vocabulary segmenter and gres's group\n"
             "rule. This folder holds settings only; the weights are the backend's own.\n\n"
-            f"- backend: `{self.backend}` (revision {self.revision or 'default'})\n"
+            + _where(self.backend, self.revision)
             + own
             + f"- margin m: {m}; experts K: {self.experts}; group weight: {self.group_weight:g}\n\n"
             f'Use: `gres segment PHOTOS "the red umbrella" --model <this folder or repo>`\n'
@@ -126,6 +137,30 @@ class SettingsFolder:
         )
 
 
+def pinned_checkpoint(checkpoint: str, revision: str | None) -> tuple[str, str | None]:
+    """(checkpoint, revision) as a settings folder stores them: a local folder as its absolute
+    path (`clip` typed in one folder is nothing, or another model, in the next); a Hub id as
+    the id with the commit `revision` resolves to now (a branch moves)."""
+    from gres_cli.model import hub
+
+    path = Path(checkpoint).expanduser()
+    if path.is_dir():
+        return os.path.abspath(path), revision
+    folder = hub.resolve_model_dir(checkpoint, revision)
+    commit = folder.name if re.fullmatch(r"[0-9a-f]{40}", folder.name) else revision
+    return checkpoint, commit
+
+
+def _where(backend: str, revision: str | None) -> str:
+    """The card's line naming the backend, saying how it is found."""
+    if Path(backend).is_absolute():
+        return (
+            f"- backend: `{backend}`, a local folder stored by its absolute path: found from "
+            "any working folder on this machine, not after it moves\n"
+        )
+    return f"- backend: `{backend}` from the Hugging Face Hub, revision {revision or 'default'}\n"
+
+
 def calibrated(
     model_id: str, revision: str | None, margin: float, note: dict[str, Any]
 ) -> BackendSettings:
@@ -145,4 +180,4 @@ def calibrated(
         )
     settings.margin = margin
     settings.extra = {**(settings.extra or {}), "calibrated": note}
-    return settings
+    return settings.pin()

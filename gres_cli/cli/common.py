@@ -53,6 +53,19 @@ def writable_folder(folder: Path, option: str) -> None:
         fail(f"{option} {folder}: not writable ({e.strerror})")
 
 
+def refuse_sources(out: Path, out_name: str, sources: dict[str, str | Path | None]) -> None:
+    """Fail in one line, before any work, when the output folder `out` is, holds or lies
+    inside one of `sources` (option name -> value) that is a local path: writing it would
+    modify an input and replacing it would delete one. A value that is no local path (a Hub
+    id, None) is skipped."""
+    from grd_tools.fsutil import refuse_overlap
+
+    for name, source in sources.items():
+        if source is not None and Path(source).exists():
+            with user_errors():
+                refuse_overlap(source, out, out_name, name)
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a GRDError/GresError raised inside the block into a one-line message and exit 2."""

@@ -10,7 +10,14 @@ import typer
 from rich.markup import escape
 
 from grd_tools.paths import is_within
-from gres_cli.cli.common import ProgressBar, err_console, fail, user_errors, writable_folder
+from gres_cli.cli.common import (
+    ProgressBar,
+    err_console,
+    fail,
+    refuse_sources,
+    user_errors,
+    writable_folder,
+)
 
 
 def evaluate(
@@ -142,18 +149,20 @@ def evaluate(
         options.margins = library.parse_numbers(margins, "--margins", "-0.2,0,0.2")
         options.group_weights = library.parse_numbers(group_weights, "--group-weights", "0,0.5,1")
         options.check(save_calibrated)
+    if save_calibrated is not None:
+        refuse_sources(save_calibrated, "--save-calibrated", {"DATASET": dataset, "--model": model})
     saving, saving_option = save_predictions, "--save-predictions"
     if saving is None and view and model is not None:  # the site's galleries need the masks
         saving, saving_option = _predictions_beside(report), "--view"
+    model_folder = [Path(model)] if model is not None and Path(model).exists() else []
     for option, target in (("--report", report), ("--plots", plots)):  # never onto an input
-        for source in (dataset, predictions):
+        for source in (dataset, predictions, *model_folder):
             if target and source and is_within(target.resolve(), source.resolve()):
                 fail(f"{option} {target}: is or lies inside the input {source}; pick another")
     if saving is not None:
         site = None
         if view:  # where site_of_evaluation puts it
             site = report.with_name(f"{report.stem}-view") if report else Path("gres-eval-view")
-        model_folder = [Path(model)] if model is not None and Path(model).exists() else []
         outputs = {"--report": report, "--plots": plots, "--save-calibrated": save_calibrated}
         outputs["the --view site"] = site
         with user_errors():

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from gres_cli.cli.common import err_console, fail, user_errors
+from gres_cli.cli.common import err_console, fail, refuse_sources, user_errors
 
 app = typer.Typer(
     help="Create, inspect, download and publish GRSer models (config.json + model.safetensors).",
@@ -70,6 +70,8 @@ def init(
 
     A GRSer's predictions are random until it is trained (`gres train`).
     """
+    # --overwrite replaces OUT whole: it may not be, hold or lie inside a folder it reads
+    refuse_sources(out, "OUT", {"--text-model": text_model, "--backend": backend, "--sam": sam})
     if backend is not None:
         _init_backend(out, backend, revision, margin, experts, group_weight, sam, overwrite)
         return
@@ -109,7 +111,7 @@ def _init_backend(
         if sam is not None and kind != "grounding-dino":
             fail(f"--sam pairs with a grounding-dino --backend, not {kind}")
         own = {"sam": sam} if sam is not None else {}  # Grounding DINO's own setting
-        settings = BackendSettings(backend, revision, margin, experts, group_weight, own)
+        settings = BackendSettings(backend, revision, margin, experts, group_weight, own).pin()
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             settings.write(tmp)
     err_console.print(f"wrote gres-backend settings for {backend} ({kind}) to {out}")
@@ -171,6 +173,7 @@ def export(
     """
     if fmt != "onnx":
         fail(f"--format {fmt}: the only export format is onnx")
+    refuse_sources(out, "OUT", {"MODEL": model})  # `export run/best run --overwrite` lost run/
     with user_errors():
         from gres_cli.model import onnx_spec
         from gres_cli.model.export import export_onnx, require_onnx

@@ -9,7 +9,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from gres_cli.cli.common import EXIT_FAULTS, err_console, fail, user_errors, writable_folder
+from gres_cli.cli.common import (
+    EXIT_FAULTS,
+    err_console,
+    fail,
+    refuse_sources,
+    user_errors,
+    writable_folder,
+)
 
 
 def train(
@@ -51,7 +58,7 @@ def train(
         for issue in errors[:10]:
             err_console.print(escape(f"  {issue.where}: {issue.message}"))
         fail(f"{dataset}: fails `gres grd validate` ({len(errors)} errors); fix it first")
-    writable_folder(out, "--out")
+    refuse_sources(out, "--out", {"DATASET": dataset})  # before writable_folder creates OUT
 
     import torch
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
@@ -71,6 +78,10 @@ def train(
             cfg.steps = steps
         if threads is not None:
             cfg.threads = threads
+    # OUT/best would replace a starting model kept in the run folder
+    refuse_sources(out, "--out", {"init_from": cfg.init_from})
+    writable_folder(out, "--out")
+    with user_errors():
         if resume:  # before the progress bar: a refusal is one line
             check_resume_config(out, cfg)
         total = cfg.steps

@@ -23,6 +23,7 @@ model numpy arrays and a thread pool decoding ahead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,12 +249,14 @@ class Segmenter:
         for k, (dp, dn) in enumerate(zip(d_pos.tolist(), d_neg.tolist(), strict=True)):
             image = images[k]
             mine = self.model.image_extras({n: v[k] for n, v in extras.items()}, self.margin)
+            # NaN or inf is no answer: NaN < NaN would call the image absent, silently
+            broken = not (math.isfinite(dp) and math.isfinite(dn))
             res = ImageResult(
                 job.number,
                 image,
                 job.job.group.images[image],
-                None,
-                decided[k],
+                f"the model gave non-finite distances (d_pos {dp}, d_neg {dn})" if broken else None,
+                decided[k] and not broken,
                 dp,
                 dn,
                 size=sizes[k],
@@ -261,7 +264,7 @@ class Segmenter:
                 extras=mine,
                 record_extras=self.model.record_extras(mine),
             )
-            if decided[k] or self.all_masks:
+            if not broken and (decided[k] or self.all_masks):
                 prob = self.model.probability_at(out.mask_logits[k], sizes[k])
                 res.mask, res.saliency = self.runtime.mask_and_grey(
                     prob, self.threshold, self.keep_saliency

@@ -175,7 +175,3 @@ def parse_shard(shard: str | None) -> tuple[int, int]:
     if not 0 <= i < p:
         raise GresError(f"--shard {shard!r}: need 0 <= i < P")
     return i, p
-
-
-# the names gres_cli/inference/jobs.py still imports (to go once it imports the public ones)
-_folder_name, _unique_outputs = folder_name, unique_outputs

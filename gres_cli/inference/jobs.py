@@ -30,9 +30,9 @@ from gres_cli.errors import GresError
 from gres_cli.inference.inputs import (
     IMAGE_SUFFIXES,
     ImageGroup,
-    _folder_name,
-    _unique_outputs,
     discover,
+    folder_name,
+    unique_outputs,
 )
 
 # settings.json of a --jobs run: masks in a folder per expression, not OUT/<group>/<stem>.png
@@ -117,6 +117,8 @@ def _read_line(number: int, text: str, base: Path, recursive: bool) -> JobLine:
         fields = json.loads(text)
     except json.JSONDecodeError as e:
         return JobLine(number, {}, error=f"line {number}: not JSON ({e.msg})")
+    except RecursionError:  # `[` x 3000: past the parser's recursion limit
+        return JobLine(number, {}, error=f"line {number}: not JSON (nested too deeply)")
     if not isinstance(fields, dict):
         return JobLine(number, {}, error=f"line {number}: not a JSON object")
     job = JobLine(number, fields)
@@ -144,18 +146,39 @@ def _groups(fields: dict[str, Any], base: Path, recursive: bool) -> list[ImageGr
     if name is not None:
         if len(groups) > 1:
             raise GresError(f'"group" names one group; {path} makes {len(groups)} (--recursive)')
-        groups = _unique_outputs([ImageGroup(name, groups[0].images)])
+        groups = unique_outputs([ImageGroup(name, groups[0].images)])
     return groups
+
+
+def _no_image(pattern: Path, matches: list[Path]) -> str:
+    """What a glob that matched no image did match, and the way out ("no image matches" alone
+    reads like a typo in a pattern that matched folders)."""
+    if not matches:
+        return "matches nothing"
+
+    def some(paths: list[Path]) -> str:
+        names = ", ".join(p.name for p in sorted(paths)[:3])
+        return names + (", ..." if len(paths) > 3 else "")
+
+    folders = [p for p in matches if p.is_dir()]
+    files = [p for p in matches if not p.is_dir()]
+    said = []
+    if folders:
+        said.append(f"{len(folders)} folder{'s' * (len(folders) > 1)} ({some(folders)})")
+    if files:
+        said.append(
+            f"{len(files)} file{'s' * (len(files) > 1)} that {'are' if len(files) > 1 else 'is'} "
+            f"not an image ({some(files)})"
+        )
+    hint = f"; to take the images inside the folders: {pattern}/*" if folders else ""
+    return f"matches {' and '.join(said)} and no image{hint}"
 
 
 def _glob_group(pattern: Path) -> ImageGroup:
     """The images a glob matches, as ONE group named after their common folder."""
-    images = sorted(
-        Path(p)
-        for p in glob.glob(str(pattern), recursive=True)
-        if Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file()
-    )
+    matches = [Path(p) for p in glob.glob(str(pattern), recursive=True)]
+    images = sorted(p for p in matches if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not images:
-        raise GresError(f"{pattern}: no image matches")
+        raise GresError(f"{pattern}: {_no_image(pattern, matches)}")
     common = Path(os.path.commonpath([os.path.abspath(p.parent) for p in images]))
-    return _unique_outputs([ImageGroup(_folder_name(common), images)])[0]
+    return unique_outputs([ImageGroup(folder_name(common), images)])[0]

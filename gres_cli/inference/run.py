@@ -275,7 +275,7 @@ class RunFolder:
         path = self.out / SETTINGS
         try:
             old = json.loads(path.read_text("utf-8")) if path.exists() else None
-        except (OSError, json.JSONDecodeError):
+        except (OSError, json.JSONDecodeError, RecursionError):
             old = {}
         if old == settings:
             return
@@ -322,7 +322,7 @@ class RunFolder:
             try:
                 rec = json.loads(line)
                 key = (image_key(rec["image"]), rec["expression"])
-            except (json.JSONDecodeError, KeyError, TypeError):  # a line a crash cut: redone
+            except (json.JSONDecodeError, RecursionError, KeyError, TypeError):  # cut: redone
                 continue
             if rec.get("error") is None:
                 done[key] = rec
@@ -489,7 +489,7 @@ def _rewrite_records(path: Path, keep: Callable[[dict[str, Any]], bool]) -> None
     for line in path.read_text("utf-8").splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if isinstance(rec, dict) and keep(rec):
             kept.append(line + "\n")

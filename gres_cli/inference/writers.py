@@ -80,7 +80,7 @@ def read_record(line: str) -> dict[str, Any] | None:
         # every record names its image and expression as text (readers build paths and keys
         # from them: a null image was a TypeError traceback in `gres eval`, issue 24)
         named = isinstance(rec["image"], str) and isinstance(rec["expression"], str)
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError):
         named = False
     if not named:
         raise ValueError("not a `gres segment` record")

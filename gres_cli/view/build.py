@@ -49,7 +49,7 @@ def detect_kind(path: Path) -> str:
         try:
             if is_report(json.loads(path.read_text("utf-8"))):
                 return "evaluation"
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             pass
     what = "no such file or folder" if not path.exists() else "not a view input"
     raise ViewError(

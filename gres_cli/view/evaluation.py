@@ -38,6 +38,8 @@ def read_report(path: Path) -> dict[str, Any]:
         report = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ViewError(f"{path}: not a readable gres eval report ({e})") from None
+    except RecursionError:
+        raise ViewError(f"{path}: not a readable gres eval report (nested too deeply)") from None
     if not is_report(report):
         raise ViewError(f"{path}: not a gres eval report (no metrics and settings)")
     return report

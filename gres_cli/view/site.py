@@ -193,8 +193,10 @@ def check_site_folder(out: Path, source: Path | None) -> Path | None:
     it would delete the input)."""
     out = out.absolute()
     source = source.absolute() if source is not None else None
-    if source is not None and is_within(source, out):
+    if source is not None and is_within(source.resolve(), out.resolve()):
         raise ViewError(f"--out {out}: holds the input {source}; choose another folder")
+    if source is not None and is_within(out.resolve(), source.resolve()):  # not part of it
+        raise ViewError(f"--out {out}: lies inside the input {source}; choose another folder")
     if out.exists() and not out.is_dir():
         raise ViewError(f"--out {out}: is a file; give a folder")
     if out.is_dir() and any(out.iterdir()):
@@ -212,8 +214,8 @@ def open_site(out: Path, source: Path | None) -> Iterator[tuple[Path, Path | Non
 
     On success the static files and the marker are added and the folder replaces `out` in one
     rename; on any error `out` is left as it was. Refused: `out` being a file, a non-empty
-    folder that is not a gres view site, or a folder holding `source` (replacing it would
-    delete the input)."""
+    folder that is not a gres view site, a folder holding `source` (replacing it would
+    delete the input) or one inside it (the input is never modified)."""
     out = out.absolute()
     previous = check_site_folder(out, source)
     with atomic_output_dir(out, overwrite=True) as tmp:

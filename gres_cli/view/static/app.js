@@ -22,7 +22,18 @@
 
   function fmt(value, digits) {
     if (value === null || value === undefined || Number.isNaN(value)) return "–";
-    return Number(value).toFixed(digits === undefined ? 3 : digits);
+    const d = digits === undefined ? 3 : digits;
+    const x = Number(value);
+    const rounded = x.toFixed(d);
+    // One rounding with the CLI and the README (Python's format): an exact tie rounds to the
+    // even digit there, away from zero in toFixed (29/32 = 0.90625: 0.9062, not 0.9063).
+    // toFixed(100) is the exact expansion of any double above 1e-80 up to its 100th digit.
+    if (!Number.isFinite(x) || d < 1) return rounded;
+    const exact = Math.abs(x).toFixed(100);
+    const cut = exact.indexOf(".") + 1 + d;
+    const tie = exact[cut] === "5" && /^0*$/.test(exact.slice(cut + 1));
+    if (!tie || Number(exact[cut - 1]) % 2 === 1) return rounded; // odd: up is to even
+    return (x < 0 ? "-" : "") + exact.slice(0, cut);
   }
 
   function signed(value) {
