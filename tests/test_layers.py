@@ -1,4 +1,4 @@
-"""Layers that point one way (docs/layers.md): the import-linter contracts in pyproject.toml
+"""Layers that point one way (docs/architecture.md): the import-linter contracts in pyproject.toml
 hold, a back-import breaks them, and grd_tools runs without torch or gres_cli."""
 
 from __future__ import annotations
