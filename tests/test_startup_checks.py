@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 from conftest import build_grd
 from hypothesis import given
-from test_properties import GRD_MANIFEST, SETTINGS, mutated
+from test_properties import GRD_MANIFEST, mutated
 from typer.testing import CliRunner
 
 from grd_tools.format import fits_schema, schema
@@ -40,7 +40,6 @@ def _agrees(manifest: Any) -> None:
         assert not valid, "fits_schema rejected a valid manifest"
 
 
-@SETTINGS
 @given(manifest=mutated(GRD_MANIFEST))
 def test_fits_schema_gives_jsonschemas_verdict_on_mutated_manifests(manifest: Any):
     _agrees(manifest)
