@@ -1,11 +1,11 @@
-"""`gres --help` and `gres grd ...` must not import torch; grd_tools never imports it."""
+"""`gres --help` and `gres grd ...` must not import torch (nor ray); grd_tools never imports it."""
 
 import subprocess
 import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "timm")
+HEAVY = ("torch", "transformers", "timm", "ray")
 RUN_CLI = (
     "import sys; sys.argv={argv}\n"
     "from gres_cli.cli import main\n"
