@@ -131,6 +131,16 @@ def tasks_from_jobs_file(
     return tasks_from_jobs(lines, Path(jobs).parent, recursive, shard)
 
 
+def load_segment_model(model: str | None, revision: str | None, group: bool = True) -> Any:
+    """The model `gres segment --model` names (None: the default model), as the CLI and each
+    Ray actor load it."""
+    from gres_cli.backends import load_default_model, load_model
+
+    if model is None:
+        return load_default_model(revision, group=group)
+    return load_model(model, revision, group=group)
+
+
 def check_jsonl(jsonl: Path, out: Path, tasks: list[Task]) -> None:
     """--jsonl FILE: a file, never an input image nor a file of OUT that gres writes itself
     (GresError otherwise)."""
