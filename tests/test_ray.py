@@ -177,6 +177,8 @@ def test_an_actor_killed_mid_run_is_retried_and_every_record_lands_once(
     assert at_kill < 72  # killed mid-run
     assert victim not in _actor_pids()
     _same_outputs(out, tmp_path / "local")
+    noise = [x for x in stdout.splitlines() if not x.startswith("{")]
+    assert not noise  # stdout is the JSON lines stream, nothing else
     assert len(stdout.splitlines()) == 72
 
 

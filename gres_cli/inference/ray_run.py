@@ -21,10 +21,12 @@ This module imports ray inside its functions only: `gres --help` never loads it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -205,35 +207,10 @@ def segment_on_ray(
         for k in order
     ]
     if rows:
-        ray = connect(pool.address)
-        actors, gpus = pool.size(ray.cluster_resources(), len(rows))
-        spec = ActorSpec(**(asdict(spec) | {"threads": max(1, int(pool.cpus_per_actor))}))
-        # a block per task: each goes to whichever actor is free
-        data = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            SegmentActor,
-            batch_size=1,
-            # Ray Data restarts a dead actor and retries its rows (its actor pools default to
-            # max_restarts=-1, max_task_retries=-1; tests/test_ray.py kills one)
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_gpus=gpus,
-            num_cpus=pool.cpus_per_actor,
-            fn_constructor_kwargs={"spec": asdict(spec)},
-        )
-        appended: set[tuple[str, str]] = set()
-        try:
-            for row in data.iter_rows():
-                if row["error"]:
-                    raise OutputError(row["error"])
-                for rec in json.loads(row["records"]):
-                    key = (image_key(rec["image"]), rec["expression"])
-                    if key in appended:  # a retried task handed back twice
-                        continue
-                    appended.add(key)
-                    run.append(rec)
-                    summary.count(rec)
-                    send(rec)
-        except ray.exceptions.RayError as e:  # e.g. an actor that cannot load the model
-            raise GresError(f"the Ray run failed: {_last_line(e)}") from None
+        # Ray prints its own news (a worker that died) on stdout, the records' stream when
+        # piped: stderr gets it instead while the cluster runs (emit holds stdout itself)
+        with contextlib.redirect_stdout(sys.stderr):
+            _run_rows(run, rows, spec, pool, summary, send)
     summary.seconds = time.perf_counter() - prepared.started
     return summary
 
@@ -242,3 +219,43 @@ def _last_line(error: BaseException) -> str:
     """The cause of a Ray error, in one line (Ray wraps it in a remote traceback)."""
     lines = [x.strip() for x in str(error).splitlines() if x.strip()]
     return lines[-1] if lines else type(error).__name__
+
+
+def _run_rows(
+    run: RunFolder,
+    rows: list[dict[str, bytes]],
+    spec: ActorSpec,
+    pool: RayPool,
+    summary: RunSummary,
+    send: Any,
+) -> None:
+    """Send `rows` (pickled tasks) through the actor pool; append and send each record once."""
+    ray = connect(pool.address)
+    actors, gpus = pool.size(ray.cluster_resources(), len(rows))
+    spec = ActorSpec(**(asdict(spec) | {"threads": max(1, int(pool.cpus_per_actor))}))
+    # a block per task: each goes to whichever actor is free
+    data = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        SegmentActor,
+        batch_size=1,
+        # Ray Data restarts a dead actor and retries its rows (its actor pools default to
+        # max_restarts=-1, max_task_retries=-1; tests/test_ray.py kills one)
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_gpus=gpus,
+        num_cpus=pool.cpus_per_actor,
+        fn_constructor_kwargs={"spec": asdict(spec)},
+    )
+    appended: set[tuple[str, str]] = set()
+    try:
+        for row in data.iter_rows():
+            if row["error"]:
+                raise OutputError(row["error"])
+            for rec in json.loads(row["records"]):
+                key = (image_key(rec["image"]), rec["expression"])
+                if key in appended:  # a retried task handed back twice
+                    continue
+                appended.add(key)
+                run.append(rec)
+                summary.count(rec)
+                send(rec)
+    except ray.exceptions.RayError as e:  # e.g. an actor that cannot load the model
+        raise GresError(f"the Ray run failed: {_last_line(e)}") from None
