@@ -85,7 +85,8 @@ def _masks(out: Path) -> dict[str, bytes]:
 def _same_outputs(out: Path, reference: Path) -> None:
     records = _records(out)
     assert records == _records(reference)
-    assert len({json.loads(r)["image"] for r in records}) == len(records)  # each image once
+    answers = {(json.loads(r)["image"], json.loads(r)["expression"]) for r in records}
+    assert len(answers) == len(records)  # each answer once
     masks = _masks(out)
     assert masks and masks == _masks(reference)
     assert (out / "settings.json").read_text() == (reference / "settings.json").read_text()
@@ -126,6 +127,38 @@ def test_a_ray_run_resumes_a_local_run_and_the_other_way_round(
     proc = _run(_gres(tmp_path / "b", *whole, "--jsonl", str(tmp_path / "b.jsonl")))
     assert _skipped(proc.stderr) == 2
     _same_outputs(tmp_path / "b", tmp_path / "clean")
+
+
+def test_a_jobs_file_on_ray_gives_the_local_runs_records(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    _groups(tmp_path / "in", [3, 4])
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [
+        {"path": "in/g0", "expression": "the thing"},
+        {"path": "in/g1", "expression": "the other thing"},
+        {"path": "in/g0", "expression": "the other thing"},
+        {"path": "in/nowhere", "expression": "a thing"},  # fails: one error record, exit 1
+    ]
+    jobs.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    # batch 1: a local run's batches would run on across the jobs (see above)
+    args = ("--jobs", str(jobs), "--model", str(model_dir), "--batch-size", "1")
+    runs = {}
+    for name, address in (("local", None), ("ray", cluster)):
+        proc = subprocess.run(
+            _gres(tmp_path / name, *args, ray_address=address),
+            capture_output=True,
+            text=True,
+            env=ONE_THREAD,
+            timeout=600,
+        )
+        assert proc.returncode == 1, proc.stderr
+        runs[name] = sorted(
+            x.replace(str(tmp_path / name), "OUT") for x in proc.stdout.splitlines()
+        )
+    assert len(runs["ray"]) == 3 + 4 + 3 + 1
+    assert runs["ray"] == runs["local"]
+    _same_outputs(tmp_path / "ray", tmp_path / "local")
 
 
 def _actor_pids() -> set[int]:

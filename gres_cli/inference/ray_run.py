@@ -126,10 +126,12 @@ class SegmentActor:
                 "every node mounts at the same path (docs/cluster.md)"
             )
         os.chdir(spec_.cwd)
-        if spec_.device in ("auto", "cpu"):
+        try:
             import torch
 
             torch.set_num_threads(max(1, spec_.threads))  # the CPUs Ray gave this actor
+        except ImportError:  # an ONNX model on a node without torch
+            pass
         from gres_cli.inference.engine import Segmenter
         from gres_cli.inference.writers import OutputWriter
 
