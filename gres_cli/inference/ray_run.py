@@ -241,7 +241,9 @@ def _run_rows(
         batch_size=1,
         # Ray Data restarts a dead actor and retries its rows (its actor pools default to
         # max_restarts=-1, max_task_retries=-1; tests/test_ray.py kills one)
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        # one task in flight per actor: a task queued behind a large group on a busy actor
+        # would wait there while another actor idles
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
         num_gpus=gpus,
         num_cpus=pool.cpus_per_actor,
         fn_constructor_kwargs={"spec": asdict(spec)},
