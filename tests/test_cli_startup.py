@@ -1,11 +1,11 @@
-"""`gres --help` and `gres grd ...` must not import torch; grd_tools never imports it."""
+"""`gres --help` and `gres grd ...` must not import torch (nor ray); grd_tools never imports it."""
 
 import subprocess
 import sys
 
 import pytest
 
-HEAVY = ("torch", "transformers", "timm")
+HEAVY = ("torch", "transformers", "timm", "ray")
 RUN_CLI = (
     "import sys; sys.argv={argv}\n"
     "from gres_cli.cli import main\n"
@@ -43,3 +43,29 @@ def test_gres_help_lists_the_dataset_commands():
     )
     assert proc.returncode == 0
     assert "GRD" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--ray"], '--ray needs Ray Data: pip install "gres[ray]"'),
+        (
+            ["--ray-actors", "2"],
+            "--ray-address, --ray-actors and --ray-gpus-per-actor go with --ray",
+        ),
+        (
+            ["--ray", "--shard", "0/2"],
+            "--shard splits a run by hand; --ray schedules the groups itself: give one",
+        ),
+    ],
+)
+def test_ray_options_without_ray_are_one_line_before_any_work(tmp_path, options, message):
+    # `ray` made unimportable, as where the extra is not installed
+    argv = ["gres", "segment", str(tmp_path), "a cat", "--out", str(tmp_path / "out"), *options]
+    code = "import sys; sys.modules['ray'] = None\n" + RUN_CLI.replace(
+        "except SystemExit: pass", "except SystemExit as e: sys.exit(e.code)"
+    ).format(argv=argv)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"gres: error: {message}"
+    assert not (tmp_path / "out").exists()

@@ -101,6 +101,51 @@ def segment(
     view: Annotated[
         bool, typer.Option(help="At the end, write a report site (gres view) in OUT-view.")
     ] = False,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help='Run on a Ray cluster (pip install "gres[ray]"; docs/cluster.md): each '
+            "(group, expression) task goes to whichever actor is free; OUT must be a folder "
+            "every node shares.",
+            rich_help_panel="Ray cluster",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --ray: the cluster's address (ray://host:10001, host:6379 or auto). "
+            "Default: RAY_ADDRESS, else a new local cluster.",
+            rich_help_panel="Ray cluster",
+            show_default=False,
+        ),
+    ] = None,
+    ray_actors: Annotated[
+        int | None,
+        typer.Option(
+            help="With --ray: actors in the pool, each loads the model once. Default: the "
+            "cluster's GPUs / --ray-gpus-per-actor, or without GPUs its CPUs / "
+            "--ray-cpus-per-actor.",
+            rich_help_panel="Ray cluster",
+            show_default=False,
+        ),
+    ] = None,
+    ray_gpus_per_actor: Annotated[
+        float | None,
+        typer.Option(
+            help="With --ray: GPUs per actor (Ray's num_gpus). Default: 1 on a cluster with "
+            "GPUs, else 0.",
+            rich_help_panel="Ray cluster",
+            show_default=False,
+        ),
+    ] = None,
+    ray_cpus_per_actor: Annotated[
+        float,
+        typer.Option(
+            help="With --ray: CPUs per actor (Ray's num_cpus), also its torch threads.",
+            rich_help_panel="Ray cluster",
+        ),
+    ] = 1.0,
 ) -> None:
     """Segment EXPRESSION in every image of PATH; say "absent" where it is not there.
 
@@ -117,6 +162,9 @@ def segment(
     backend alone. Offline: --model examples/demo-model (the demo knows coloured shapes only).
 
     Example: `gres segment ./photos "the red umbrella" --jsonl umbrella.jsonl`
+
+    On a Ray cluster: `gres segment ./photos "the red umbrella" --ray --ray-address auto`
+    (the batch size per model call is --batch-size; docs/cluster.md).
 
     Many jobs, one start-up: `gres segment --jobs jobs.jsonl`, a line per job such as
     {"path": "photos", "expression": "the red umbrella"} (path: an image, a folder or a glob,
@@ -135,6 +183,18 @@ def segment(
         fail("give PATH and EXPRESSION, or --jobs FILE (see gres segment --help)")
     if margin is not None and margin != margin:
         fail("--margin must be a number")
+    if not ray and (ray_address or ray_actors or ray_gpus_per_actor is not None):
+        fail("--ray-address, --ray-actors and --ray-gpus-per-actor go with --ray")
+    if ray and shard is not None:
+        fail("--shard splits a run by hand; --ray schedules the groups itself: give one")
+    pool = None
+    if ray:
+        from gres_cli.inference.ray_run import RayPool, import_ray
+
+        pool = RayPool(ray_address, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor)
+        with user_errors():
+            import_ray()  # one line naming the extra, before any work
+            pool.check()
     with user_errors():
         shards = parse_shard(shard)
         if jobs is None:
@@ -156,18 +216,19 @@ def segment(
     with user_errors():
         run.acquire()  # one owner at a time: a second run is refused before it loads a model
 
-    from gres_cli.backends import DEFAULT_MODEL, load_default_model, load_model
+    from gres_cli.backends import DEFAULT_MODEL
     from gres_cli.inference.engine import Segmenter
+    from gres_cli.inference.run import load_segment_model
 
     try:
         with user_errors():
-            if model is None:
-                net = load_default_model(revision, group=not no_group)
+            net = load_segment_model(model, revision, group=not no_group)
+            if ray:  # the actors compute; the driver's model only checks the options
+                engine = Segmenter(net, "cpu", "fp32", batch_size, 0, experts, margin, threshold)
             else:
-                net = load_model(model, revision, group=not no_group)
-            engine = Segmenter(
-                net, device, precision, batch_size, workers, experts, margin, threshold
-            )
+                engine = Segmenter(
+                    net, device, precision, batch_size, workers, experts, margin, threshold
+                )
             run.open(
                 engine, model or DEFAULT_MODEL, revision, overwrite=overwrite,
                 jobs_layout=jobs is not None,
@@ -180,7 +241,18 @@ def segment(
             lines = {t.line.line for t in tasks if t.line is not None}
             lines |= {j.line for j in failed_lines}
             title = f'"{expression}"' if jobs is None else f"{len(lines)} jobs"
-            _segment(run, tasks, failed_lines, title, sink)
+            runner = run.segment
+            if pool is not None:
+                import os
+                from functools import partial
+
+                from gres_cli.inference.ray_run import ActorSpec, segment_on_ray
+
+                spec = ActorSpec(model, revision, not no_group, device, precision, batch_size,
+                                 workers, experts, margin, threshold, str(out), fmt, overlay,
+                                 os.getcwd())  # fmt: skip
+                runner = partial(segment_on_ray, run, spec=spec, pool=pool)
+            _segment(runner, tasks, failed_lines, title, sink)
     finally:
         run.close()
 
@@ -197,7 +269,7 @@ def _sink(jsonl: str | None, rewrite: bool) -> Any:
         return JsonlSink(Path(jsonl), rewrite)
 
 
-def _segment(run: Any, tasks: list, failed_lines: list, title: str, sink: Any) -> None:
+def _segment(runner: Any, tasks: list, failed_lines: list, title: str, sink: Any) -> None:
     """Run, stream the records to `sink`, print the summary; exit with the run's status."""
     from gres_cli.inference.run import OutputError
 
@@ -209,7 +281,7 @@ def _segment(run: Any, tasks: list, failed_lines: list, title: str, sink: Any) -
     bar = ProgressBar("segment", failed="job failed")
     try:
         with bar:
-            summary = run.segment(tasks, failed_lines, emit=emit, progress=bar)
+            summary = runner(tasks, failed_lines, emit=emit, progress=bar)
     except KeyboardInterrupt:
         err_console.print(
             "interrupted: finished images are saved; run the same command again to resume"

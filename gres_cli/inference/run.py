@@ -131,6 +131,16 @@ def tasks_from_jobs_file(
     return tasks_from_jobs(lines, Path(jobs).parent, recursive, shard)
 
 
+def load_segment_model(model: str | None, revision: str | None, group: bool = True) -> Any:
+    """The model `gres segment --model` names (None: the default model), as the CLI and each
+    Ray actor load it."""
+    from gres_cli.backends import load_default_model, load_model
+
+    if model is None:
+        return load_default_model(revision, group=group)
+    return load_model(model, revision, group=group)
+
+
 def check_jsonl(jsonl: Path, out: Path, tasks: list[Task]) -> None:
     """--jsonl FILE: a file, never an input image nor a file of OUT that gres writes itself
     (GresError otherwise)."""
@@ -178,6 +188,11 @@ class RunSummary:
     def exit_code(self) -> int:
         return 1 if self.counts["failed"] or self.counts.get("jobs failed") else 0
 
+    def count(self, record: dict[str, Any]) -> None:
+        """Count a new answer's record as failed, present or absent."""
+        kind = "failed" if record["error"] else "present" if record["present"] else "absent"
+        self.counts[kind] += 1
+
 
 class Progress:
     """What a run tells its front end as it goes (a rich bar, a Ray driver, nothing)."""
@@ -190,6 +205,66 @@ class Progress:
 
     def job_failed(self, message: str) -> None:
         """A task or jobs-file line cannot run (one line, for stderr)."""
+
+
+@dataclass
+class Prepared:
+    """A run decided before any work (RunFolder.prepare): the tasks that run, the engine's job
+    of each and its images' file names below OUT/<group>/, the jobs that cannot run (message,
+    error record), the finished records a resumed run re-emits, and the summary so far."""
+
+    tasks: list[Task]
+    jobs: list[Any]  # engine.Job, one per task
+    names: list[list[str]]
+    failed: list[tuple[str, dict[str, Any]]]
+    skipped: list[dict[str, Any]]
+    summary: RunSummary
+    started: float
+
+    @property
+    def images(self) -> int:
+        """Images the run answers, skipped ones included (the progress bar's total)."""
+        return sum(len(t.group.images) for t in self.tasks)
+
+    def fail(self, line: JobLine, message: str, task: Task | None = None) -> None:
+        self.summary.counts["jobs failed"] += 1
+        self.failed.append((message, job_error_record(line, message, task)))
+
+    def sender(
+        self, emit: Callable[[dict[str, Any]], None] | None, progress: Progress
+    ) -> Callable[..., None]:
+        """Send the failed jobs' and re-emitted records to `emit` (else keep them in the
+        summary), start `progress`; returns the function that sends each new record."""
+
+        def send(record: dict[str, Any], advance: bool = True) -> None:
+            self.summary.records.append(record) if emit is None else emit(record)
+            if advance:
+                progress.advance()
+
+        for message, rec in self.failed:
+            progress.job_failed(message)
+            send(rec, advance=False)
+        progress.start(self.images)
+        for rec in self.skipped:
+            send(rec)
+        return send
+
+
+def result_record(task: Task, res: Any, margin: float) -> tuple[dict[str, Any], Any]:
+    """An engine result of `task` -> its record (files not written yet) and final mask."""
+    rec, mask = segment_record(res, task.group.name, task.expression, margin)
+    if task.line is not None:
+        rec["job"] = task.label()
+    return rec, mask
+
+
+def output_error(e: OSError | GresError) -> OutputError:
+    """An error writing outputs (disk full, a file where a folder goes, a symlink in OUT that
+    leads out of it) as the run's OutputError."""
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        return OutputError(f"{where}{e.strerror or e}")
+    return OutputError(str(e))
 
 
 class RunFolder:
@@ -366,25 +441,44 @@ class RunFolder:
         """Run the engine over `tasks` into OUT; every record (new, re-emitted or of a failed
         job) goes to `emit` as it is final. A KeyboardInterrupt keeps every finished answer
         (the same call resumes); an output that cannot be written raises OutputError."""
+        prepared = self.prepare(tasks, failed_lines)
+        summary, progress = prepared.summary, progress or Progress()
+        send = prepared.sender(emit, progress)
+        writer = self.writer
+        assert writer is not None
+        try:
+            for res in self.engine.run(prepared.jobs, writer.overlay):
+                task = prepared.tasks[res.job]
+                rec, mask = result_record(task, res, self.engine.margin)
+                summary.count(rec)
+                name = prepared.names[res.job][res.index]
+                for written in writer.submit(rec, name, mask, res.photo):
+                    send(written)
+            for written in writer.drain():
+                send(written)
+        except KeyboardInterrupt:
+            for written in writer.drain():  # images being written when interrupted are kept
+                send(written, advance=False)
+            raise
+        except (OSError, GresError) as e:
+            raise output_error(e) from None
+        summary.seconds = time.perf_counter() - prepared.started
+        return summary
+
+    def prepare(self, tasks: list[Task], failed_lines: Iterable[JobLine] = ()) -> Prepared:
+        """Everything a run decides before any work, whoever computes the answers (this
+        process, or a Ray cluster: gres_cli.inference.ray_run): the checks and refusals, the
+        tasks that run and the engine's job for each (finished images in its skip set), the
+        records to re-emit. With `overwrite`, the old records of what is redone are dropped."""
         if self.writer is None:
             raise GresError("open the RunFolder (RunFolder.open or claim) before segment")
-        progress = progress or Progress()
         summary = RunSummary({"present": 0, "absent": 0, "failed": 0, "skipped": 0}, 0.0, self.out)
-        jobs_mode = bool(failed_lines) or any(t.line is not None for t in tasks)
-        if jobs_mode:
+        failed_lines = list(failed_lines)
+        if failed_lines or any(t.line is not None for t in tasks):
             summary.counts["jobs failed"] = 0
-        started = time.perf_counter()
-
-        def send(record: dict[str, Any]) -> None:
-            summary.records.append(record) if emit is None else emit(record)
-
-        def task_failed(line: JobLine, message: str, task: Task | None = None) -> None:
-            summary.counts["jobs failed"] += 1
-            progress.job_failed(message)
-            send(job_error_record(line, message, task))
-
+        prepared = Prepared([], [], [], [], [], summary, time.perf_counter())
         for line in failed_lines:
-            task_failed(line, line.error or "cannot run")
+            prepared.fail(line, line.error or "cannot run")
         self.check_inputs(tasks)
         self.check_clash(tasks)
         done = self.finished()
@@ -392,17 +486,13 @@ class RunFolder:
         for task, why in plan.refused:
             if task.line is None:
                 raise GresError(why)
-            task_failed(task.line, why, task)
+            prepared.fail(task.line, why, task)
         if self.overwrite:
             self._drop(plan.redo)
             done = {}
         from gres_cli.inference.engine import Job
 
-        runnable = plan.runnable
-        progress.start(sum(len(t.group.images) for t in runnable))
-        jobs = []
-        stems = [t.group.output_stems() for t in runnable]
-        for task in runnable:
+        for task in plan.runnable:
             skip = set()
             for i, p in enumerate(task.group.images):
                 rec = done.get((image_key(p), task.expression))
@@ -410,37 +500,17 @@ class RunFolder:
                     skip.add(i)
                     summary.counts["skipped"] += 1
                     label = task.label()  # the job as the jobs file has it now
-                    send(rec if label is None else rec | {"job": label})
-                    progress.advance()
-            jobs.append(Job(task.group, task.expression, skip))
-        writer = self.writer
-        try:
-            for res in self.engine.run(jobs, writer.overlay):
-                task = runnable[res.job]
-                group, margin = task.group.name, self.engine.margin
-                rec, mask = segment_record(res, group, task.expression, margin)
-                if task.line is not None:
-                    rec["job"] = task.label()
-                kind = "failed" if rec["error"] else "present" if rec["present"] else "absent"
-                summary.counts[kind] += 1
-                name = task.mask_name(stems[res.job][res.index])
-                for written in writer.submit(rec, name, mask, res.photo):
-                    send(written)
-                    progress.advance()
-            for written in writer.drain():
-                send(written)
-                progress.advance()
-        except KeyboardInterrupt:
-            for written in writer.drain():  # images being written when interrupted are kept
-                send(written)
-            raise
-        except OSError as e:  # disk full, a file where a folder goes
-            where = f"{e.filename}: " if e.filename else ""
-            raise OutputError(f"{where}{e.strerror or e}") from None
-        except GresError as e:  # e.g. a symlink in OUT that leads out of it
-            raise OutputError(str(e)) from None
-        summary.seconds = time.perf_counter() - started
-        return summary
+                    prepared.skipped.append(rec if label is None else rec | {"job": label})
+            prepared.tasks.append(task)
+            prepared.jobs.append(Job(task.group, task.expression, skip))
+            prepared.names.append([task.mask_name(s) for s in task.group.output_stems()])
+        return prepared
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Append the record of an answer computed elsewhere (a Ray actor), whose files are
+        already in OUT, to records.jsonl (once: the caller appends each record once)."""
+        assert self.writer is not None, "open the RunFolder first"
+        self.writer.append(record)
 
     def _output_path_of(self, task: Task, stem: str, suffix: str) -> Path:
         assert self.writer is not None

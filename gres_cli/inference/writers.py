@@ -111,15 +111,20 @@ class OutputWriter:
         overlay: bool,
         threads: int | None = None,
         shown_as: Path | None = None,
+        records: bool = True,
     ) -> None:
         self.out, self.fmt, self.overlay = out, fmt, overlay
         # the folder records name: OUT itself, or the folder that OUT (a temporary folder
         # beside it) replaces once every output is written (`gres eval --save-predictions`)
         self.shown_as = out if shown_as is None else shown_as
         out.mkdir(parents=True, exist_ok=True)
-        self._records: TextIO = (out / RECORDS).open("a", encoding="utf-8")
-        if self._records.tell() and _last_byte(out / RECORDS) != b"\n":
-            self._records.write("\n")  # end a line a killed run cut, so the next stays whole
+        # records=False: files only, the records go back to the process that owns OUT (a Ray
+        # actor's writer; its driver appends them)
+        self._records: TextIO | None = None
+        if records:
+            self._records = (out / RECORDS).open("a", encoding="utf-8")
+            if self._records.tell() and _last_byte(out / RECORDS) != b"\n":
+                self._records.write("\n")  # end a line a killed run cut, so the next stays whole
         self.threads = threads or min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gres-writer")
         self._pending: deque[Future] = deque()
@@ -157,16 +162,23 @@ class OutputWriter:
             except Exception:  # its files are not all there: not recorded, so a re-run redoes it
                 self._pending.popleft()
         self._pool.shutdown()
-        self._records.close()
+        if self._records is not None:
+            self._records.close()
 
-    def _append_next(self) -> dict[str, Any]:
-        record = self._pending[0].result()  # popped only once done: Ctrl-C here loses nothing
-        self._pending.popleft()
+    def append(self, record: dict[str, Any]) -> None:
+        """Append `record` (its files are in place) to records.jsonl; nothing with records=False."""
+        if self._records is None:
+            return
         # processes sharing OUT (shards) append whole lines, one at a time; a rewrite of the
         # file (--overwrite) waits for the line being appended
         with locked(self.out / RECORDS_LOCK):
             self._records.write(json.dumps(record) + "\n")
             self._records.flush()
+
+    def _append_next(self) -> dict[str, Any]:
+        record = self._pending[0].result()  # popped only once done: Ctrl-C here loses nothing
+        self._pending.popleft()
+        self.append(record)
         return record
 
     def _write_files(

@@ -1,0 +1,265 @@
+"""`gres segment --ray`: the same run on a Ray cluster (docs/cluster.md).
+
+The driver (the `gres segment` process) owns OUT exactly as a local run does: it holds the
+lock, checks and writes settings.json, decides what is finished, refused or redone
+(`RunFolder.prepare`) and is the only process that appends to records.jsonl. The cluster
+computes: one row per task (a group and an expression, never single images: the group-wise
+decision needs the whole group's pass 1) goes through `map_batches` into a pool of actors
+(`SegmentActor`) that each load the model once and run the same `Segmenter` over the task,
+writing its masks atomically into OUT (a shared folder) and handing back its records. Not
+`groupby().map_groups()`: that is a full sort-based shuffle of every image row, with known
+memory and speed problems (ray-project/ray #49133, #61016, #37194), for groups the run already
+has.
+
+Exactly once: an actor that dies (its node, kill -9) has its rows retried by Ray on another
+actor; its files are rewritten with the same bytes, atomically, and its records reach the
+driver once (the driver also drops a record it already appended). A killed driver takes its
+actors with it; the same command resumes from records.jsonl.
+
+This module imports ray inside its functions only: `gres --help` never loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickle
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gres_cli.errors import GresError
+from gres_cli.inference.run import (
+    OutputError,
+    Progress,
+    RunFolder,
+    RunSummary,
+    Task,
+    image_key,
+    load_segment_model,
+    output_error,
+    result_record,
+)
+
+RAY_EXTRA = 'pip install "gres[ray]"'
+
+
+def import_ray() -> Any:
+    """The ray module, or a GresError naming the extra that installs it."""
+    try:
+        import ray
+        import ray.data  # Ray Data ships in the extra, not in bare ray
+    except ImportError:
+        raise GresError(f"--ray needs Ray Data: {RAY_EXTRA}") from None
+    return ray
+
+
+@dataclass
+class RayPool:
+    """Where and on how many actors a run goes: `address` of the cluster (None: RAY_ADDRESS,
+    else a local cluster), `actors` (None: the cluster's GPUs / gpus_per_actor, or without GPUs
+    its CPUs / cpus_per_actor), `gpus_per_actor` (None: 1 on a cluster with GPUs, else 0) and
+    `cpus_per_actor` (also each actor's torch threads)."""
+
+    address: str | None = None
+    actors: int | None = None
+    gpus_per_actor: float | None = None
+    cpus_per_actor: float = 1.0
+
+    def check(self) -> None:
+        """GresError for a pool that cannot be (before any work)."""
+        if self.actors is not None and self.actors < 1:
+            raise GresError(f"--ray-actors {self.actors}: give at least 1")
+        if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
+            raise GresError(f"--ray-gpus-per-actor {self.gpus_per_actor}: give 0 or more")
+        if self.cpus_per_actor <= 0:
+            raise GresError(f"--ray-cpus-per-actor {self.cpus_per_actor}: give more than 0")
+
+    def size(self, resources: dict[str, float], tasks: int) -> tuple[int, float]:
+        """(actors, GPUs per actor) on a cluster of `resources`, never more actors than
+        `tasks`."""
+        gpus = resources.get("GPU", 0.0)
+        per_gpu = self.gpus_per_actor if self.gpus_per_actor is not None else (1.0 if gpus else 0)
+        actors = self.actors
+        if actors is None:
+            share = gpus / per_gpu if per_gpu else resources.get("CPU", 1.0) / self.cpus_per_actor
+            actors = max(1, int(share))
+        return max(1, min(actors, tasks)), per_gpu
+
+
+@dataclass
+class ActorSpec:
+    """What every actor needs to compute the local run's answers: the model as the CLI loads
+    it, the Segmenter's options, OUT and its format, and the driver's working folder (relative
+    paths, and the records naming them, mean what they mean to the driver)."""
+
+    model: str | None
+    revision: str | None
+    group: bool
+    device: str
+    precision: str
+    batch_size: int
+    workers: int
+    experts: int | None
+    margin: float | None
+    threshold: float
+    out: str
+    fmt: str
+    overlay: bool
+    cwd: str
+    threads: int = 1
+
+
+class SegmentActor:
+    """A Ray Data callable class: loads the model once, then answers one task per row with the
+    local engine, writing the task's files into OUT and returning its records as JSON."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        spec_ = ActorSpec(**spec)
+        if not os.path.isdir(spec_.cwd):
+            raise GresError(
+                f"the working folder {spec_.cwd} is not on this node: run gres from a folder "
+                "every node mounts at the same path (docs/cluster.md)"
+            )
+        os.chdir(spec_.cwd)
+        try:
+            import torch
+
+            torch.set_num_threads(max(1, spec_.threads))  # the CPUs Ray gave this actor
+        except ImportError:  # an ONNX model on a node without torch
+            pass
+        from gres_cli.inference.engine import Segmenter
+        from gres_cli.inference.writers import OutputWriter
+
+        net = load_segment_model(spec_.model, spec_.revision, spec_.group)
+        self.engine = Segmenter(
+            net,
+            spec_.device,
+            spec_.precision,
+            spec_.batch_size,
+            spec_.workers,
+            spec_.experts,
+            spec_.margin,
+            spec_.threshold,
+        )
+        # files only: the driver appends the records, once, after they come back
+        self.writer = OutputWriter(Path(spec_.out), spec_.fmt, spec_.overlay, records=False)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+        records, errors = [], []
+        for payload in batch["task"]:
+            task, job, names = pickle.loads(payload)
+            done: list[dict[str, Any]] = []
+            try:
+                for res in self.engine.run([job], self.writer.overlay):
+                    rec, mask = result_record(task, res, self.engine.margin)
+                    done += self.writer.submit(rec, names[res.index], mask, res.photo)
+                done += self.writer.drain()
+            except (OSError, GresError) as e:  # an output that cannot be written: the run stops
+                errors.append(str(output_error(e)))
+            records.append(json.dumps(done))
+        return {"records": records, "error": [errors[0] if errors else ""] * len(records)}
+
+
+def connect(address: str | None) -> Any:
+    """ray, connected: to `address`, else RAY_ADDRESS, else a new local cluster (a Python
+    caller's own `ray.init` is kept)."""
+    ray = import_ray()
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
+        if address is None and not os.environ.get("RAY_ADDRESS"):
+            kwargs["include_dashboard"] = False
+        try:
+            ray.init(address=address, **kwargs)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise GresError(f"--ray-address {address}: cannot connect ({e})") from None
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False  # the driver draws one bar over images
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # its per-run INFO lines: not for users
+    return ray
+
+
+def segment_on_ray(
+    run: RunFolder,
+    tasks: list[Task],
+    failed_lines: Any = (),
+    *,
+    spec: ActorSpec,
+    pool: RayPool,
+    emit: Any = None,
+    progress: Progress | None = None,
+) -> RunSummary:
+    """`RunFolder.segment` with the answers computed by a Ray actor pool (see the module):
+    the same checks, records, files and summary."""
+    pool.check()
+    prepared = run.prepare(tasks, failed_lines)
+    summary, progress = prepared.summary, progress or Progress()
+    send = prepared.sender(emit, progress)
+    # the largest groups first: a long task started last would hold the run's end back
+    order = sorted(
+        (k for k, job in enumerate(prepared.jobs) if len(job.skip) < len(job.group.images)),
+        key=lambda k: -len(prepared.jobs[k].group.images),
+    )
+    rows = [
+        {"task": pickle.dumps((prepared.tasks[k], prepared.jobs[k], prepared.names[k]))}
+        for k in order
+    ]
+    if rows:
+        # Ray prints its own news (a worker that died) on stdout, the records' stream when
+        # piped: stderr gets it instead while the cluster runs (emit holds stdout itself)
+        with contextlib.redirect_stdout(sys.stderr):
+            _run_rows(run, rows, spec, pool, summary, send)
+    summary.seconds = time.perf_counter() - prepared.started
+    return summary
+
+
+def _last_line(error: BaseException) -> str:
+    """The cause of a Ray error, in one line (Ray wraps it in a remote traceback)."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _run_rows(
+    run: RunFolder,
+    rows: list[dict[str, bytes]],
+    spec: ActorSpec,
+    pool: RayPool,
+    summary: RunSummary,
+    send: Any,
+) -> None:
+    """Send `rows` (pickled tasks) through the actor pool; append and send each record once."""
+    ray = connect(pool.address)
+    actors, gpus = pool.size(ray.cluster_resources(), len(rows))
+    spec = ActorSpec(**(asdict(spec) | {"threads": max(1, int(pool.cpus_per_actor))}))
+    # a block per task: each goes to whichever actor is free
+    data = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        SegmentActor,
+        batch_size=1,
+        # Ray Data restarts a dead actor and retries its rows (its actor pools default to
+        # max_restarts=-1, max_task_retries=-1; tests/test_ray.py kills one)
+        # one task in flight per actor: a task queued behind a large group on a busy actor
+        # would wait there while another actor idles
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+        num_gpus=gpus,
+        num_cpus=pool.cpus_per_actor,
+        fn_constructor_kwargs={"spec": asdict(spec)},
+    )
+    appended: set[tuple[str, str]] = set()
+    try:
+        for row in data.iter_rows():
+            if row["error"]:
+                raise OutputError(row["error"])
+            for rec in json.loads(row["records"]):
+                key = (image_key(rec["image"]), rec["expression"])
+                if key in appended:  # a retried task handed back twice
+                    continue
+                appended.add(key)
+                run.append(rec)
+                summary.count(rec)
+                send(rec)
+    except ray.exceptions.RayError as e:  # e.g. an actor that cannot load the model
+        raise GresError(f"the Ray run failed: {_last_line(e)}") from None

@@ -1,0 +1,237 @@
+"""`gres segment --ray` on a local Ray cluster (started once by this module, 2 CPUs): the same
+answers as a local run, resume across local and Ray runs, an actor killed mid-run, a driver
+killed mid-run (docs/cluster.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import build_tiny_grser
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason='the Ray tests need pip install "gres[ray]"')
+
+# torch's answers depend on its thread count in the last rounded digit (the order of float
+# sums); each actor runs 1 thread (--ray-cpus-per-actor 1), so the local runs compared with
+# it do too
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def cluster() -> str:
+    """A local Ray cluster for the module; its address, for the `gres` processes."""
+    # a local test cluster: no token (Ray 2.52+ makes one, which `gres` processes lack)
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # margin -0.05: most images present, so masks get written and compared
+    return build_tiny_grser(tmp_path_factory.mktemp("model") / "tiny", margin=-0.05)
+
+
+def _groups(root: Path, sizes: list[int]) -> Path:
+    rng = np.random.default_rng(len(sizes))
+    for g, n in enumerate(sizes):
+        (root / f"g{g}").mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                root / f"g{g}" / f"{i}.png"
+            )
+    return root
+
+
+def _gres(out: Path, *args: str, ray_address: str | None = None) -> list[str]:
+    cmd = [sys.executable, "-m", "gres_cli", "segment", *args, "--out", str(out)]
+    if ray_address is not None:
+        cmd += ["--ray", "--ray-address", ray_address, "--ray-actors", "2"]
+    return cmd
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ONE_THREAD, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def _records(out: Path) -> list[str]:
+    """OUT's records, OUT's name taken out of their paths, sorted: comparable across folders."""
+    lines = (out / "records.jsonl").read_text().splitlines()
+    return sorted(line.replace(str(out), "OUT") for line in lines)
+
+
+def _skipped(stderr: str) -> int:
+    """The summary table's count of skipped (finished earlier) images."""
+    line = next(x for x in stderr.splitlines() if "skipped" in x)
+    return int(re.findall(r"\d+", line)[-1])
+
+
+def _masks(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*.png"))}
+
+
+def _same_outputs(out: Path, reference: Path) -> None:
+    records = _records(out)
+    assert records == _records(reference)
+    answers = {(json.loads(r)["image"], json.loads(r)["expression"]) for r in records}
+    assert len(answers) == len(records)  # each answer once
+    masks = _masks(out)
+    assert masks and masks == _masks(reference)
+    assert (out / "settings.json").read_text() == (reference / "settings.json").read_text()
+
+
+def test_a_ray_run_gives_the_local_runs_records_and_masks(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    # batch 2: most groups span batches. A local run's batches run on across groups (a batch
+    # of g0's last image and g1's first), a Ray task's start at its group: the sizes keep
+    # each group's batches the same both ways (other batches change d_pos and d_neg in the
+    # 6th decimal, as another --batch-size does)
+    photos = _groups(tmp_path / "in", [5, 1, 4, 9])
+    args = (str(photos), "the thing", "--recursive", "--model", str(model_dir), "--batch-size", "2")
+    _run(_gres(tmp_path / "local", *args))
+    proc = _run(_gres(tmp_path / "ray", *args, ray_address=cluster))
+    _same_outputs(tmp_path / "ray", tmp_path / "local")
+    streamed = sorted(x.replace(str(tmp_path / "ray"), "OUT") for x in proc.stdout.splitlines())
+    assert streamed == _records(tmp_path / "ray")  # stdout gets each record once too
+
+
+def test_a_ray_run_resumes_a_local_run_and_the_other_way_round(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    photos = _groups(tmp_path / "in", [4, 2, 3])  # batches aligned with groups, as above
+    opts = ("--model", str(model_dir), "--batch-size", "2")
+    whole = (str(photos), "the thing", "--recursive", *opts)
+    _run(_gres(tmp_path / "clean", *whole))
+    # a local run answered g0 only; the Ray run skips its 4 images and answers the rest
+    _run(_gres(tmp_path / "a", str(photos / "g0"), "the thing", *opts))
+    proc = _run(
+        _gres(tmp_path / "a", *whole, "--jsonl", str(tmp_path / "a.jsonl"), ray_address=cluster)
+    )
+    assert _skipped(proc.stderr) == 4
+    _same_outputs(tmp_path / "a", tmp_path / "clean")
+    # a Ray run answered g1 only; the local run skips its 2 images
+    _run(_gres(tmp_path / "b", str(photos / "g1"), "the thing", *opts, ray_address=cluster))
+    proc = _run(_gres(tmp_path / "b", *whole, "--jsonl", str(tmp_path / "b.jsonl")))
+    assert _skipped(proc.stderr) == 2
+    _same_outputs(tmp_path / "b", tmp_path / "clean")
+
+
+def test_a_jobs_file_on_ray_gives_the_local_runs_records(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    _groups(tmp_path / "in", [3, 4])
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [
+        {"path": "in/g0", "expression": "the thing"},
+        {"path": "in/g1", "expression": "the other thing"},
+        {"path": "in/g0", "expression": "the other thing"},
+        {"path": "in/nowhere", "expression": "a thing"},  # fails: one error record, exit 1
+    ]
+    jobs.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    # batch 1: a local run's batches would run on across the jobs (see above)
+    args = ("--jobs", str(jobs), "--model", str(model_dir), "--batch-size", "1")
+    runs = {}
+    for name, address in (("local", None), ("ray", cluster)):
+        proc = subprocess.run(
+            _gres(tmp_path / name, *args, ray_address=address),
+            capture_output=True,
+            text=True,
+            env=ONE_THREAD,
+            timeout=600,
+        )
+        assert proc.returncode == 1, proc.stderr
+        runs[name] = sorted(
+            x.replace(str(tmp_path / name), "OUT") for x in proc.stdout.splitlines()
+        )
+    assert len(runs["ray"]) == 3 + 4 + 3 + 1
+    assert runs["ray"] == runs["local"]
+    _same_outputs(tmp_path / "ray", tmp_path / "local")
+
+
+def _actor_pids() -> set[int]:
+    """The pids of this cluster's Ray Data actors (workers of its raylet titled MapWorker)."""
+    node = ray._private.worker._global_node
+    raylet = node.all_processes["raylet"][0].process.pid
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            title = (proc / "cmdline").read_bytes()
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == raylet and b"MapWorker" in title:
+            pids.add(int(proc.name))
+    return pids
+
+
+def _wait_for_records(out: Path, proc: subprocess.Popen, n: int) -> int:
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        records = out / "records.jsonl"
+        if records.exists() and len(records.read_text().splitlines()) >= n:
+            return len(records.read_text().splitlines())
+        time.sleep(0.05)
+    raise AssertionError(f"the run ended or stalled before {n} records: {proc.poll()}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actors in /proc")
+def test_an_actor_killed_mid_run_is_retried_and_every_record_lands_once(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    photos = _groups(tmp_path / "in", [6] * 12)
+    args = (str(photos), "the thing", "--recursive", "--model", str(model_dir), "--batch-size", "1")
+    _run(_gres(tmp_path / "local", *args))
+    out = tmp_path / "ray"
+    proc = subprocess.Popen(
+        _gres(out, *args, ray_address=cluster),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ONE_THREAD,
+    )
+    at_kill = _wait_for_records(out, proc, 6)  # an actor finished a group: both are loaded
+    victim = min(_actor_pids())
+    os.kill(victim, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    assert at_kill < 72  # killed mid-run
+    assert victim not in _actor_pids()
+    _same_outputs(out, tmp_path / "local")
+    noise = [x for x in stdout.splitlines() if not x.startswith("{")]
+    assert not noise  # stdout is the JSON lines stream, nothing else
+    assert len(stdout.splitlines()) == 72
+
+
+def test_a_killed_driver_leaves_a_folder_the_same_command_resumes(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    photos = _groups(tmp_path / "in", [5] * 8)
+    args = (str(photos), "the thing", "--recursive", "--model", str(model_dir), "--batch-size", "1")
+    _run(_gres(tmp_path / "local", *args))
+    out = tmp_path / "ray"
+    proc = subprocess.Popen(
+        _gres(out, *args, ray_address=cluster),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ONE_THREAD,
+    )
+    at_kill = _wait_for_records(out, proc, 5)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert at_kill < 40
+    again = _run(_gres(out, *args, "--jsonl", str(tmp_path / "again.jsonl"), ray_address=cluster))
+    assert at_kill <= _skipped(again.stderr) < 40  # what the killed run recorded is kept
+    _same_outputs(out, tmp_path / "local")
