@@ -307,3 +307,28 @@ def test_the_readme_python_run_resumes_when_run_again(tmp_path: Path, monkeypatc
     assert total == len(list((REPO / "examples/synth-demo/images").rglob("*.png")))
     assert again["summary"].counts["skipped"] == total
     assert again["summary"].records == first["summary"].records
+
+
+def test_a_hub_model_is_named_by_its_id_and_the_commit_it_resolved_to(
+    model_dir: Path, photos: Path, tmp_path: Path
+):
+    """A Hub model's weights are pinned by the commit its revision resolved to: after the
+    branch moves, a re-run into the same --out is refused naming the commit."""
+    import shutil
+
+    from conftest import gres, populate_hub_cache
+
+    cache = tmp_path / "hub"
+    populate_hub_cache(cache, "gres-test/tiny", model_dir, commit="a" * 40)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    args = ("segment", str(photos), "x", "--model", "gres-test/tiny", "--out", str(tmp_path / "o"))
+    first = gres(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    settings = json.loads((tmp_path / "o" / "settings.json").read_text())
+    assert (settings["model"], settings["commit"]) == ("gres-test/tiny", "a" * 40)
+    assert "weights_sha256" not in settings
+    repo = cache / "models--gres-test--tiny"
+    shutil.copytree(repo / "snapshots" / ("a" * 40), repo / "snapshots" / ("b" * 40), symlinks=True)
+    (repo / "refs" / "main").write_text("b" * 40)  # the branch moved
+    again = gres(*args, env=env)
+    assert again.returncode == 2 and "the model's Hub commit" in again.stderr, again.stderr
