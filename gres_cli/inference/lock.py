@@ -122,14 +122,10 @@ def _try(f: IO[str], mode: int) -> bool:
 
 def _held(path: Path) -> bool:
     """Whether another process holds the lock file `path` now."""
-    with path.open("a") as f:
-        return not _try(f, _fcntl().LOCK_EX)  # taken for an instant, dropped at close
-
-
-def _fcntl():
     import fcntl
 
-    return fcntl
+    with path.open("a") as f:
+        return not _try(f, fcntl.LOCK_EX)  # taken for an instant, dropped at close
 
 
 def _note(f: IO[str], text: str) -> None:
