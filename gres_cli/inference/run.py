@@ -366,7 +366,9 @@ class RunFolder:
                 f"--out {self.out}: holds outputs made with {difference}; pass --overwrite "
                 "to redo them, or pick another --out"
             )
-        _rewrite_records(records, keep=lambda rec: False)
+        if records.exists():  # no old answer survives next to the new ones
+            with records.open("r+b") as f:
+                f.truncate(0)
         from grd_tools.fsutil import atomic_write_text
 
         atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
@@ -412,15 +414,18 @@ class RunFolder:
             if reserved is not None and task.line is None:
                 raise GresError(reserved)
 
-    def check_clash(self, tasks: list[Task]) -> None:
+    def check_clash(
+        self, tasks: list[Task], done: dict[tuple[str, str], dict[str, Any]] | None = None
+    ) -> None:
         """Refuse (GresError) another expression's files on these images in OUT (one job per
-        image names its files after the image alone), which this run would overwrite."""
+        image names its files after the image alone), which this run would overwrite. `done`:
+        OUT's finished records when the caller has read them already."""
         if self.fmt not in ("png", "npy") and not self.overlay:
             return  # this run writes no per-image file
         asked = {
             image_key(p): t.expression for t in tasks if t.line is None for p in t.group.images
         }
-        for (image, text), rec in self.finished().items():
+        for (image, text), rec in (self.finished() if done is None else done).items():
             clash = image in asked and asked[image] != text
             if clash and (rec.get("mask") or rec.get("overlay")):
                 raise GresError(
@@ -480,8 +485,8 @@ class RunFolder:
         for line in failed_lines:
             prepared.fail(line, line.error or "cannot run")
         self.check_inputs(tasks)
-        self.check_clash(tasks)
         done = self.finished()
+        self.check_clash(tasks, done)
         plan = plan_tasks(tasks, done, self.overwrite, self._output_path_of, self.fmt, self.overlay)
         for task, why in plan.refused:
             if task.line is None:
