@@ -28,7 +28,7 @@ import os
 import pickle
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +234,7 @@ def _run_rows(
     """Send `rows` (pickled tasks) through the actor pool; append and send each record once."""
     ray = connect(pool.address)
     actors, gpus = pool.size(ray.cluster_resources(), len(rows))
-    spec = ActorSpec(**(asdict(spec) | {"threads": max(1, int(pool.cpus_per_actor))}))
+    spec = replace(spec, threads=max(1, int(pool.cpus_per_actor)))
     # a block per task: each goes to whichever actor is free
     data = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         SegmentActor,
