@@ -110,25 +110,25 @@ def model_identity(model_id: str | os.PathLike[str], revision: str | None = None
         identity["commit"] = folder.name
     named = read_config(folder)
     if named.get("model_type") == "gres-backend" and isinstance(named.get("backend"), str):
-        backend = named["backend"]
-        if not Path(backend).is_absolute() and (folder / backend).is_dir():
-            backend = str(folder / backend)
-        identity["backend_identity"] = model_identity(backend, named.get("revision"))
+        # the backend as the settings folder's loader finds it (backends/settings.py)
+        identity["backend_identity"] = model_identity(named["backend"], named.get("revision"))
     return identity
 
 
 def folder_digest(folder: Path) -> str:
     """SHA-256 over a model folder's files (names and contents; the card README.md and hidden
     files left out). Each file's digest is cached by (path, size, mtime) in the user's cache
-    (`file_sha256`), so a multi-GB checkpoint is read once, not on every run."""
+    (`DigestCache`), so a multi-GB checkpoint is read once, not on every run."""
     import hashlib
 
+    cache = DigestCache()
     total = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         name = path.relative_to(folder).as_posix()
         if name == "README.md" or any(part.startswith(".") for part in name.split("/")):
             continue
-        total.update(f"{name}\0{file_sha256(path)}\n".encode())
+        total.update(f"{name}\0{cache.sha256(path)}\n".encode())
+    cache.save()
     return total.hexdigest()
 
 
@@ -141,37 +141,55 @@ def digest_cache() -> Path:
     return Path(base) / "gres"
 
 
+class DigestCache:
+    """Files' SHA-256 keyed by absolute path, size and mtime (a rewrite changes the mtime, so a
+    changed file is hashed again), read from `file-digests.json` once and written back once by
+    `save` (an unwritable cache only costs the re-read next time)."""
+
+    def __init__(self) -> None:
+        self.file = digest_cache() / "file-digests.json"
+        try:
+            entries = json.loads(self.file.read_text("utf-8"))
+        except (OSError, ValueError):
+            entries = {}
+        self.entries: dict[str, Any] = entries if isinstance(entries, dict) else {}
+        self.changed = False
+
+    def sha256(self, path: Path) -> str:
+        import hashlib
+
+        stat = path.stat()
+        key = os.path.abspath(path)
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        hit = self.entries.get(key)
+        if isinstance(hit, list) and hit[:2] == stamp and len(hit) == 3:
+            return str(hit[2])
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+        self.entries[key] = [*stamp, digest.hexdigest()]
+        self.changed = True
+        return digest.hexdigest()
+
+    def save(self) -> None:
+        if not self.changed:
+            return
+        try:
+            from grd_tools.fsutil import atomic_write_text
+
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.file, json.dumps(self.entries))
+        except OSError:
+            pass  # a read-only home: the digest is only recomputed next time
+
+
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, cached by its absolute path, size and mtime (a rewrite changes the
-    mtime, so a changed file is hashed again; an unwritable cache only costs the re-read)."""
-    import hashlib
-
-    stat = path.stat()
-    key = os.path.abspath(path)
-    stamp = [stat.st_size, stat.st_mtime_ns]
-    cache_file = digest_cache() / "file-digests.json"
-    try:
-        cache = json.loads(cache_file.read_text("utf-8"))
-        if not isinstance(cache, dict):
-            cache = {}
-    except (OSError, ValueError):
-        cache = {}
-    hit = cache.get(key)
-    if isinstance(hit, list) and hit[:2] == stamp and len(hit) == 3:
-        return str(hit[2])
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    cache[key] = [*stamp, digest.hexdigest()]
-    try:
-        from grd_tools.fsutil import atomic_write_text
-
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cache_file, json.dumps(cache))
-    except OSError:
-        pass  # a read-only home: the digest is only recomputed next time
-    return digest.hexdigest()
+    """SHA-256 of one file, through the digest cache (`DigestCache`)."""
+    cache = DigestCache()
+    digest = cache.sha256(path)
+    cache.save()
+    return digest
 
 
 def read_config(folder: Path) -> dict[str, Any]:
