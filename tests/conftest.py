@@ -24,6 +24,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Test this checkout, also in subprocesses, even where an editable install points at another one
+# (a git worktree beside the main checkout)
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+
 # Hypothesis profiles (CONTRIBUTING.md). `ci`, the default, draws the same examples on every
 # machine, from any folder, under any xdist worker and in any test order, so a red CI means a
 # bug, not bad luck. `fuzz` explores: thousands of random examples per test, and the failures
