@@ -49,6 +49,11 @@ def test_gres_help_lists_the_dataset_commands():
     ("options", "message"),
     [
         (["--ray"], '--ray needs Ray Data: pip install "gres[ray]"'),
+        (["eval", "--model", "m", "--ray"], '--ray needs Ray Data: pip install "gres[ray]"'),
+        (
+            ["eval", "--model", "m", "--ray-address", "auto"],
+            "--ray-address, --ray-actors and --ray-gpus-per-actor go with --ray",
+        ),
         (
             ["--ray-actors", "2"],
             "--ray-address, --ray-actors and --ray-gpus-per-actor go with --ray",
@@ -61,7 +66,11 @@ def test_gres_help_lists_the_dataset_commands():
 )
 def test_ray_options_without_ray_are_one_line_before_any_work(tmp_path, options, message):
     # `ray` made unimportable, as where the extra is not installed
-    argv = ["gres", "segment", str(tmp_path), "a cat", "--out", str(tmp_path / "out"), *options]
+    if options[0] == "eval":  # gres eval DATASET --model M ... --report OUT/r.json
+        argv = ["gres", "eval", str(tmp_path), *options[1:], "--report", str(tmp_path / "out/r")]
+    else:
+        argv = ["gres", "segment", str(tmp_path), "a cat", "--out", str(tmp_path / "out")]
+        argv += options
     code = "import sys; sys.modules['ray'] = None\n" + RUN_CLI.replace(
         "except SystemExit: pass", "except SystemExit as e: sys.exit(e.code)"
     ).format(argv=argv)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_tiny_grser
+from conftest import build_grd, build_tiny_grser
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason='the Ray tests need pip install "gres[ray]"')
@@ -235,3 +235,56 @@ def test_a_killed_driver_leaves_a_folder_the_same_command_resumes(
     again = _run(_gres(out, *args, "--jsonl", str(tmp_path / "again.jsonl"), ray_address=cluster))
     assert at_kill <= _skipped(again.stderr) < 40  # what the killed run recorded is kept
     _same_outputs(out, tmp_path / "local")
+
+
+def test_eval_on_ray_runs_a_model_not_saved_predictions(tmp_path: Path):
+    data = build_grd(tmp_path / "d", n_groups=2)
+    (tmp_path / "p.jsonl").write_text("")
+    argv = ["eval", str(data), "--predictions", str(tmp_path / "p.jsonl"), "--ray"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "gres_cli", *argv],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "gres: error: --ray runs a --model; saved --predictions are scored here"
+    )
+
+
+def test_eval_on_ray_scores_as_a_local_eval(cluster: str, model_dir: Path, tmp_path: Path):
+    """`gres eval --model M --ray`: the actors compute the answers, the driver scores them in
+    the local order: the same report (metrics, margin sweep, calibration) and the same saved
+    predictions as a local `gres eval`."""
+    data = build_grd(tmp_path / "d", n_groups=4, n_images=3)
+    args = ["--model", str(model_dir), "--batch-size", "1"]
+    args += ["--margins", "-0.1,0,0.1", "--calibrate", "acc"]
+
+    def evaluate(name: str, *extra: str) -> dict:
+        cmd = [sys.executable, "-m", "gres_cli", "eval", str(data), *args, *extra]
+        cmd += ["--report", str(tmp_path / f"{name}.json")]
+        cmd += ["--save-predictions", str(tmp_path / f"{name}-predictions")]
+        _run(cmd)
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    local = evaluate("local")
+    before = _segment_actors()
+    on_ray = evaluate("ray", "--ray", "--ray-address", cluster, "--ray-actors", "2")
+    assert _segment_actors() == before + 2  # the answers came from the cluster's actors
+    assert local["pairs"] == 12  # the test split: 2 groups x 3 images x 2 expressions
+    for key in ("metrics", "margin_sweep", "calibrated", "missing", "left_out"):
+        assert on_ray[key] == local[key], key
+    saved = {name: tmp_path / f"{name}-predictions" for name in ("local", "ray")}
+    assert _records(saved["ray"]) == [
+        r.replace(str(saved["local"]), str(saved["ray"])).replace(str(saved["ray"]), "OUT")
+        for r in _records(saved["local"])
+    ]
+    assert _masks(saved["ray"]) == _masks(saved["local"])
+
+
+def _segment_actors() -> int:
+    """Actors of SegmentActor pools the cluster has started so far (its GCS's actor table)."""
+    from ray._private import state
+
+    names = (a.get("ActorClassName", "") for a in state.actors().values())
+    return sum("SegmentActor" in name for name in names)

@@ -9,15 +9,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from grd_tools.paths import is_within
-from gres_cli.cli.common import (
-    ProgressBar,
-    err_console,
-    fail,
-    refuse_sources,
-    user_errors,
-    writable_folder,
-)
+from gres_cli.cli import options
+from gres_cli.cli.common import ProgressBar, err_console, user_errors, writable_folder
 
 
 def evaluate(
@@ -35,9 +28,7 @@ def evaluate(
             "(CLIPSeg, ...) or a gres-backend settings folder."
         ),
     ] = None,
-    revision: Annotated[
-        str | None, typer.Option(help="With a Hub --model: branch, tag or commit to load.")
-    ] = None,
+    revision: options.Revision = None,
     predictions: Annotated[
         Path | None,
         typer.Option(
@@ -48,15 +39,11 @@ def evaluate(
     split: Annotated[
         str | None, typer.Option(help="Split to score (default: test if present, else all).")
     ] = None,
-    margin: Annotated[
-        float | None, typer.Option(help="m for --model (default: the model's).")
-    ] = None,
+    margin: options.Margin = None,
     report: Annotated[Path | None, typer.Option(help="Write every number as JSON here.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    batch_size: Annotated[int, typer.Option(help="Images per model batch.")] = 16,
-    workers: Annotated[
-        int, typer.Option(help="With --model: image-decoding worker processes (see gres segment).")
-    ] = 0,
+    device: options.Device = "auto",
+    batch_size: options.BatchSize = 16,
+    workers: options.Workers = 0,
     margins: Annotated[
         str | None,
         typer.Option(help="With --model: also score these margins, e.g. -0.2,0,0.2 (one pass)."),
@@ -128,6 +115,11 @@ def evaluate(
             "(default --save-predictions: REPORT-predictions, else ./gres-eval-predictions)."
         ),
     ] = False,
+    ray: options.Ray = False,
+    ray_address: options.RayAddress = None,
+    ray_actors: options.RayActors = None,
+    ray_gpus_per_actor: options.RayGpusPerActor = None,
+    ray_cpus_per_actor: options.RayCpusPerActor = 1.0,
 ) -> None:
     """Score GRES predictions: IoU metrics with negatives counted, the present/absent decision,
     and (protocol gres) the co-salient metrics Sm, Em, Fm, MAE.
@@ -141,42 +133,29 @@ def evaluate(
     """
     from gres_cli.evaluation import report as library
 
-    options = library.EvalOptions(model, predictions, revision, split, margin, protocol)
-    options.cosod_reference, options.strict, options.group = cosod_reference, strict, not no_group
-    options.calibrate, options.save_predictions = calibrate, save_predictions
-    options.engine = {"device": device, "batch_size": batch_size, "workers": workers}
+    opts = library.EvalOptions(model, predictions, revision, split, margin, protocol)
+    opts.cosod_reference, opts.strict, opts.group = cosod_reference, strict, not no_group
+    opts.calibrate, opts.save_predictions = calibrate, save_predictions
+    opts.engine = {"device": device, "batch_size": batch_size, "workers": workers}
+    opts.pool = options.ray_pool(
+        ray, ray_address, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor
+    )
     with user_errors():
-        options.margins = library.parse_numbers(margins, "--margins", "-0.2,0,0.2")
-        options.group_weights = library.parse_numbers(group_weights, "--group-weights", "0,0.5,1")
-        options.check(save_calibrated)
-    if save_calibrated is not None:
-        refuse_sources(save_calibrated, "--save-calibrated", {"DATASET": dataset, "--model": model})
-    saving, saving_option = save_predictions, "--save-predictions"
-    if saving is None and view and model is not None:  # the site's galleries need the masks
-        saving, saving_option = _predictions_beside(report), "--view"
-    model_folder = [Path(model)] if model is not None and Path(model).exists() else []
-    for option, target in (("--report", report), ("--plots", plots)):  # never onto an input
-        for source in (dataset, predictions, *model_folder):
-            if target and source and is_within(target.resolve(), source.resolve()):
-                fail(f"{option} {target}: is or lies inside the input {source}; pick another")
-    if saving is not None:
+        opts.margins = library.parse_numbers(margins, "--margins", "-0.2,0,0.2")
+        opts.group_weights = library.parse_numbers(group_weights, "--group-weights", "0,0.5,1")
+        opts.check(save_calibrated)
         site = None
-        if view:  # where site_of_evaluation puts it
+        if view:  # where site_of_evaluation puts it, once the report is written
             site = report.with_name(f"{report.stem}-view") if report else Path("gres-eval-view")
         outputs = {"--report": report, "--plots": plots, "--save-calibrated": save_calibrated}
-        outputs["the --view site"] = site
-        with user_errors():
-            library.check_overlaps(saving, saving_option, [dataset, *model_folder], outputs)
+        opts.plan_outputs(dataset, outputs | {"the --view site": site}, view)
     if report is not None:  # before the work, not after it
-        if report.is_dir():
-            fail(f"--report {report}: is a folder; give a file name such as report.json")
         writable_folder(report.parent, "--report")
     if plots is not None:
         writable_folder(plots, "--plots")
-    options.save_predictions, options.saving_option = saving, saving_option
     bar = ProgressBar("eval")
     with user_errors(), bar:
-        done = library.evaluate(dataset, options, bar.start, bar.advance)
+        done = library.evaluate(dataset, opts, bar.start, bar.advance)
         if save_calibrated is not None:
             chosen = library.save_calibrated(save_calibrated, model, revision, done.report)
             err_console.print(f"wrote gres-backend settings ({chosen}) to {save_calibrated}")
@@ -191,19 +170,8 @@ def evaluate(
 
         atomic_write_text(report, json.dumps(result, indent=2) + "\n")
     if plots is not None:
-        from gres_cli.evaluation.plots import write_plots
-
-        meter, settings = done.scorer.masks, result["settings"]
         with user_errors():
-            written = write_plots(
-                plots,
-                f"{dataset.name}: {meter.pairs} pairs, protocol {protocol} "
-                f"({settings['resolution']})",
-                meter.iou_histogram(),
-                meter.confusion(),
-                result.get("margin_sweep"),
-                done.scorer.cosod.curves() if done.scorer.cosod is not None else None,
-            )
+            written = done.write_plots(plots, dataset.name)
         err_console.print(escape(f"plots: {', '.join(str(p) for p in written)}"))
     _print_summary(result, calibrate)
     if report is None and not err_console.is_terminal:
@@ -256,14 +224,6 @@ def _print_summary(result: dict, calibrate: str | None) -> None:
         err_console.print(
             f"calibrated: --margin {c['margin']:g}{also} maximises {calibrate} ({c[calibrate]:.4f})"
         )
-
-
-def _predictions_beside(report: Path | None) -> Path:
-    """Where `--view` saves a --model run's predictions: REPORT-predictions beside the report
-    (the name of the site, REPORT-view, with another suffix), else ./gres-eval-predictions."""
-    if report is None:
-        return Path("gres-eval-predictions")
-    return report.with_name(f"{report.stem}-predictions")
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from gres_cli.cli import options
 from gres_cli.cli.common import (
     EXIT_FAULTS,
     ProgressBar,
@@ -52,10 +53,8 @@ def segment(
             envvar="GRES_MODEL",
         ),
     ] = None,
-    revision: Annotated[str | None, typer.Option(help="Hub revision to pin.")] = None,
-    margin: Annotated[
-        float | None, typer.Option(help="m in d_pos + m < d_neg; larger = fewer, surer positives.")
-    ] = None,
+    revision: options.Revision = None,
+    margin: options.Margin = None,
     out: Annotated[
         Path,
         typer.Option(
@@ -72,16 +71,10 @@ def segment(
         str | None, typer.Option(help="Write JSON lines to FILE or - (default: stdout when piped).")
     ] = None,
     experts: Annotated[int | None, typer.Option(help="K experts from the whole folder.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
+    device: options.Device = "auto",
     precision: Annotated[str, typer.Option(help="fp32, or bf16/fp16 autocast on CUDA.")] = "fp32",
-    batch_size: Annotated[int, typer.Option(help="Images per model batch.")] = 16,
-    workers: Annotated[
-        int,
-        typer.Option(
-            help="Image-decoding worker processes, started once per run. Worth it beside a GPU; "
-            "on a CPU the model already keeps every core busy."
-        ),
-    ] = 0,
+    batch_size: options.BatchSize = 16,
+    workers: options.Workers = 0,
     recursive: Annotated[bool, typer.Option(help="Each sub-folder is a group of its own.")] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Redo images finished by an earlier run.")
@@ -101,51 +94,11 @@ def segment(
     view: Annotated[
         bool, typer.Option(help="At the end, write a report site (gres view) in OUT-view.")
     ] = False,
-    ray: Annotated[
-        bool,
-        typer.Option(
-            "--ray",
-            help='Run on a Ray cluster (pip install "gres[ray]"; docs/cluster.md): each '
-            "(group, expression) task goes to whichever actor is free; OUT must be a folder "
-            "every node shares.",
-            rich_help_panel="Ray cluster",
-        ),
-    ] = False,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            help="With --ray: the cluster's address (ray://host:10001, host:6379 or auto). "
-            "Default: RAY_ADDRESS, else a new local cluster.",
-            rich_help_panel="Ray cluster",
-            show_default=False,
-        ),
-    ] = None,
-    ray_actors: Annotated[
-        int | None,
-        typer.Option(
-            help="With --ray: actors in the pool, each loads the model once. Default: the "
-            "cluster's GPUs / --ray-gpus-per-actor, or without GPUs its CPUs / "
-            "--ray-cpus-per-actor.",
-            rich_help_panel="Ray cluster",
-            show_default=False,
-        ),
-    ] = None,
-    ray_gpus_per_actor: Annotated[
-        float | None,
-        typer.Option(
-            help="With --ray: GPUs per actor (Ray's num_gpus). Default: 1 on a cluster with "
-            "GPUs, else 0.",
-            rich_help_panel="Ray cluster",
-            show_default=False,
-        ),
-    ] = None,
-    ray_cpus_per_actor: Annotated[
-        float,
-        typer.Option(
-            help="With --ray: CPUs per actor (Ray's num_cpus), also its torch threads.",
-            rich_help_panel="Ray cluster",
-        ),
-    ] = 1.0,
+    ray: options.Ray = False,
+    ray_address: options.RayAddress = None,
+    ray_actors: options.RayActors = None,
+    ray_gpus_per_actor: options.RayGpusPerActor = None,
+    ray_cpus_per_actor: options.RayCpusPerActor = 1.0,
 ) -> None:
     """Segment EXPRESSION in every image of PATH; say "absent" where it is not there.
 
@@ -183,18 +136,9 @@ def segment(
         fail("give PATH and EXPRESSION, or --jobs FILE (see gres segment --help)")
     if margin is not None and margin != margin:
         fail("--margin must be a number")
-    if not ray and (ray_address or ray_actors or ray_gpus_per_actor is not None):
-        fail("--ray-address, --ray-actors and --ray-gpus-per-actor go with --ray")
     if ray and shard is not None:
         fail("--shard splits a run by hand; --ray schedules the groups itself: give one")
-    pool = None
-    if ray:
-        from gres_cli.inference.ray_run import RayPool, import_ray
-
-        pool = RayPool(ray_address, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor)
-        with user_errors():
-            import_ray()  # one line naming the extra, before any work
-            pool.check()
+    pool = options.ray_pool(ray, ray_address, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor)
     with user_errors():
         shards = parse_shard(shard)
         if jobs is None:
@@ -216,22 +160,14 @@ def segment(
     with user_errors():
         run.acquire()  # one owner at a time: a second run is refused before it loads a model
 
-    from gres_cli.backends import DEFAULT_MODEL
-    from gres_cli.inference.engine import Segmenter
-    from gres_cli.inference.run import load_segment_model
+    from gres_cli.inference.engine import EngineOptions
 
+    engine = EngineOptions(device, precision, batch_size, workers, experts, margin, threshold)
     try:
         with user_errors():
-            net = load_segment_model(model, revision, group=not no_group)
-            if ray:  # the actors compute; the driver's model only checks the options
-                engine = Segmenter(net, "cpu", "fp32", batch_size, 0, experts, margin, threshold)
-            else:
-                engine = Segmenter(
-                    net, device, precision, batch_size, workers, experts, margin, threshold
-                )
-            run.open(
-                engine, model or DEFAULT_MODEL, revision, overwrite=overwrite,
-                jobs_layout=jobs is not None,
+            segment_tasks = run.start(
+                model, revision, not no_group, engine, pool,
+                overwrite=overwrite, jobs_layout=jobs is not None,
             )  # fmt: skip
             run.check_clash(tasks)
         sink = _sink(jsonl, rewrite=overwrite and shards[1] == 1)
@@ -241,18 +177,7 @@ def segment(
             lines = {t.line.line for t in tasks if t.line is not None}
             lines |= {j.line for j in failed_lines}
             title = f'"{expression}"' if jobs is None else f"{len(lines)} jobs"
-            runner = run.segment
-            if pool is not None:
-                import os
-                from functools import partial
-
-                from gres_cli.inference.ray_run import ActorSpec, segment_on_ray
-
-                spec = ActorSpec(model, revision, not no_group, device, precision, batch_size,
-                                 workers, experts, margin, threshold, str(out), fmt, overlay,
-                                 os.getcwd())  # fmt: skip
-                runner = partial(segment_on_ray, run, spec=spec, pool=pool)
-            _segment(runner, tasks, failed_lines, title, sink)
+            _segment(segment_tasks, tasks, failed_lines, title, sink)
     finally:
         run.close()
 

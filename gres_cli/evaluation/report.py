@@ -38,6 +38,7 @@ class EvalOptions:
     save_predictions: Path | None = None  # the model's answers, kept as a segment run
     saving_option: str = "--save-predictions"  # how messages name that folder
     engine: dict[str, Any] = field(default_factory=dict)  # device, batch_size, workers
+    pool: Any = None  # inference.ray_run.RayPool: run the model on a Ray cluster
 
     def check(self, save_calibrated: Path | None = None) -> None:
         """Refuse (GresError, before any work) options that do not go together; with
@@ -53,6 +54,8 @@ class EvalOptions:
             raise GresError(f"--cosod-reference {self.cosod_reference!r}: choose from {choose}")
         if (self.model is None) == (self.predictions is None):
             raise GresError("pass exactly one of --model or --predictions")
+        if self.pool is not None and self.model is None:
+            raise GresError("--ray runs a --model; saved --predictions are scored here")
         if self.save_predictions is not None and self.model is None:
             raise GresError("--save-predictions needs --model (--predictions are saved already)")
         if self.margins and self.model is None:
@@ -82,6 +85,44 @@ class EvalOptions:
                 f"--calibrate {self.calibrate!r}: not a metric of the margin sweep ({names})"
             )
 
+    def plan_outputs(
+        self, dataset: Path, outputs: dict[str, Path | None], view: bool = False
+    ) -> None:
+        """Before any work: where the model's answers are saved (with `view` and no
+        --save-predictions: beside the --report, REPORT-predictions, for the site's galleries)
+        and GresError for an output (`outputs`: option -> path; `--report`, `--plots`,
+        `--save-calibrated`, the site) that is, holds or lies inside an input (the dataset, a
+        model folder, the predictions) or, for the answers' folder, overlaps another output."""
+        from grd_tools.fsutil import refuse_overlap
+
+        model = self.model
+        models = [Path(model)] if model is not None and Path(model).exists() else []
+        calibrated_out = outputs.get("--save-calibrated")
+        if calibrated_out is not None:
+            for name, source in (("DATASET", dataset), ("--model", models[0] if models else None)):
+                if source is not None and source.exists():
+                    refuse_overlap(source, calibrated_out, "--save-calibrated", name)
+        if self.save_predictions is None and view and model is not None:
+            report = outputs.get("--report")
+            self.saving_option = "--view"
+            self.save_predictions = (
+                Path("gres-eval-predictions")
+                if report is None
+                else report.with_name(f"{report.stem}-predictions")
+            )
+        for option in ("--report", "--plots"):
+            target = outputs.get(option)
+            for source in (dataset, self.predictions, *models):
+                if target and source and is_within(target.resolve(), source.resolve()):
+                    raise GresError(
+                        f"{option} {target}: is or lies inside the input {source}; pick another"
+                    )
+        if self.save_predictions is not None:
+            check_overlaps(self.save_predictions, self.saving_option, [dataset, *models], outputs)
+        report = outputs.get("--report")
+        if report is not None and report.is_dir():
+            raise GresError(f"--report {report}: is a folder; give a file name such as report.json")
+
 
 @dataclass
 class Evaluation:
@@ -90,6 +131,21 @@ class Evaluation:
     report: dict[str, Any]
     scorer: Any
     saved: Any = None  # SavedPredictions, when the answers were kept
+
+    def write_plots(self, folder: Path, dataset_name: str) -> list[Path]:
+        """The report's figures (evaluation.plots) as PNGs in `folder`; their paths."""
+        from gres_cli.evaluation.plots import write_plots
+
+        meter, settings = self.scorer.masks, self.report["settings"]
+        return write_plots(
+            folder,
+            f"{dataset_name}: {meter.pairs} pairs, protocol {settings['protocol']} "
+            f"({settings['resolution']})",
+            meter.iou_histogram(),
+            meter.confusion(),
+            self.report.get("margin_sweep"),
+            self.scorer.cosod.curves() if self.scorer.cosod is not None else None,
+        )
 
 
 def parse_numbers(text: str | None, option: str, example: str) -> list[float]:
@@ -199,6 +255,7 @@ def evaluate(
                     group=o.group,
                     group_weights=o.group_weights,
                     saved=saved,
+                    pool=o.pool,
                     **o.engine,
                 )
             settings |= {"model": o.model, "revision": o.revision, "margin": used}

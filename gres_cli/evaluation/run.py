@@ -291,6 +291,7 @@ def score_model(
     group: bool = True,
     group_weights: list[float] | None = None,
     saved: SavedPredictions | None = None,
+    pool: Any = None,
     **engine: Any,
 ) -> tuple[Scorer, float, dict[float, GRESMeter], dict[tuple[float, float], GRESMeter]]:
     """Run the model over every (group, expression) of the split and score it; `on_scored(n)`
@@ -302,6 +303,8 @@ def score_model(
     the group-wise step. `group_weights` (backends) also scores every (gamma, m) of those
     weights and the sweep's margins, from the same pass (the group term is linear in gamma).
     `saved` (inside its `writing()` block) gets every answer as `gres segment` records it.
+    `pool` (inference.ray_run.RayPool): the answers are computed by its actors on a Ray
+    cluster, the same as here, and scored here in the same order.
     """
     from gres_cli.backends import load_model
     from gres_cli.inference.engine import Job, Segmenter
@@ -309,13 +312,14 @@ def score_model(
     from gres_cli.model.decision import presence
 
     scorer = scorer or Scorer()
-    seg = Segmenter(
-        load_model(model_id, revision, group=group),
-        margin=margin,
-        keep_saliency=scorer.cosod is not None,
-        all_masks=bool(sweep),  # another margin may call present what this one calls absent
+    options = {
+        "margin": margin,
+        "keep_saliency": scorer.cosod is not None,
+        "all_masks": bool(sweep),  # another margin may call present what this one calls absent
         **engine,
-    )
+    }
+    here = options if pool is None else options | {"device": "cpu", "workers": 0}
+    seg = Segmenter(load_model(model_id, revision, group=group), **here)
     weight = seg.model.group_weight
     if group_weights and (not group or not weight):
         raise GresError(
@@ -337,7 +341,13 @@ def score_model(
             for expr in grd_group.expressions:
                 asked.append((grd_group, expr))
                 jobs.append(Job(ImageGroup(grd_group.id, paths), expr.text))
-    answers = _job_by_job(seg.run(jobs), len(jobs))
+    if pool is None:
+        answers = _job_by_job(seg.run(jobs), len(jobs))
+    else:
+        answers = (
+            {r.index: r for r in results}
+            for results in pool.results(jobs, model_id, revision, group, options)
+        )
     for (grd_group, expr), job, results in zip(asked, jobs, answers, strict=True):
         names = job.group.output_stems() if saved is not None else []
         for k, img in enumerate(grd_group.images):

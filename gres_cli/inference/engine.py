@@ -77,6 +77,20 @@ class ImageResult:
         raise AttributeError(f"{type(self).__name__} has no {name!r} (nor an extra of that name)")
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a `Segmenter` runs a model: what `gres segment` and `gres eval` take as options, and
+    what a Ray actor needs to build the driver's engine again (`Segmenter(model, **asdict(o))`)."""
+
+    device: str = "auto"
+    precision: str = "fp32"
+    batch_size: int = 16
+    workers: int = 0
+    experts: int | None = None
+    margin: float | None = None
+    threshold: float = 0.5
+
+
 class Segmenter:
     """Runs a model (a GroupModel, or a bare GRSer) over groups of image files with the
     two-pass group-wise step."""

@@ -22,12 +22,14 @@ This module imports ray inside its functions only: `gres --help` never loads it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import pickle
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,6 +81,44 @@ class RayPool:
         if self.cpus_per_actor <= 0:
             raise GresError(f"--ray-cpus-per-actor {self.cpus_per_actor}: give more than 0")
 
+    def runner(
+        self, run: RunFolder, model: str | None, revision: str | None, group: bool, engine: Any
+    ) -> Any:
+        """`run.segment`'s twin for this pool: the actors load `model` as the driver did and
+        build an engine of `engine`'s options (engine.EngineOptions)."""
+        spec = ActorSpec.of(run, model, revision, group, engine)
+        return functools.partial(segment_on_ray, run, spec=spec, pool=self)
+
+    def results(
+        self, jobs: list[Any], model: str | None, revision: str | None, group: bool, engine: Any
+    ) -> Iterator[list[Any]]:
+        """The engine's results of each job (engine.Job), job by job in order, computed by
+        the pool's actors: `Segmenter(model, **engine).run(jobs)` on a cluster (`engine`: the
+        Segmenter's keywords)."""
+        self.check()
+        if not jobs:
+            return
+        spec = ActorSpec(model, revision, group, dict(engine), os.getcwd())
+        rows = [{"task": pickle.dumps((k, job))} for k, job in enumerate(jobs)]
+        ray = connect(self.address)
+        options = ray.data.DataContext.get_current().execution_options
+        kept, options.preserve_order = options.preserve_order, True  # score in job order
+        done = -1
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                for row in _map_rows(ray, rows, spec, self).iter_rows():
+                    k, results = pickle.loads(row["results"])
+                    if k <= done:  # a retried job handed back twice
+                        continue
+                    for r in results:
+                        r.job = k
+                    done = k
+                    yield results
+        except ray.exceptions.RayError as e:
+            raise GresError(f"the Ray run failed: {_last_line(e)}") from None
+        finally:
+            options.preserve_order = kept
+
     def size(self, resources: dict[str, float], tasks: int) -> tuple[int, float]:
         """(actors, GPUs per actor) on a cluster of `resources`, never more actors than
         `tasks`."""
@@ -93,30 +133,36 @@ class RayPool:
 
 @dataclass
 class ActorSpec:
-    """What every actor needs to compute the local run's answers: the model as the CLI loads
-    it, the Segmenter's options, OUT and its format, and the driver's working folder (relative
-    paths, and the records naming them, mean what they mean to the driver)."""
+    """What every actor needs to compute the driver's answers: the model as the CLI loads it,
+    the engine's options (`Segmenter` keywords), the driver's working folder (relative paths,
+    and the records naming them, mean what they mean to the driver) and, for a segment run,
+    OUT and its format (`out` None: the actor hands back the engine's results instead,
+    `gres eval --ray`)."""
 
     model: str | None
     revision: str | None
     group: bool
-    device: str
-    precision: str
-    batch_size: int
-    workers: int
-    experts: int | None
-    margin: float | None
-    threshold: float
-    out: str
-    fmt: str
-    overlay: bool
+    engine: dict[str, Any]
     cwd: str
+    out: str | None = None
+    fmt: str = "png"
+    overlay: bool = False
     threads: int = 1
+
+    @classmethod
+    def of(
+        cls, run: RunFolder, model: str | None, revision: str | None, group: bool, engine: Any
+    ) -> ActorSpec:
+        """The spec of a run into `run` (its OUT, format and overlay) from this process."""
+        return cls(
+            model, revision, group, asdict(engine), os.getcwd(), str(run.out), run.fmt, run.overlay
+        )
 
 
 class SegmentActor:
     """A Ray Data callable class: loads the model once, then answers one task per row with the
-    local engine, writing the task's files into OUT and returning its records as JSON."""
+    local engine: writes the task's files into OUT and returns its records as JSON, or (no OUT)
+    returns the engine's results, pickled."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         spec_ = ActorSpec(**spec)
@@ -136,20 +182,15 @@ class SegmentActor:
         from gres_cli.inference.writers import OutputWriter
 
         net = load_segment_model(spec_.model, spec_.revision, spec_.group)
-        self.engine = Segmenter(
-            net,
-            spec_.device,
-            spec_.precision,
-            spec_.batch_size,
-            spec_.workers,
-            spec_.experts,
-            spec_.margin,
-            spec_.threshold,
-        )
+        self.engine = Segmenter(net, **spec_.engine)
         # files only: the driver appends the records, once, after they come back
-        self.writer = OutputWriter(Path(spec_.out), spec_.fmt, spec_.overlay, records=False)
+        self.writer = None
+        if spec_.out is not None:
+            self.writer = OutputWriter(Path(spec_.out), spec_.fmt, spec_.overlay, records=False)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        if self.writer is None:  # one job per row: its results, for the driver to score
+            return {"results": [self._results(*pickle.loads(p)) for p in batch["task"]]}
         records, errors = [], []
         for payload in batch["task"]:
             task, job, names = pickle.loads(payload)
@@ -163,6 +204,9 @@ class SegmentActor:
                 errors.append(str(output_error(e)))
             records.append(json.dumps(done))
         return {"records": records, "error": [errors[0] if errors else ""] * len(records)}
+
+    def _results(self, k: int, job: Any) -> bytes:
+        return pickle.dumps((k, list(self.engine.run([job]))))
 
 
 def connect(address: str | None) -> Any:
@@ -233,21 +277,7 @@ def _run_rows(
 ) -> None:
     """Send `rows` (pickled tasks) through the actor pool; append and send each record once."""
     ray = connect(pool.address)
-    actors, gpus = pool.size(ray.cluster_resources(), len(rows))
-    spec = replace(spec, threads=max(1, int(pool.cpus_per_actor)))
-    # a block per task: each goes to whichever actor is free
-    data = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        SegmentActor,
-        batch_size=1,
-        # Ray Data restarts a dead actor and retries its rows (its actor pools default to
-        # max_restarts=-1, max_task_retries=-1; tests/test_ray.py kills one)
-        # one task in flight per actor: a task queued behind a large group on a busy actor
-        # would wait there while another actor idles
-        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
-        num_gpus=gpus,
-        num_cpus=pool.cpus_per_actor,
-        fn_constructor_kwargs={"spec": asdict(spec)},
-    )
+    data = _map_rows(ray, rows, spec, pool)
     appended: set[tuple[str, str]] = set()
     try:
         for row in data.iter_rows():
@@ -263,3 +293,22 @@ def _run_rows(
                 send(rec)
     except ray.exceptions.RayError as e:  # e.g. an actor that cannot load the model
         raise GresError(f"the Ray run failed: {_last_line(e)}") from None
+
+
+def _map_rows(ray: Any, rows: list[dict[str, bytes]], spec: ActorSpec, pool: RayPool) -> Any:
+    """`rows` (pickled tasks or jobs) through a pool of SegmentActor: a lazy Ray dataset."""
+    actors, gpus = pool.size(ray.cluster_resources(), len(rows))
+    spec = replace(spec, threads=max(1, int(pool.cpus_per_actor)))
+    # a block per task: each goes to whichever actor is free
+    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+        SegmentActor,
+        batch_size=1,
+        # Ray Data restarts a dead actor and retries its rows (its actor pools default to
+        # max_restarts=-1, max_task_retries=-1; tests/test_ray.py kills one)
+        # one task in flight per actor: a task queued behind a large group on a busy actor
+        # would wait there while another actor idles
+        compute=ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=1),
+        num_gpus=gpus,
+        num_cpus=pool.cpus_per_actor,
+        fn_constructor_kwargs={"spec": asdict(spec)},
+    )

@@ -32,7 +32,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -316,6 +316,35 @@ class RunFolder:
             settings["layout"] = LAYOUT
         self.engine = engine
         return self.claim(settings | (extra or {}), overwrite)
+
+    def start(
+        self,
+        model: str | None,
+        revision: str | None,
+        group: bool,
+        options: Any,
+        pool: Any = None,
+        *,
+        overwrite: bool = False,
+        jobs_layout: bool = False,
+    ) -> Callable[..., RunSummary]:
+        """Load `model` (None: the default model) as `gres segment` does, claim OUT for it
+        (`open`) and return how to segment tasks: `self.segment`, or with a Ray `pool`
+        (ray_run.RayPool) the same run computed by the pool's actors. `options`: the
+        engine's (engine.EngineOptions)."""
+        from gres_cli.backends import DEFAULT_MODEL
+        from gres_cli.inference.engine import Segmenter
+
+        net = load_segment_model(model, revision, group)
+        here = options
+        if pool is not None:  # the actors compute; this engine only checks the options
+            here = replace(options, device="cpu", precision="fp32", workers=0)
+        engine = Segmenter(net, **asdict(here))
+        name = model or DEFAULT_MODEL
+        self.open(engine, name, revision, overwrite=overwrite, jobs_layout=jobs_layout)
+        if pool is None:
+            return self.segment
+        return pool.runner(self, model, revision, group, options)
 
     def claim(self, settings: dict[str, Any], overwrite: bool = False) -> RunFolder:
         """Lock OUT and make it the output of `settings` (JSON-ready, OUT/settings.json).
