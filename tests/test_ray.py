@@ -288,3 +288,40 @@ def _segment_actors() -> int:
 
     names = (a.get("ActorClassName", "") for a in state.actors().values())
     return sum("SegmentActor" in name for name in names)
+
+
+def test_a_ray_run_tells_its_front_end_how_many_actors_are_busy(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    """The progress hears the pool's state after each task that comes back: 5 tasks on 2
+    actors keep both busy until the last two tasks are out, then one idles, then both."""
+    from gres_cli.inference import RunFolder, tasks_for_path
+    from gres_cli.inference.engine import EngineOptions
+    from gres_cli.inference.ray_run import RayPool
+    from gres_cli.inference.run import Progress
+
+    class Heard(Progress):
+        def __init__(self) -> None:
+            self.said: list[str] = []
+            self.images = 0
+
+        def status(self, text: str) -> None:
+            self.said.append(text)
+
+        def advance(self, n: int = 1) -> None:
+            self.images += n
+
+    photos = _groups(tmp_path / "in", [2, 1, 3, 1, 2])
+    tasks = tasks_for_path(photos, "the thing", recursive=True)
+    run = RunFolder(tmp_path / "out")
+    heard = Heard()
+    try:
+        segment = run.start(str(model_dir), None, True, EngineOptions("cpu"), RayPool(actors=2))
+        summary = segment(tasks, progress=heard)
+    finally:
+        run.close()
+    assert summary.processed == heard.images == 9
+    assert heard.said == ["2 actors starting"] + ["2 actors: 2 busy, 0 idle"] * 3 + [
+        "2 actors: 1 busy, 1 idle",
+        "2 actors: 0 busy, 2 idle",
+    ]

@@ -87,6 +87,7 @@ class ProgressBar:
             TextColumn(f"[bold]{label}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
             console=err_console,
             disable=not err_console.is_terminal,
         )
@@ -101,7 +102,7 @@ class ProgressBar:
         self.bar.__exit__(None, None, None)
 
     def start(self, total: int) -> None:
-        self.task = self.bar.add_task(self.label, total=total)
+        self.task = self.bar.add_task(self.label, total=total, status="")
 
     def advance(self, n: int = 1) -> None:
         if self.task is not None:
@@ -109,3 +110,7 @@ class ProgressBar:
 
     def job_failed(self, message: str) -> None:
         err_console.print(f"gres: {self.failed}: {message}", markup=False, soft_wrap=True)
+
+    def status(self, text: str) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, status=text)

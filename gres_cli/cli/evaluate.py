@@ -90,14 +90,7 @@ def evaluate(
             "here (the checkpoint + the calibrated m); `--model DIR` then uses it, no flags."
         ),
     ] = None,
-    no_group: Annotated[
-        bool,
-        typer.Option(
-            "--no-group",
-            help="With --model: score it without the group-wise step (each image alone), "
-            "the single-image baseline.",
-        ),
-    ] = False,
+    no_group: options.NoGroup = False,
     save_predictions: Annotated[
         Path | None,
         typer.Option(

@@ -27,6 +27,14 @@ Workers = Annotated[
         "on a CPU the model already keeps every core busy."
     ),
 ]
+NoGroup = Annotated[
+    bool,
+    typer.Option(
+        "--no-group",
+        help="Turn the group-wise step off: each image alone (a backend's own answers), the "
+        "single-image baseline.",
+    ),
+]
 
 RAY_PANEL = "Ray cluster"
 Ray = Annotated[

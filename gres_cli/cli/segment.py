@@ -83,14 +83,7 @@ def segment(
     shard: Annotated[
         str | None, typer.Option(help="i/P: process only the i-th of P shares of the groups.")
     ] = None,
-    no_group: Annotated[
-        bool,
-        typer.Option(
-            "--no-group",
-            help="Turn the group-wise step off: each image alone (a backend's own answers), "
-            "for comparison.",
-        ),
-    ] = False,
+    no_group: options.NoGroup = False,
     view: Annotated[
         bool, typer.Option(help="At the end, write a report site (gres view) in OUT-view.")
     ] = False,
@@ -125,7 +118,7 @@ def segment(
     the other jobs run (exit 1).
     """
     from gres_cli.inference.inputs import parse_shard
-    from gres_cli.inference.run import RunFolder, check_jsonl, tasks_for_path, tasks_from_jobs_file
+    from gres_cli.inference.run import JsonlSink, RunFolder, check_jsonl, read_tasks
     from gres_cli.inference.writers import FORMATS
 
     if fmt not in FORMATS:
@@ -141,11 +134,7 @@ def segment(
     pool = options.ray_pool(ray, ray_address, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor)
     with user_errors():
         shards = parse_shard(shard)
-        if jobs is None:
-            stdin = sys.stdin if path == "-" else None
-            tasks, failed_lines = tasks_for_path(path, expression, recursive, stdin, shards), []
-        else:
-            tasks, failed_lines = tasks_from_jobs_file(jobs, recursive, shards, sys.stdin)
+        tasks, failed_lines = read_tasks(path, expression, jobs, recursive, shards, sys.stdin)
         run = RunFolder(out, fmt, overlay, shard=shards)
         run.check_inputs(tasks)  # before OUT is made
     writable_folder(out, "--out")
@@ -170,7 +159,7 @@ def segment(
                 overwrite=overwrite, jobs_layout=jobs is not None,
             )  # fmt: skip
             run.check_clash(tasks)
-        sink = _sink(jsonl, rewrite=overwrite and shards[1] == 1)
+            sink = JsonlSink.of(jsonl, overwrite and shards[1] == 1, sys.stdout)
         from gres_cli.cli.view import site_after_run
 
         with site_after_run(out if view else None):
@@ -180,18 +169,6 @@ def segment(
             _segment(segment_tasks, tasks, failed_lines, title, sink)
     finally:
         run.close()
-
-
-def _sink(jsonl: str | None, rewrite: bool) -> Any:
-    """Where records go: stdout when piped (or `--jsonl -`), --jsonl FILE, or nowhere."""
-    if jsonl == "-" or (jsonl is None and not sys.stdout.isatty()):
-        return sys.stdout
-    if jsonl is None:
-        return None
-    from gres_cli.inference.run import JsonlSink
-
-    with user_errors():
-        return JsonlSink(Path(jsonl), rewrite)
 
 
 def _segment(runner: Any, tasks: list, failed_lines: list, title: str, sink: Any) -> None:

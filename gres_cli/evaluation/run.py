@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +129,16 @@ class Scorer:
             self.warnings.append(message)
 
 
+@dataclass(frozen=True)
+class StoredMask:
+    """Where a saved prediction's mask is kept (what `gres view` draws): a file whose grey
+    levels at or above `threshold` are the mask, or a record's COCO RLE."""
+
+    path: Path | None = None
+    rle: dict[str, Any] | None = None
+    threshold: int = 1
+
+
 class JsonlPredictions:
     """Records of `gres segment`, matched to pairs by image path (or group + file stem)."""
 
@@ -186,6 +197,15 @@ class JsonlPredictions:
             pred = np.zeros(shape, bool)
         return pred, bool(rec.get("present")), None
 
+    def stored(self, dataset: GRDDataset, pair: Pair) -> StoredMask | None:
+        """Where the mask of `pair` is kept (None: no answer, or answered absent)."""
+        rec = self._record(dataset, pair)
+        if rec is None or rec.get("error") or not rec.get("present"):
+            return None
+        if rec.get("rle"):
+            return StoredMask(rle=rec["rle"])
+        return StoredMask(path=self.mask_file(rec["mask"])) if rec.get("mask") else None
+
     def mask_file(self, written: str) -> Path:
         """A record's mask file: as written (relative to where `gres segment` or `gres eval`
         ran), else from the folder above the records' folder (where it ran, when it was given
@@ -229,17 +249,23 @@ class FolderPredictions:
     def mask(
         self, dataset: GRDDataset, pair: Pair, shape: tuple[int, int]
     ) -> tuple[Any, bool, Any]:
+        stored = self.stored(dataset, pair)
+        if stored is None or stored.path is None:
+            return None, False, None
+        grey = read_mask(stored.path)
+        pred = grey >= stored.threshold
+        return pred, bool(pred.any()), grey
+
+    def stored(self, dataset: GRDDataset, pair: Pair) -> StoredMask | None:
+        """The map of `pair` (None: no file), its grey levels cut at 128."""
         stem = Path(pair.image.file).stem
         for rel in (
             f"{pair.group.id}/{pair.expression.id}/{stem}.png",
             f"{pair.group.id}/{stem}.png",
         ):
-            path = self.root / rel
-            if path.is_file():
-                grey = read_mask(path)
-                pred = grey >= 128
-                return pred, bool(pred.any()), grey
-        return None, False, None
+            if (self.root / rel).is_file():
+                return StoredMask(path=self.root / rel, threshold=128)
+        return None
 
 
 def score_predictions(

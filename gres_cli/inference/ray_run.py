@@ -256,7 +256,7 @@ def segment_on_ray(
         # Ray prints its own news (a worker that died) on stdout, the records' stream when
         # piped: stderr gets it instead while the cluster runs (emit holds stdout itself)
         with contextlib.redirect_stdout(sys.stderr):
-            _run_rows(run, rows, spec, pool, summary, send)
+            _run_rows(run, rows, spec, pool, summary, send, progress)
     summary.seconds = time.perf_counter() - prepared.started
     return summary
 
@@ -274,13 +274,20 @@ def _run_rows(
     pool: RayPool,
     summary: RunSummary,
     send: Any,
+    progress: Progress,
 ) -> None:
-    """Send `rows` (pickled tasks) through the actor pool; append and send each record once."""
+    """Send `rows` (pickled tasks) through the actor pool; append and send each record once.
+    `progress` hears how many actors are busy: each takes one task at a time and the next as
+    soon as it is free, so the busy ones are the tasks not yet back, at most the pool."""
     ray = connect(pool.address)
     data = _map_rows(ray, rows, spec, pool)
+    actors = pool.size(ray.cluster_resources(), len(rows))[0]
+    progress.status(f"{actors} actors starting")
     appended: set[tuple[str, str]] = set()
     try:
-        for row in data.iter_rows():
+        for returned, row in enumerate(data.iter_rows(), 1):
+            busy = min(actors, len(rows) - returned)
+            progress.status(f"{actors} actors: {busy} busy, {actors - busy} idle")
             if row["error"]:
                 raise OutputError(row["error"])
             for rec in json.loads(row["records"]):

@@ -113,6 +113,23 @@ def tasks_from_jobs(
     return tasks, failed
 
 
+def read_tasks(
+    path: str | None,
+    expression: str | None,
+    jobs: str | None,
+    recursive: bool = False,
+    shard: tuple[int, int] = (0, 1),
+    stdin: Any = None,
+) -> tuple[list[Task], list[JobLine]]:
+    """`gres segment`'s tasks: of PATH EXPRESSION (`tasks_for_path`, PATH `-`: paths on
+    `stdin`), or of a --jobs file (`tasks_from_jobs_file`) with its lines that failed."""
+    if jobs is not None:
+        return tasks_from_jobs_file(jobs, recursive, shard, stdin)
+    assert path is not None and expression is not None
+    lines = stdin if path == "-" else None
+    return tasks_for_path(path, expression, recursive, lines, shard), []
+
+
 def tasks_from_jobs_file(
     jobs: str, recursive: bool = False, shard: tuple[int, int] = (0, 1), stdin: Any = None
 ) -> tuple[list[Task], list[JobLine]]:
@@ -205,6 +222,9 @@ class Progress:
 
     def job_failed(self, message: str) -> None:
         """A task or jobs-file line cannot run (one line, for stderr)."""
+
+    def status(self, text: str) -> None:
+        """What the workers are doing, in a few words (a Ray pool's busy and idle actors)."""
 
 
 @dataclass
@@ -718,6 +738,14 @@ class JsonlSink:
     """--jsonl FILE: records are appended, leaving out a line FILE already holds word for word
     (a resumed run re-emits its finished records: FILE gets each once). With `rewrite`, FILE
     starts empty (processes sharing it under --shard/torchrun append instead)."""
+
+    @staticmethod
+    def of(jsonl: str | None, rewrite: bool, stdout: TextIO) -> TextIO | JsonlSink | None:
+        """Where `gres segment --jsonl` sends records: `stdout` for `-` (or, without --jsonl,
+        when stdout is no terminal: piped), FILE, or nowhere."""
+        if jsonl == "-" or (jsonl is None and not stdout.isatty()):
+            return stdout
+        return None if jsonl is None else JsonlSink(Path(jsonl), rewrite)
 
     def __init__(self, path: Path, rewrite: bool) -> None:
         self.known: set[str] = set()

@@ -221,19 +221,5 @@ def _galleries(
 
 def _prediction_mask(source: Any, ds: Any, pair: Any) -> MaskSource | None:
     """Where the predicted mask of `pair` is stored (the same lookup `gres eval` made)."""
-    from grd_tools.paths import resolve_inside
-
-    stem = Path(pair.image.file).stem
-    if hasattr(source, "by_path"):
-        image = str(resolve_inside(ds.root, pair.image.file).resolve())
-        text = pair.expression.text
-        rec = source.by_path.get((image, text)) or source.by_stem.get((pair.group.id, stem, text))
-        if rec is None or rec.get("error") or not rec.get("present"):
-            return None
-        if rec.get("rle"):
-            return MaskSource(rle=rec["rle"])
-        return MaskSource(path=source.mask_file(rec["mask"])) if rec.get("mask") else None
-    for rel in (f"{pair.group.id}/{pair.expression.id}/{stem}.png", f"{pair.group.id}/{stem}.png"):
-        if (source.root / rel).is_file():
-            return MaskSource(path=source.root / rel, threshold=128)
-    return None
+    stored = source.stored(ds, pair)
+    return None if stored is None else MaskSource(stored.path, stored.rle, stored.threshold)
