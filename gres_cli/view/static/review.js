@@ -1,0 +1,238 @@
+// gres view: a person's review of a gres segment run (flip an answer, reject a mask, undo),
+// kept in the browser's localStorage under the run's id and downloaded as corrections.json
+// (the format of grd_tools/corrections.py, which `gres grd from-run --corrections` reads).
+// app.js calls window.GresReview(DATA, helpers) on a run page only.
+"use strict";
+
+window.GresReview = function (DATA, helpers) {
+  const { el, badge } = helpers;
+  const RUN = DATA.review && DATA.review.run;
+  const KEYS = [
+    ["j / →", "next image"],
+    ["k / ←", "previous image"],
+    ["f", "flip present/absent"],
+    ["x", "reject the mask"],
+    ["u", "undo"],
+    ["Enter", "large view"],
+    ["d", "download corrections.json"],
+  ];
+  if (!RUN) {
+    const why = (DATA.review && DATA.review.off) || "this page names no run";
+    return { bar: el("p", { cls: "note", id: "review-off", text: "Review is off: " + why + "." }), off: true };
+  }
+
+  const STORE = "gres-view-review:" + RUN; // one run's corrections; another run's never show here
+  const keyOf = (item) => JSON.stringify([item.image, DATA.expressions[item.expression]]);
+  const order = new Map(DATA.items.map((item, k) => [keyOf(item), k])); // record order
+  const cards = new Map(); // key -> the card on screen (the page shows at most one per key)
+  const itemOfCard = new WeakMap(); // a card on screen -> its item
+  let state = { corrections: {}, edits: 0, downloaded: null }; // downloaded: `edits` then
+  let stored = true; // false: localStorage refused (private mode, disabled, full)
+  const undos = []; // [key, the correction before] of this visit, newest last
+
+  function load() {
+    try {
+      const saved = JSON.parse(window.localStorage.getItem(STORE) || "null");
+      if (saved && typeof saved.corrections === "object") state = saved;
+    } catch (e) {
+      stored = false;
+    }
+  }
+
+  function save() {
+    try {
+      window.localStorage.setItem(STORE, JSON.stringify(state));
+      stored = true;
+    } catch (e) {
+      stored = false;
+    }
+  }
+
+  // ---- the bar: counter, status, download, clear, keys -------------------------------------
+  const counter = el("span", { id: "review-count", cls: "review-count" });
+  const status = el("span", { id: "review-status", cls: "review-status", role: "status" });
+  const download = el("button", { type: "button", id: "review-download", text: "Download corrections.json (d)" });
+  const clear = el("button", { type: "button", id: "review-clear", text: "Clear…" });
+  const legend = el("p", { cls: "review-keys", id: "review-keys" }, KEYS.flatMap(([k, what]) => [el("kbd", { text: k }), el("span", { text: " " + what + "  " })]));
+  const bar = el("section", { cls: "review", id: "review", "aria-label": "review" }, [
+    el("div", { cls: "review-row" }, [el("strong", { text: "Review" }), counter, status, download, clear]),
+    legend,
+  ]);
+  download.addEventListener("click", downloadFile);
+  clear.addEventListener("click", forget);
+
+  function entries() {
+    const last = order.size;
+    return Object.entries(state.corrections)
+      .sort(([a], [b]) => (order.has(a) ? order.get(a) : last) - (order.has(b) ? order.get(b) : last))
+      .map(([, c]) => c);
+  }
+
+  function refreshBar(message) {
+    const all = Object.values(state.corrections);
+    const rejected = all.filter((c) => c.answer === "rejected").length;
+    counter.textContent = all.length + " changed (" + (all.length - rejected) + " flipped, " + rejected + " rejected)";
+    let text;
+    if (!stored) text = "browser storage is off: these corrections go when the page closes, download them";
+    else if (state.downloaded === null) text = all.length ? "kept in this browser, not downloaded yet" : "";
+    else if (state.downloaded === state.edits) text = "downloaded, and kept in this browser";
+    else text = "changed since the last download";
+    status.textContent = message ? message + (text ? " · " + text : "") : text;
+    bar.classList.toggle("unsaved", all.length > 0 && state.downloaded !== state.edits);
+  }
+
+  // ---- one card ----------------------------------------------------------------------------
+  function was(item) {
+    return item.present ? "present" : "absent";
+  }
+
+  function paint(card, item) {
+    const c = state.corrections[keyOf(item)];
+    const mark = card.querySelector(".review-answer");
+    if (c) card.setAttribute("data-answer", c.answer);
+    else card.removeAttribute("data-answer");
+    const rejected = item.present ? "you: mask rejected" : "you: rejected";
+    mark.textContent = c ? (c.answer === "rejected" ? rejected : "you: " + c.answer) : "";
+    mark.hidden = !c;
+    card.querySelector(".review-reject").setAttribute("aria-pressed", String(!!c && c.answer === "rejected"));
+    card.querySelector(".review-flip").setAttribute("aria-pressed", String(!!c && c.answer !== "rejected"));
+  }
+
+  function decorate(card, item) {
+    card.setAttribute("tabindex", "-1"); // focusable by j/k and clicks, not a Tab stop
+    itemOfCard.set(card, item);
+    if (item.present === null) return card; // an image that failed has no answer to correct
+    cards.set(keyOf(item), { card, item });
+    const flip = el("button", { type: "button", cls: "review-flip", title: "flip the answer (f)", text: item.present ? "absent (f)" : "present (f)" });
+    const reject = el("button", { type: "button", cls: "review-reject", title: "reject the mask: the pair is left out (x)", text: "reject (x)" });
+    flip.addEventListener("click", () => change(item, "flip"));
+    reject.addEventListener("click", () => change(item, "reject"));
+    card.append(el("div", { cls: "review-controls" }, [el("span", { cls: "review-answer badge corrected" }), flip, reject]));
+    paint(card, item);
+    return card;
+  }
+
+  // ---- changes, undo, download, clear ------------------------------------------------------
+  function set(key, correction) {
+    if (correction) state.corrections[key] = correction;
+    else delete state.corrections[key];
+    state.edits += 1;
+    save();
+    const shown = cards.get(key);
+    if (shown && shown.card.isConnected) paint(shown.card, shown.item);
+  }
+
+  function change(item, what) {
+    if (item.present === null) return refreshBar("an image that failed has no answer to correct");
+    const key = keyOf(item);
+    const before = state.corrections[key] || null;
+    const flipped = before && before.answer !== "rejected";
+    let answer = null; // null: back to the model's answer
+    if (what === "flip" && !flipped) answer = item.present ? "absent" : "present";
+    if (what === "reject" && !(before && before.answer === "rejected")) answer = "rejected";
+    const after = answer && {
+      image: item.image,
+      expression: DATA.expressions[item.expression],
+      group: DATA.groups[item.group],
+      was: was(item),
+      answer: answer,
+    };
+    undos.push([key, before]);
+    set(key, after);
+    refreshBar();
+  }
+
+  function undo() {
+    const last = undos.pop();
+    if (!last) return refreshBar("nothing to undo");
+    const [key, before] = last;
+    set(key, before);
+    const shown = cards.get(key);
+    if (shown && shown.card.isConnected) shown.card.focus();
+    const item = DATA.items[order.get(key)];
+    refreshBar("undone: " + (item ? DATA.groups[item.group] + "/" + item.name : key));
+  }
+
+  function downloadFile() {
+    const doc = { format: "gres-corrections", version: 1, run: RUN, corrections: entries() };
+    const blob = new Blob([JSON.stringify(doc, null, 1) + "\n"], { type: "application/json" });
+    const url = URL.createObjectURL(blob);
+    const link = el("a", { href: url, download: "corrections.json", hidden: "" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    state.downloaded = state.edits;
+    save();
+    refreshBar("corrections.json: " + doc.corrections.length + " corrections");
+  }
+
+  function forget() {
+    const n = Object.keys(state.corrections).length;
+    if (!n) return refreshBar("nothing to clear");
+    const unsaved = state.downloaded !== state.edits ? " They are NOT downloaded yet." : "";
+    if (!window.confirm("Forget the " + n + " corrections of this run kept in this browser?" + unsaved)) return;
+    state = { corrections: {}, edits: state.edits + 1, downloaded: null };
+    undos.length = 0;
+    save();
+    for (const { card, item } of cards.values()) if (card.isConnected) paint(card, item);
+    refreshBar("cleared");
+  }
+
+  // another tab of the same run changed them: show its corrections, not stale ones
+  window.addEventListener("storage", (ev) => {
+    if (ev.key !== STORE) return;
+    load();
+    for (const { card, item } of cards.values()) if (card.isConnected) paint(card, item);
+    refreshBar();
+  });
+
+  // ---- the keyboard ------------------------------------------------------------------------
+  function keyboard(grid) {
+    function current() {
+      const active = document.activeElement;
+      const card = active && active.closest ? active.closest(".card") : null;
+      return card && grid.element.contains(card) ? card : null;
+    }
+    function move(step) {
+      const list = [...grid.element.querySelectorAll(".card")];
+      if (!list.length) return;
+      const at = list.indexOf(current());
+      let to = at === -1 ? (step > 0 ? 0 : list.length - 1) : at + step;
+      if (to < 0 || to >= list.length) {
+        if (!grid.turn(step)) return; // the first or last card of the run
+        const turned = [...grid.element.querySelectorAll(".card")];
+        to = step > 0 ? 0 : turned.length - 1;
+        return turned[to] && turned[to].focus();
+      }
+      list[to].focus();
+    }
+    document.addEventListener("keydown", (ev) => {
+      if (ev.ctrlKey || ev.metaKey || ev.altKey || ev.isComposing) return;
+      const target = ev.target;
+      if (target && target.closest && target.closest("input, select, textarea, dialog")) return;
+      const card = current();
+      const key = ev.key;
+      if (key === "j" || key === "ArrowRight") move(1);
+      else if (key === "k" || key === "ArrowLeft") move(-1);
+      else if (key === "u") undo();
+      else if (key === "d") downloadFile();
+      else if (key === "f" || key === "x") {
+        if (card) change(itemOfCard.get(card), key === "f" ? "flip" : "reject");
+        else refreshBar("choose an image first (j, or a click on it)");
+      } else if (key === "Enter" && card && target === card) card.querySelector(".thumb").click();
+      else return;
+      ev.preventDefault();
+    });
+  }
+
+  load();
+  refreshBar();
+  return {
+    bar,
+    off: false,
+    decorate,
+    keyboard,
+    corrected: (item) => !!state.corrections[keyOf(item)],
+  };
+};
