@@ -213,10 +213,44 @@ def test_corrections_of_another_run_do_not_show(browser, tmp_path: Path):
     corrections = read_corrections(download(page, tmp_path, lambda: page.keyboard.press("d")))
     assert corrections.run == read_data(second_page.parent)["review"]["run"]
     assert corrections.items == {}
+    page.keyboard.press("j")
+    page.keyboard.press("x")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#review-clear")  # forgets this run's, not the other's
     reopen(page, first_page)
     assert counter(page) == "1 changed (1 flipped, 0 rejected)"
     assert page.problems == []
     page.close()
+
+
+def test_a_browser_that_refuses_storage_says_to_download(browser, tmp_path: Path):
+    index = build(make_run(tmp_path))
+    page = browser.new_page()
+    full = "() => { throw new DOMException('full', 'QuotaExceededError'); }"
+    page.add_init_script(f"Storage.prototype.setItem = {full}")  # as a full or private store
+    reopen(page, index)
+    page.keyboard.press("j")
+    page.keyboard.press("f")
+    assert counter(page) == "1 changed (1 flipped, 0 rejected)"  # the page still counts it
+    assert "browser storage is off" in page.inner_text("#review-status")
+    path = download(page, tmp_path, lambda: page.keyboard.press("d"))
+    assert len(read_corrections(path).items) == 1
+    page.close()
+
+
+def test_two_tabs_of_one_run_share_their_corrections(browser, tmp_path: Path):
+    index = build(make_run(tmp_path))
+    context = browser.new_context()  # one browser profile, two tabs
+    first, second = context.new_page(), context.new_page()
+    reopen(first, index)
+    reopen(second, index)
+    first.keyboard.press("j")
+    first.keyboard.press("x")
+    second.wait_for_function(
+        "document.querySelector('#review-count').textContent.startsWith('1 changed')"
+    )
+    assert second.locator(".card[data-answer=rejected]").count() == 1
+    context.close()
 
 
 def test_keys_move_across_pages_and_leave_the_filters_alone(browser, tmp_path: Path):

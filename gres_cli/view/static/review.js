@@ -21,31 +21,47 @@ window.GresReview = function (DATA, helpers) {
     return { bar: el("p", { cls: "note", id: "review-off", text: "Review is off: " + why + "." }), off: true };
   }
 
-  const STORE = "gres-view-review:" + RUN; // one run's corrections; another run's never show here
+  // One storage item per correction (a key press writes one small item, however many are
+  // kept) and one for the counts; named by the run's id, so another run's never show here.
+  const META = "gres-view-review:" + RUN; // {edits, downloaded: `edits` at the last download}
+  const ENTRY = META + ":"; // + the item's key: its correction
   const keyOf = (item) => JSON.stringify([item.image, DATA.expressions[item.expression]]);
   const order = new Map(DATA.items.map((item, k) => [keyOf(item), k])); // record order
   const cards = new Map(); // key -> the card on screen (the page shows at most one per key)
   const itemOfCard = new WeakMap(); // a card on screen -> its item
-  let state = { corrections: {}, edits: 0, downloaded: null }; // downloaded: `edits` then
+  let corrections = {}; // key -> {image, expression, group, was, answer}
+  let meta = { edits: 0, downloaded: null };
   let stored = true; // false: localStorage refused (private mode, disabled, full)
   const undos = []; // [key, the correction before] of this visit, newest last
 
-  function load() {
+  function parse(text) {
     try {
-      const saved = JSON.parse(window.localStorage.getItem(STORE) || "null");
-      if (saved && typeof saved.corrections === "object") state = saved;
+      const value = JSON.parse(text);
+      return value && typeof value === "object" ? value : null;
+    } catch (e) {
+      return null; // an item written by hand or cut short: not a correction
+    }
+  }
+
+  function storage(action) {
+    try {
+      action(window.localStorage);
+      stored = true;
     } catch (e) {
       stored = false;
     }
   }
 
-  function save() {
-    try {
-      window.localStorage.setItem(STORE, JSON.stringify(state));
-      stored = true;
-    } catch (e) {
-      stored = false;
-    }
+  function load() {
+    storage((s) => {
+      corrections = {};
+      for (let k = 0; k < s.length; k++) {
+        const name = s.key(k);
+        const c = name && name.startsWith(ENTRY) ? parse(s.getItem(name)) : null;
+        if (c && typeof c.answer === "string") corrections[name.slice(ENTRY.length)] = c;
+      }
+      meta = parse(s.getItem(META)) || { edits: 0, downloaded: null };
+    });
   }
 
   // ---- the bar: counter, status, download, clear, keys -------------------------------------
@@ -63,22 +79,22 @@ window.GresReview = function (DATA, helpers) {
 
   function entries() {
     const last = order.size;
-    return Object.entries(state.corrections)
+    return Object.entries(corrections)
       .sort(([a], [b]) => (order.has(a) ? order.get(a) : last) - (order.has(b) ? order.get(b) : last))
       .map(([, c]) => c);
   }
 
   function refreshBar(message) {
-    const all = Object.values(state.corrections);
+    const all = Object.values(corrections);
     const rejected = all.filter((c) => c.answer === "rejected").length;
     counter.textContent = all.length + " changed (" + (all.length - rejected) + " flipped, " + rejected + " rejected)";
     let text;
     if (!stored) text = "browser storage is off: these corrections go when the page closes, download them";
-    else if (state.downloaded === null) text = all.length ? "kept in this browser, not downloaded yet" : "";
-    else if (state.downloaded === state.edits) text = "downloaded, and kept in this browser";
+    else if (meta.downloaded === null) text = all.length ? "kept in this browser, not downloaded yet" : "";
+    else if (meta.downloaded === meta.edits) text = "downloaded, and kept in this browser";
     else text = "changed since the last download";
     status.textContent = message ? message + (text ? " · " + text : "") : text;
-    bar.classList.toggle("unsaved", all.length > 0 && state.downloaded !== state.edits);
+    bar.classList.toggle("unsaved", all.length > 0 && meta.downloaded !== meta.edits);
   }
 
   // ---- one card ----------------------------------------------------------------------------
@@ -87,7 +103,7 @@ window.GresReview = function (DATA, helpers) {
   }
 
   function paint(card, item) {
-    const c = state.corrections[keyOf(item)];
+    const c = corrections[keyOf(item)];
     const mark = card.querySelector(".review-answer");
     if (c) card.setAttribute("data-answer", c.answer);
     else card.removeAttribute("data-answer");
@@ -113,19 +129,27 @@ window.GresReview = function (DATA, helpers) {
   }
 
   // ---- changes, undo, download, clear ------------------------------------------------------
-  function set(key, correction) {
-    if (correction) state.corrections[key] = correction;
-    else delete state.corrections[key];
-    state.edits += 1;
-    save();
+  function repaint(key) {
     const shown = cards.get(key);
     if (shown && shown.card.isConnected) paint(shown.card, shown.item);
+  }
+
+  function set(key, correction) {
+    if (correction) corrections[key] = correction;
+    else delete corrections[key];
+    meta.edits += 1;
+    storage((s) => {
+      if (correction) s.setItem(ENTRY + key, JSON.stringify(correction));
+      else s.removeItem(ENTRY + key);
+      s.setItem(META, JSON.stringify(meta));
+    });
+    repaint(key);
   }
 
   function change(item, what) {
     if (item.present === null) return refreshBar("an image that failed has no answer to correct");
     const key = keyOf(item);
-    const before = state.corrections[key] || null;
+    const before = corrections[key] || null;
     const flipped = before && before.answer !== "rejected";
     let answer = null; // null: back to the model's answer
     if (what === "flip" && !flipped) answer = item.present ? "absent" : "present";
@@ -162,28 +186,42 @@ window.GresReview = function (DATA, helpers) {
     link.click();
     link.remove();
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
-    state.downloaded = state.edits;
-    save();
+    meta.downloaded = meta.edits;
+    storage((s) => s.setItem(META, JSON.stringify(meta)));
     refreshBar("corrections.json: " + doc.corrections.length + " corrections");
   }
 
   function forget() {
-    const n = Object.keys(state.corrections).length;
+    const keys = Object.keys(corrections);
+    const n = keys.length;
     if (!n) return refreshBar("nothing to clear");
-    const unsaved = state.downloaded !== state.edits ? " They are NOT downloaded yet." : "";
+    const unsaved = meta.downloaded !== meta.edits ? " They are NOT downloaded yet." : "";
     if (!window.confirm("Forget the " + n + " corrections of this run kept in this browser?" + unsaved)) return;
-    state = { corrections: {}, edits: state.edits + 1, downloaded: null };
+    corrections = {};
+    meta = { edits: meta.edits + 1, downloaded: null };
     undos.length = 0;
-    save();
-    for (const { card, item } of cards.values()) if (card.isConnected) paint(card, item);
+    storage((s) => {
+      for (const key of keys) s.removeItem(ENTRY + key);
+      s.setItem(META, JSON.stringify(meta));
+    });
+    for (const key of keys) repaint(key);
     refreshBar("cleared");
   }
 
   // another tab of the same run changed them: show its corrections, not stale ones
   window.addEventListener("storage", (ev) => {
-    if (ev.key !== STORE) return;
-    load();
-    for (const { card, item } of cards.values()) if (card.isConnected) paint(card, item);
+    if (ev.key === null) { // the whole storage cleared
+      const keys = Object.keys(corrections);
+      load();
+      for (const key of keys.concat(Object.keys(corrections))) repaint(key);
+    } else if (ev.key === META) meta = parse(ev.newValue) || { edits: 0, downloaded: null };
+    else if (ev.key.startsWith(ENTRY)) {
+      const key = ev.key.slice(ENTRY.length);
+      const c = parse(ev.newValue);
+      if (c) corrections[key] = c;
+      else delete corrections[key];
+      repaint(key);
+    } else return;
     refreshBar();
   });
 
@@ -233,6 +271,6 @@ window.GresReview = function (DATA, helpers) {
     off: false,
     decorate,
     keyboard,
-    corrected: (item) => !!state.corrections[keyOf(item)],
+    corrected: (item) => !!corrections[keyOf(item)],
   };
 };
