@@ -260,6 +260,8 @@ def test_keys_move_across_pages_and_leave_the_filters_alone(browser, tmp_path: P
     assert page.evaluate(
         "document.activeElement === [...document.querySelectorAll('.grid .card')].at(-1)"
     )
+    outline = "(({outlineStyle, outlineWidth}) => outlineStyle + ' ' + outlineWidth)"
+    assert page.evaluate(f"{outline}(getComputedStyle(document.activeElement))") == "solid 3px"
     page.keyboard.press("j")  # past the last card: the next page's first
     assert "page 2 of 3" in page.inner_text(".page-info")
     assert page.evaluate("document.activeElement === document.querySelector('.grid .card')")

@@ -30,6 +30,7 @@ window.GresReview = function (DATA, helpers) {
   const cards = new Map(); // key -> the card on screen (the page shows at most one per key)
   const itemOfCard = new WeakMap(); // a card on screen -> its item
   let corrections = {}; // key -> {image, expression, group, was, answer}
+  const counts = { all: 0, rejected: 0 }; // of `corrections`, kept in step with it
   let meta = { edits: 0, downloaded: null };
   let stored = true; // false: localStorage refused (private mode, disabled, full)
   const undos = []; // [key, the correction before] of this visit, newest last
@@ -41,6 +42,11 @@ window.GresReview = function (DATA, helpers) {
     } catch (e) {
       return null; // an item written by hand or cut short: not a correction
     }
+  }
+
+  function metaOf(text) {
+    const m = parse(text);
+    return m && Number.isInteger(m.edits) ? m : { edits: 0, downloaded: null };
   }
 
   function storage(action) {
@@ -60,8 +66,9 @@ window.GresReview = function (DATA, helpers) {
         const c = name && name.startsWith(ENTRY) ? parse(s.getItem(name)) : null;
         if (c && typeof c.answer === "string") corrections[name.slice(ENTRY.length)] = c;
       }
-      meta = parse(s.getItem(META)) || { edits: 0, downloaded: null };
+      meta = metaOf(s.getItem(META));
     });
+    recount();
   }
 
   // ---- the bar: counter, status, download, clear, keys -------------------------------------
@@ -84,17 +91,28 @@ window.GresReview = function (DATA, helpers) {
       .map(([, c]) => c);
   }
 
-  function refreshBar(message) {
+  function recount() {
     const all = Object.values(corrections);
-    const rejected = all.filter((c) => c.answer === "rejected").length;
-    counter.textContent = all.length + " changed (" + (all.length - rejected) + " flipped, " + rejected + " rejected)";
+    counts.all = all.length;
+    counts.rejected = all.filter((c) => c.answer === "rejected").length;
+  }
+
+  function tally(correction, sign) {
+    if (!correction) return;
+    counts.all += sign;
+    if (correction.answer === "rejected") counts.rejected += sign;
+  }
+
+  function refreshBar(message) {
+    const { all, rejected } = counts;
+    counter.textContent = all + " changed (" + (all - rejected) + " flipped, " + rejected + " rejected)";
     let text;
     if (!stored) text = "browser storage is off: these corrections go when the page closes, download them";
-    else if (meta.downloaded === null) text = all.length ? "kept in this browser, not downloaded yet" : "";
+    else if (meta.downloaded === null) text = all ? "kept in this browser, not downloaded yet" : "";
     else if (meta.downloaded === meta.edits) text = "downloaded, and kept in this browser";
     else text = "changed since the last download";
     status.textContent = message ? message + (text ? " · " + text : "") : text;
-    bar.classList.toggle("unsaved", all.length > 0 && meta.downloaded !== meta.edits);
+    bar.classList.toggle("unsaved", all > 0 && meta.downloaded !== meta.edits);
   }
 
   // ---- one card ----------------------------------------------------------------------------
@@ -135,6 +153,8 @@ window.GresReview = function (DATA, helpers) {
   }
 
   function set(key, correction) {
+    tally(corrections[key], -1);
+    tally(correction, 1);
     if (correction) corrections[key] = correction;
     else delete corrections[key];
     meta.edits += 1;
@@ -198,6 +218,7 @@ window.GresReview = function (DATA, helpers) {
     const unsaved = meta.downloaded !== meta.edits ? " They are NOT downloaded yet." : "";
     if (!window.confirm("Forget the " + n + " corrections of this run kept in this browser?" + unsaved)) return;
     corrections = {};
+    recount();
     meta = { edits: meta.edits + 1, downloaded: null };
     undos.length = 0;
     storage((s) => {
@@ -214,10 +235,12 @@ window.GresReview = function (DATA, helpers) {
       const keys = Object.keys(corrections);
       load();
       for (const key of keys.concat(Object.keys(corrections))) repaint(key);
-    } else if (ev.key === META) meta = parse(ev.newValue) || { edits: 0, downloaded: null };
+    } else if (ev.key === META) meta = metaOf(ev.newValue);
     else if (ev.key.startsWith(ENTRY)) {
       const key = ev.key.slice(ENTRY.length);
       const c = parse(ev.newValue);
+      tally(corrections[key], -1);
+      tally(c, 1);
       if (c) corrections[key] = c;
       else delete corrections[key];
       repaint(key);
@@ -250,7 +273,7 @@ window.GresReview = function (DATA, helpers) {
       const target = ev.target;
       if (target && target.closest && target.closest("input, select, textarea, dialog")) return;
       const card = current();
-      const key = ev.key;
+      const key = ev.key.length === 1 ? ev.key.toLowerCase() : ev.key; // caps lock on, too
       if (key === "j" || key === "ArrowRight") move(1);
       else if (key === "k" || key === "ArrowLeft") move(-1);
       else if (key === "u") undo();
