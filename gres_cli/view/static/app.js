@@ -179,11 +179,11 @@
     ];
     if (DATA.has_backend) summary.push(badge(c.changed + " changed by the group step", "changed"));
     main.append(el("p", { cls: "summary", id: "summary" }, summary));
-    const review = window.GresReview(DATA, { el, badge });
-    main.append(review.bar);
     if (DATA.expressions.length === 1) {
       main.append(el("p", { cls: "expression" }, [el("span", { text: "Expression: " }), el("q", { text: DATA.expressions[0] })]));
     }
+    const review = window.GresReview(DATA, { el, badge });
+    main.append(review.bar);
     if (DATA.unreadable_lines) {
       main.append(el("p", { cls: "note", text: DATA.unreadable_lines + " lines of records.jsonl are not records (cut by a crash?) and are left out." }));
     }
