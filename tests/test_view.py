@@ -147,7 +147,7 @@ def test_run_site_holds_every_record_and_its_pictures(tmp_path: Path):
     assert np.abs(tinted[10, 20] - plain[10, 20]).sum() > 60  # inside the mask
     assert np.abs(tinted[30, 5] - plain[30, 5]).sum() < 40  # outside (JPEG noise only)
     # nothing base64 in the page, nothing fetched from elsewhere, the input untouched
-    page = "".join((site / n).read_text() for n in ("index.html", "app.js", "data.js"))
+    page = "".join((site / n).read_text() for n in ("index.html", "app.js", "review.js", "data.js"))
     assert "base64" not in page and "http://" not in page and "https://" not in page
     assert files_under(tmp_path / "photos") | files_under(run) == before
 
