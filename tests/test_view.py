@@ -68,10 +68,13 @@ def record(image: Path, group: str, present: bool | None, score: float | None, *
     }
 
 
-def make_run(root: Path, extra_records: int = 0) -> Path:
+RUN_SETTINGS = {"model": "hand-written", "margin": 0.25, "format": "png"}
+
+
+def make_run(root: Path, extra_records: int = 0, settings: dict | None = RUN_SETTINGS) -> Path:
     """A `gres segment --out` folder written by hand: two groups, one failed image, one
     expression that is a script tag and one file name that is an HTML tag; `extra_records`
-    more absent images (all of one photo) for pagination."""
+    more absent images (all of one photo) for pagination; its settings.json (None: none)."""
     run = root / "run"
     recs = []
     for g, group in enumerate(("alpha", "beta")):
@@ -98,6 +101,8 @@ def make_run(root: Path, extra_records: int = 0) -> Path:
         recs[-1]["image"] = str(root / "photos" / "alpha" / "0000.png") + f"?{k}"  # distinct
     run.mkdir(parents=True, exist_ok=True)
     (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    if settings is not None:
+        (run / "settings.json").write_text(json.dumps(settings, indent=1) + "\n")
     return run
 
 
@@ -142,7 +147,7 @@ def test_run_site_holds_every_record_and_its_pictures(tmp_path: Path):
     assert np.abs(tinted[10, 20] - plain[10, 20]).sum() > 60  # inside the mask
     assert np.abs(tinted[30, 5] - plain[30, 5]).sum() < 40  # outside (JPEG noise only)
     # nothing base64 in the page, nothing fetched from elsewhere, the input untouched
-    page = "".join((site / n).read_text() for n in ("index.html", "app.js", "data.js"))
+    page = "".join((site / n).read_text() for n in ("index.html", "app.js", "review.js", "data.js"))
     assert "base64" not in page and "http://" not in page and "https://" not in page
     assert files_under(tmp_path / "photos") | files_under(run) == before
 
@@ -468,6 +473,7 @@ def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
     assert page.locator("#gallery-worst_iou .card").count() == 2
     assert page.locator("#plots img").count() >= 3
     assert page.locator("#groups tr").count() == 2  # header + group-01
+    assert page.locator("#review, #review-off, .review-controls").count() == 0  # runs only
     worst = page.locator("#gallery-worst_iou .card").first
     assert worst.locator("img").count() == 2  # ground truth and prediction
     assert SCRIPT_TEXT in worst.inner_text()
@@ -594,6 +600,7 @@ def test_dataset_page_browses_groups_and_shows_text_as_text(browser, tmp_path: P
     # group-00: 3 images, then 2 expressions x 3 targets
     assert page.locator("#group-view .card").count() == 9
     assert page.locator("#group-view .card[data-present=false]").count() == 3
+    assert page.locator("#review, #review-off, .review-controls").count() == 0  # runs only
     assert "unknown-split" in page.locator("#group-view").inner_text()
     page.click("text=next group ›")
     assert "Group group-01" in page.locator("#group-view h2").inner_text()

@@ -38,7 +38,9 @@ def view(
     with no server and no network.
 
     A run: per group, thumbnails with the mask on the photo, the verdict and the score against
-    the margin; sort, filter, search, click for the full-size overlay. A report: metrics,
+    the margin; sort, filter, search, click for the full-size overlay; review it (flip
+    answers, reject masks, by keyboard or mouse) and download corrections.json for
+    `gres grd from-run --corrections`. A report: metrics,
     plots, per-group figures, galleries of false positives, misses and worst IoUs. A dataset:
     every expression's ground truth on every image, with `grd validate`'s findings.
 

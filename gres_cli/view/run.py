@@ -1,6 +1,8 @@
 """The page data of a `gres segment` run: its records, each with a picture of the mask on the
 photo. Records from an open-vocabulary backend also carry that model's own call
-(`backend_present`, `backend_score`), so the page can show what the group-wise step changed."""
+(`backend_present`, `backend_score`), so the page can show what the group-wise step changed.
+The page's review (a person's corrections, downloaded as corrections.json) names the run by its
+id, `grd_tools.corrections.run_id` of the run's settings.json, computed here."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gres_cli.inference.writers import RECORDS, read_record
+from grd_tools.corrections import run_id
+from gres_cli.inference.writers import RECORDS, SETTINGS, read_record
 from gres_cli.view.site import MaskSource, Picture, ViewError
 
 #: record fields shown in a card's details, in this order (others follow)
@@ -80,6 +83,7 @@ def run_data(
         item: dict[str, Any] = {
             "group": groups.setdefault(group, len(groups)),
             "expression": expressions.setdefault(expression, len(expressions)),
+            "image": str(rec["image"]),  # as written: corrections name the record by it
             "name": Path(str(rec["image"])).name,
             "present": present,
             "score": _number(rec.get("score")),
@@ -105,8 +109,37 @@ def run_data(
         "counts": counts,
         "has_backend": any("backend_present" in item for item in items),
         "unreadable_lines": bad_lines,
+        "review": review_of(source),
     }
     return data, pictures
+
+
+def review_of(source: Path) -> dict[str, str | None]:
+    """{"run": the run's id, "off": None}, or {"run": None, "off": why the page cannot review}.
+
+    Corrections name their run by its settings.json, so review needs the run folder (or its own
+    records.jsonl, whose folder holds settings.json). A records file elsewhere (`--jsonl FILE`)
+    names no run: its page shows the answers without review controls, and says why."""
+    folder = source if source.is_dir() else source.parent if source.name == RECORDS else None
+    if folder is None:
+        return {
+            "run": None,
+            "off": f"{source.name} is a records file outside its run folder, so the page "
+            "cannot name the run in corrections.json; build the page from the run folder "
+            "(gres view OUT) to review it",
+        }
+    settings = folder / SETTINGS
+    if not settings.is_file():
+        return {
+            "run": None,
+            "off": f"{folder} has no {SETTINGS} (made by an older gres?), which names the run "
+            "in corrections.json; re-run gres segment into it to review it",
+        }
+    try:
+        content = json.loads(settings.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        return {"run": None, "off": f"{settings}: cannot read ({e})"}
+    return {"run": run_id(content), "off": None}
 
 
 def _number(value: Any) -> float | None:

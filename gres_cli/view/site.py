@@ -1,11 +1,11 @@
 """The site folder of `gres view`: static files, the page's data, and picture files.
 
-A site is `index.html` + `app.js` + `style.css` (copied from this package), `data.js` (the
-page's data as JSON, read by a <script> tag: file:// pages cannot fetch JSON) and `img/`, two
-JPEGs per picture (a thumbnail and a large view). It is built in a temporary folder beside
-`--out` and swapped in with one rename. Pictures are named by a hash of their inputs (paths,
-sizes and modification times), so a re-run links the previous site's up-to-date pictures
-instead of drawing them again.
+A site is `index.html` + `app.js` + `review.js` + `style.css` (copied from this package),
+`data.js` (the page's data as JSON, read by a <script> tag: file:// pages cannot fetch JSON) and
+`img/`, two JPEGs per picture (a thumbnail and a large view). It is built in a temporary folder
+beside `--out` and swapped in with one rename. Pictures are named by a hash of their inputs
+(paths, sizes and modification times), so a re-run links the previous site's up-to-date
+pictures instead of drawing them again.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from grd_tools.paths import is_within
 
 #: marks a folder as a gres view site: only such a folder (or an empty one) is replaced
 MARKER = ".gres-view"
-STATIC_FILES = ("index.html", "app.js", "style.css")
+STATIC_FILES = ("index.html", "review.js", "app.js", "style.css")
 THUMB_PX = 224  # long side of a card's picture (cards are about 180 CSS px wide)
 LARGE_PX = 1280  # long side of the picture opened on click
 #: bump when the drawing changes, so that older sites' pictures are not reused

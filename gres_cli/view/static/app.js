@@ -117,9 +117,18 @@
       prev.disabled = page === 0;
       next.disabled = page >= pages - 1;
     }
-    prev.addEventListener("click", () => { page -= 1; draw(); });
-    next.addEventListener("click", () => { page += 1; draw(); });
+    function turn(step) {
+      const to = page + step;
+      if (to < 0 || to * PAGE_SIZE >= items.length) return false;
+      page = to;
+      draw();
+      return true;
+    }
+    prev.addEventListener("click", () => turn(-1));
+    next.addEventListener("click", () => turn(1));
     return {
+      element: grid,
+      turn,
       show(newItems) {
         items = newItems;
         page = 0;
@@ -173,6 +182,8 @@
     if (DATA.expressions.length === 1) {
       main.append(el("p", { cls: "expression" }, [el("span", { text: "Expression: " }), el("q", { text: DATA.expressions[0] })]));
     }
+    const review = window.GresReview(DATA, { el, badge });
+    main.append(review.bar);
     if (DATA.unreadable_lines) {
       main.append(el("p", { cls: "note", text: DATA.unreadable_lines + " lines of records.jsonl are not records (cut by a crash?) and are left out." }));
     }
@@ -189,13 +200,15 @@
     const exprSel = select("expression", [["", "all expressions"], ...DATA.expressions.map((e, k) => [String(k), e])]);
     const filters = [["all", "all"], ["present", "present"], ["absent", "absent"], ["error", "errors"]];
     if (DATA.has_backend) filters.push(["changed", "changed by the group step"]);
+    if (!review.off) filters.push(["corrected", "corrected by you"]);
     const filterSel = select("filter", filters);
     const sortSel = select("sort", [["margin", "closest to the margin first"], ["name", "by name"], ["score", "highest score first"]]);
     const search = el("input", { id: "search", type: "search", placeholder: "file name" });
     const controls = [control("Group", groupSel), control("Show", filterSel), control("Sort", sortSel), control("Search", search)];
     if (DATA.expressions.length > 1) controls.splice(1, 0, control("Expression", exprSel));
     main.append(el("div", { cls: "controls" }, controls));
-    const grid = pagedGrid(main, (item) => runCard(item, lo, hi));
+    const grid = pagedGrid(main, (item) => (review.off ? runCard(item, lo, hi) : review.decorate(runCard(item, lo, hi), item)));
+    if (!review.off) review.keyboard(grid);
 
     function update() {
       const group = groupSel.value;
@@ -209,6 +222,7 @@
         if (show === "absent" && i.present !== false) return false;
         if (show === "error" && !i.error) return false;
         if (show === "changed" && !(("backend_present" in i) && i.backend_present !== i.present)) return false;
+        if (show === "corrected" && !review.corrected(i)) return false;
         return !query || i.name.toLowerCase().includes(query);
       });
       const byName = (a, b) => DATA.groups[a.group].localeCompare(DATA.groups[b.group]) || a.name.localeCompare(b.name);
