@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_clipseg, build_tiny_grser, gres
+from conftest import build_tiny_grser, gres
 from PIL import Image
 
 from gres_cli.model import onnx_spec as spec
@@ -183,10 +183,12 @@ def test_failed_self_check_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_refusals_are_one_line_and_write_nothing(tmp_path: Path):
-    clipseg = build_tiny_clipseg(tmp_path / "clipseg")
-    proc = gres("model", "export", str(clipseg), str(tmp_path / "a"), "--format", "onnx")
+    sam3 = tmp_path / "sam3"  # refused on its config alone: nothing is loaded
+    sam3.mkdir()
+    (sam3 / "config.json").write_text('{"model_type": "sam3"}')
+    proc = gres("model", "export", str(sam3), str(tmp_path / "a"), "--format", "onnx")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
-    assert "a clipseg model; ONNX export supports GRSer models only" in proc.stderr
+    assert "a sam3 model; ONNX export supports GRSer and CLIPSeg models" in proc.stderr
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
@@ -199,7 +201,7 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path: Path):
     proc = gres("model", "export", str(DEMO), str(tmp_path / "c"), "--opset", "99")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "--opset 99: the export supports opsets 14 to" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["clipseg", "taken"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sam3", "taken"]
 
 
 def test_missing_onnxruntime_is_one_line(tmp_path: Path):

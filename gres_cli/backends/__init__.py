@@ -2,6 +2,8 @@
 
 - GRSer folders and Hub repos (`grser.py`, the trained path), and their ONNX exports
   (`grser_onnx.py`: onnxruntime, no torch, no transformers);
+- CLIPSeg's ONNX export (`clipseg_onnx.py`, written by `clipseg_export.py`): the group rule in
+  numpy (`group_rule.py`), no torch, no transformers;
 - open-vocabulary segmenters from transformers with the group rule on top (`openvocab.py`):
   CLIPSeg (`clipseg.py`, the default model), SAM 3 (`sam3.py`),
   Grounding DINO + SAM (`grounded_sam.py`);
@@ -20,6 +22,8 @@ from typing import Any
 
 from gres_cli.backends.protocol import GroupModel
 from gres_cli.backends.registry import (
+    check_for_push,
+    export_onnx,
     load_model,
     model_types,
     open_vocabulary_folder,
@@ -36,6 +40,8 @@ __all__ = [
     "GRSER_ONNX",
     "as_group_model",
     "backend_kind",
+    "check_for_push",
+    "export_onnx",
     "load_default_model",
     "load_model",
     "model_types",
@@ -46,6 +52,9 @@ __all__ = [
 register_model_type(GRSER, "gres_cli.backends.grser:GRSerAdapter")
 register_model_type(GRSER_ONNX, "gres_cli.backends.grser_onnx:GRSerOnnxModel")
 register_model_type("clipseg", "gres_cli.backends.clipseg:CLIPSegBackend", open_vocabulary=True)
+register_model_type(
+    "clipseg-onnx", "gres_cli.backends.clipseg_onnx:CLIPSegOnnxModel", open_vocabulary=True
+)
 register_model_type("sam3", "gres_cli.backends.sam3:Sam3Backend", open_vocabulary=True)
 # facebook/sam3 ships one config for video; Sam3Model loads its image detector from it
 register_model_type("sam3_video", "gres_cli.backends.sam3:Sam3Backend", open_vocabulary=True)

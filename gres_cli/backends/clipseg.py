@@ -43,6 +43,17 @@ class CLIPSegBackend(OpenVocabModel):
         size = self.processor.image_processor.size
         self.input_size = int(size.get("height") or size.get("shortest_edge") or 352)
 
+    @classmethod
+    def export_onnx(
+        cls, folder: Path, checkpoint: str, revision: str | None, out: Path, opset: int,
+        overwrite: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """`gres model export`: two graphs and the numpy twin of the image processor
+        (gres_cli.backends.clipseg_export)."""
+        from gres_cli.backends.clipseg_export import export_clipseg_onnx
+
+        return export_clipseg_onnx(folder, checkpoint, revision, out, opset, overwrite)
+
     def preparer(self) -> Callable[[Image.Image], Tensor]:
         return ProcessImage(self.processor.image_processor)
 

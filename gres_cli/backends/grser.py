@@ -54,6 +54,21 @@ class GRSerAdapter(WithoutExtras):
         """The GRSer in `folder` (resolved already: `checkpoint` and `revision` named it)."""
         return cls(GRSer.from_pretrained(folder), group=group)
 
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        """`gres model push`: the folder loads as a GRSer."""
+        GRSer.from_pretrained(folder)
+
+    @classmethod
+    def export_onnx(
+        cls, folder: Path, checkpoint: str, revision: str | None, out: Path, opset: int,
+        overwrite: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """`gres model export`: gres_cli.model.export."""
+        from gres_cli.model.export import export_onnx
+
+        return export_onnx(checkpoint, out, opset=opset, revision=revision, overwrite=overwrite)
+
     def describe(self) -> Description:
         c, params = self.net.config, self.net.num_parameters()
         rows = [

@@ -181,6 +181,17 @@ class GRSerOnnxModel(WithoutExtras):
         """The export in `folder` (resolved already: `checkpoint` and `revision` named it)."""
         return cls(folder, group=group)
 
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        """`gres model push`: the graphs and the tokenizer load with onnxruntime."""
+        cls(folder)
+
+    @classmethod
+    def export_onnx(cls, folder: Path, checkpoint: str, *args: Any, **kwargs: Any) -> Any:
+        from gres_cli.errors import GresError
+
+        raise GresError(f"{checkpoint}: already an ONNX export")
+
     def describe(self) -> Description:
         config = self.config
         facts = config.get(spec.CONFIG_KEY, {})

@@ -37,14 +37,18 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
 from gres_cli.backends import registry
-from gres_cli.backends.protocol import Description, FirstPass, SecondPass, presence
+from gres_cli.backends.group_rule import (  # noqa: F401  (re-exported)
+    GroupRuleExtras,
+    NoExtraSettings,
+    reweighted_score,
+)
+from gres_cli.backends.protocol import Description, FirstPass, SecondPass
 from gres_cli.errors import ModelLoadError
 from gres_cli.model.preprocess import probability_to_original
 
@@ -81,7 +85,8 @@ class BackendOutput:
 def region_embedding(features: Tensor, region: Tensor) -> Tensor:
     """e_n: features (M x C x h' x w') pooled under region (M x h x w, in [0, 1]), unit length.
     An empty region pools the whole image."""
-    weights = F.adaptive_avg_pool2d(region[:, None].float(), features.shape[-2:])[:, 0]
+    grid = tuple(int(n) for n in features.shape[-2:])  # ints: a constant of an ONNX graph
+    weights = F.adaptive_avg_pool2d(region[:, None].float(), grid)[:, 0]
     empty = weights.flatten(1).sum(1) <= 1e-6
     weights = torch.where(empty[:, None, None], torch.ones_like(weights), weights)
     pooled = (features.float() * weights[:, None]).flatten(2).sum(-1)
@@ -125,16 +130,6 @@ def group_distances(
     return d_pos, d_neg
 
 
-def reweighted_score(
-    d_pos: float, d_neg: float, alone: tuple[float, float], weight: float, new_weight: float
-) -> float:
-    """d_neg - d_pos had the group weight been `new_weight` instead of `weight` (the group
-    term is linear in gamma): s(gamma') = s_alone + (gamma' / gamma) (s - s_alone). One forward
-    pass serves every gamma of a calibration sweep."""
-    alone_score = alone[1] - alone[0]
-    return alone_score + (new_weight / weight) * ((d_neg - d_pos) - alone_score)
-
-
 class ProcessImage:
     """The checkpoint's own image processor on one decoded image (picklable, for workers)."""
 
@@ -145,12 +140,7 @@ class ProcessImage:
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
-@dataclass
-class NoExtraSettings:
-    """The settings of a backend that takes none beyond experts, group weight and margin."""
-
-
-class OpenVocabModel:
+class OpenVocabModel(GroupRuleExtras):
     """A backend as a `GroupModel`: subclasses load the checkpoint in `__init__(folder,
     checkpoint, **settings)` and implement `forward` (and `preparer`, `model_input`,
     `encode_text`); the group rule, the loading path and the description are shared."""
@@ -301,24 +291,6 @@ class OpenVocabModel:
         alone_pos, alone_neg = group_distances(scores, emb, None, 0.0)
         extras = {"backend_score": scores, "alone_d_pos": alone_pos, "alone_d_neg": alone_neg}
         return SecondPass(d_pos, d_neg, torch.stack([it.mask_logits for it in items]), extras)
-
-    def image_extras(self, values: dict[str, np.float32], margin: float) -> dict[str, Any]:
-        """The backend's own score b_n, its call without the group step at the run's m
-        (`backend_present`), and that call's distances (`alone`: a sweep over the group
-        weight reweighs from them)."""
-        alone = values["alone_d_pos"], values["alone_d_neg"]
-        return {
-            "backend_score": float(values["backend_score"]),
-            "backend_present": bool(presence(*alone, margin)),
-            "alone": (float(alone[0]), float(alone[1])),
-        }
-
-    def record_extras(self, extras: dict[str, Any]) -> dict[str, Any]:
-        """What the group changed: the backend's own score and call, in every record."""
-        return {
-            "backend_score": round(extras["backend_score"], 6),
-            "backend_present": extras["backend_present"],
-        }
 
 
 def backends_taking(setting: str) -> list[str]:

@@ -7,6 +7,10 @@ and an ONNX model never imports torch), and made with one constructor:
 `folder` is the resolved model folder, `checkpoint` the id or path it was asked by, `settings`
 the gres-backend folder's (experts, group weight, margin, and the backend's own declared extras).
 Adding a kind is one module and one line: `register_model_type("my-kind", "pkg.mod:MyModel")`.
+
+A kind may also provide, as classmethods, what `gres model push` checks before uploading a
+folder (`check_folder(folder)`) and its ONNX export (`export_onnx(folder, checkpoint, revision,
+out, opset, overwrite)`); a kind without one is refused by that command in one line.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gres_cli.backends.protocol import GroupModel
-from gres_cli.errors import ModelLoadError
+from gres_cli.errors import GresError, ModelLoadError
 from gres_cli.model import hub
 from gres_cli.model.kinds import model_kind
 
@@ -111,3 +115,36 @@ def open_vocabulary_folder(
             f"({', '.join(open_vocabulary_types())})"
         )
     return kind, folder
+
+
+def _kind_of(folder: Path, model_id: str | Path) -> ModelType:
+    return model_type(model_kind(hub.read_config(folder)), model_id)
+
+
+def check_for_push(folder: Path) -> None:
+    """Refuse (one line) a folder `gres model push` does not publish, or one that does not
+    load: each kind checks its own folder (`check_folder`)."""
+    kind = _kind_of(folder, folder)
+    check = getattr(kind.model_class(), "check_folder", None)
+    if check is None:
+        raise GresError(
+            f"{folder}: a {kind.name} checkpoint; gres model push publishes GRSer models, ONNX "
+            "exports and gres-backend settings folders (gres model init --backend)"
+        )
+    check(folder)
+
+
+def export_onnx(
+    model_id: str, out: Path, *, opset: int, revision: str | None = None, overwrite: bool = False
+) -> dict[str, Any]:
+    """`gres model export MODEL OUT --format onnx` for any kind that exports (`export_onnx`);
+    the export's facts (config.json's "onnx")."""
+    folder = hub.resolve_model_dir(model_id, revision)
+    kind = _kind_of(folder, model_id)
+    export = getattr(kind.model_class(), "export_onnx", None)
+    if export is None:
+        raise GresError(
+            f"{model_id}: a {kind.name} model; ONNX export supports GRSer and CLIPSeg models "
+            "(and gres-backend folders over CLIPSeg)"
+        )
+    return export(folder, str(model_id), revision, out, opset, overwrite)

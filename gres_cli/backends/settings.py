@@ -136,6 +136,22 @@ class SettingsFolder:
             )
         )
 
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        """`gres model push`: the settings parse (the backend's weights are its own)."""
+        BackendSettings.from_dict(hub.read_config(folder), folder / hub.CONFIG_FILE)
+
+    @classmethod
+    def export_onnx(
+        cls, folder: Path, checkpoint: str, revision: str | None, out: Path, opset: int,
+        overwrite: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """`gres model export`: the backend it names, exported with these settings (CLIPSeg
+        only: gres_cli.backends.clipseg_export refuses the others in one line)."""
+        from gres_cli.backends.clipseg_export import export_clipseg_onnx
+
+        return export_clipseg_onnx(folder, checkpoint, revision, out, opset, overwrite)
+
 
 def pinned_checkpoint(checkpoint: str, revision: str | None) -> tuple[str, str | None]:
     """(checkpoint, revision) as a settings folder stores them: a local folder as its absolute

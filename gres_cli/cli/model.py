@@ -164,19 +164,22 @@ def export(
     revision: RevisionOpt = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing folder.")] = False,
 ) -> None:
-    """Export a GRSer (folder or Hub id) as ONNX graphs plus tokenizer and config: a folder
-    `gres segment --model OUT` runs on onnxruntime, without torch (`pip install "gres[onnx]"`).
+    """Export a GRSer or a CLIPSeg checkpoint (folder or Hub id; or a gres-backend settings
+    folder over CLIPSeg, its settings kept) as ONNX graphs plus tokenizer and config: a folder
+    `gres segment --model OUT` runs on onnxruntime, without torch or transformers
+    (`pip install "gres[onnx]"`).
 
     Before it reports success the export runs onnxruntime against torch on a few inputs
-    (batch 1 and 3, one expert and K) and records each graph's worst error in OUT/config.json;
-    a failed export leaves nothing at OUT.
+    (batch 1 and 3) and records each graph's worst error in OUT/config.json; a failed export
+    leaves nothing at OUT.
     """
     if fmt != "onnx":
         fail(f"--format {fmt}: the only export format is onnx")
     refuse_sources(out, "OUT", {"MODEL": model})  # `export run/best run --overwrite` lost run/
     with user_errors():
+        from gres_cli.backends import export_onnx
         from gres_cli.model import onnx_spec
-        from gres_cli.model.export import export_onnx, require_onnx
+        from gres_cli.model.export import require_onnx
 
         require_onnx()  # before loading anything
         opset = onnx_spec.DEFAULT_OPSET if opset is None else opset
@@ -197,35 +200,23 @@ def push(
     repo_id: Annotated[str, typer.Argument(help="Hub repo id (org/name).")],
     private: Annotated[bool, typer.Option(help="Create the repo as private.")] = False,
 ) -> None:
-    """Upload a GRSer folder, an ONNX export of one (`gres model export`) or a gres-backend
-    settings folder to the Hugging Face Hub, each validated by loading it first (an export
-    through onnxruntime: `pip install "gres[onnx]"`).
+    """Upload a GRSer folder, an ONNX export (`gres model export`: GRSer or CLIPSeg) or a
+    gres-backend settings folder to the Hugging Face Hub, each validated by loading it first
+    (an export through onnxruntime: `pip install "gres[onnx]"`).
 
-    Only the model's files go up (config.json, model.safetensors or the export's text.onnx,
-    encode.onnx and query.onnx, tokenizer files, README.md), in one commit; a folder holding a
-    pickle (a training checkpoint's trainer_state.pt) is refused.
+    Only the model's files go up (config.json, model.safetensors or the export's .onnx graphs,
+    tokenizer files, README.md), in one commit; a folder holding a pickle (a training
+    checkpoint's trainer_state.pt) is refused.
     """
     from fnmatch import fnmatch
 
     with user_errors():
         from grd_tools.hub import refuse_pickles, upload_files
-        from gres_cli.backends.settings import MODEL_TYPE as SETTINGS_TYPE
-        from gres_cli.backends.settings import BackendSettings
-        from gres_cli.model import onnx_spec
-        from gres_cli.model.hub import MODEL_FILES, read_config
+        from gres_cli.backends import check_for_push
+        from gres_cli.model.hub import MODEL_FILES
 
         refuse_pickles(folder)
-        config = read_config(folder) if folder.is_dir() else {}
-        if config.get("model_type") == SETTINGS_TYPE:  # settings only: they must parse
-            BackendSettings.from_dict(config, folder / "config.json")
-        elif config.get("model_type") == onnx_spec.MODEL_TYPE:  # its graphs and tokenizer load
-            from gres_cli.backends.grser_onnx import GRSerOnnxModel
-
-            GRSerOnnxModel(folder)
-        else:
-            from gres_cli.model.grser import GRSer
-
-            GRSer.from_pretrained(folder)  # refuse a folder that does not load
+        check_for_push(folder)  # each kind checks its own folder: it loads, or parses
         files = sorted(
             p.name
             for p in folder.iterdir()

@@ -358,7 +358,7 @@ def score_model(
     sweeps = {m: GRESMeter(protocol) for m in sweep or []}
     weighed = {(w, m): GRESMeter(protocol) for w in group_weights or [] for m in sweep or []}
     if weighed:  # an open-vocabulary backend (torch); an ONNX model never gets here
-        from gres_cli.backends.openvocab import reweighted_score
+        from gres_cli.backends.group_rule import reweighted_score
     list(_pairs(dataset, split))  # refuse an empty split up front
     asked, jobs = [], []
     for grd_group in dataset.groups:

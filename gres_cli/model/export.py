@@ -135,7 +135,10 @@ def _export(
     outputs: tuple[str, ...],
     batched: tuple[str, ...],
     opset: int,
+    axes: dict[str, dict[int, str]] | None = None,
 ) -> None:
+    """Trace `module` on `args` into `path` (then `simplify` it): axis 0 of the `batched`
+    names dynamic ("batch"), and the axes `axes` names (e.g. a text's length)."""
     import warnings
 
     # eval first: the exporter restores the wrapper's mode afterwards, and a fresh module is in
@@ -150,7 +153,7 @@ def _export(
                 str(path),
                 input_names=list(inputs),
                 output_names=list(outputs),
-                dynamic_axes={name: {0: "batch"} for name in batched},
+                dynamic_axes={name: {0: "batch"} for name in batched} | (axes or {}),
                 opset_version=opset,
                 dynamo=False,
             )
@@ -350,6 +353,19 @@ def onnx_card(source: str, config: dict[str, Any]) -> str:
     )
 
 
+def check_target(out: Path, opset: int, overwrite: bool) -> bool:
+    """Refuse (GresError, one line) an opset the export does not support and an `out` that
+    holds something, unless `overwrite`; whether `out` is to be replaced (an empty folder
+    holds nothing to lose)."""
+    if not MIN_OPSET <= opset <= max_opset():
+        raise GresError(f"--opset {opset}: the export supports opsets {MIN_OPSET} to {max_opset()}")
+    if out.is_dir() and not any(out.iterdir()):
+        return True
+    if out.exists() and not overwrite:
+        raise GresError(f"{out}: already exists (pass --overwrite to replace it)")
+    return overwrite
+
+
 def export_onnx(
     model_id: str,
     out: Path,
@@ -365,12 +381,7 @@ def export_onnx(
     from grd_tools.fsutil import atomic_output_dir
 
     _, ort = require_onnx()
-    if not MIN_OPSET <= opset <= max_opset():
-        raise GresError(f"--opset {opset}: the export supports opsets {MIN_OPSET} to {max_opset()}")
-    if out.is_dir() and not any(out.iterdir()):
-        overwrite = True  # an empty folder holds nothing to lose
-    elif out.exists() and not overwrite:
-        raise GresError(f"{out}: already exists (pass --overwrite to replace it)")
+    overwrite = check_target(out, opset, overwrite)
     net = load_grser(model_id, revision).eval()
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         export_graphs(net, tmp, opset)

@@ -12,13 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from gres_cli.errors import ModelLoadError
+from gres_cli.model.clipseg_onnx_spec import GRAPH_FILES as CLIPSEG_GRAPH_FILES
 from gres_cli.model.onnx_spec import GRAPH_FILES
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 #: what a model repo's snapshot fetches: an ONNX export's graphs by their own names only (many
 #: repos also hold large onnx/ folders a torch model does not need)
-MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "README.md", *GRAPH_FILES.values()]
+MODEL_FILES = [
+    "*.json",
+    "*.safetensors",
+    "*.txt",
+    "*.model",
+    "README.md",
+    *GRAPH_FILES.values(),
+    *CLIPSEG_GRAPH_FILES.values(),
+]
 
 
 def offline() -> bool:

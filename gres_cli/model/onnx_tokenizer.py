@@ -15,15 +15,21 @@ from gres_cli.errors import ModelLoadError
 
 class Tokenizer:
     """The export's tokenizer.json read with `tokenizers`: padded to T = max_tokens and
-    truncated at T, as GRSer's TextEncoder.tokenize asks transformers to."""
+    truncated at T, as GRSer's TextEncoder.tokenize asks transformers to; with `pad=False`
+    truncated at T only (CLIPSeg's backend tokenizes one expression, unpadded)."""
 
-    def __init__(self, folder: Path, max_tokens: int) -> None:
+    def __init__(self, folder: Path, max_tokens: int, pad: bool = True) -> None:
         from tokenizers import Tokenizer as RustTokenizer
 
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise ModelLoadError(f"{folder}: an ONNX model folder needs tokenizer.json")
+        self.path = path
         self.tok = RustTokenizer.from_file(str(path))
+        if not pad:
+            self.tok.no_padding()
+            self.tok.enable_truncation(max_length=max_tokens)
+            return
         special = _json(folder / "tokenizer_config.json")
         pad = special.get("pad_token") or "[PAD]"
         pad = pad.get("content", "[PAD]") if isinstance(pad, dict) else pad
@@ -36,6 +42,15 @@ class Tokenizer:
         enc = self.tok.encode_batch(texts)
         ids = np.asarray([e.ids for e in enc], np.int64)
         return ids, np.asarray([e.attention_mask for e in enc], np.int64)
+
+    def count(self, text: str) -> int:
+        """How many tokens `text` has untruncated (special tokens included)."""
+        from tokenizers import Tokenizer as RustTokenizer
+
+        whole = RustTokenizer.from_file(str(self.path))
+        whole.no_truncation()
+        whole.no_padding()
+        return len(whole.encode(text).ids)
 
 
 def _json(path: Path) -> dict[str, Any]:

@@ -1,0 +1,245 @@
+"""An ONNX export of CLIPSeg (`gres model export CLIPSEG OUT --format onnx`) behind the engine's
+model protocol, on onnxruntime: numpy, Pillow and `tokenizers`, no torch, no transformers.
+
+The folder's contract is gres_cli.model.clipseg_onnx_spec. Each step computes what the torch
+backend (`clipseg.CLIPSegBackend` with `openvocab.OpenVocabModel`'s group rule) computes:
+  text     the expression's ids (`tokenizers`, truncated at the text model's positions) ->
+           text.onnx -> the conditional embedding, once per job;
+  images   the checkpoint's image processor's numpy twin (`model.image_processor`), in the
+           loader's threads;
+  pass 1   image.onnx -> mask logits, the score b_n, the region embedding e_n;
+  group    the experts' prototype and radius (`group_rule`, numpy);
+  pass 2   d_pos, d_neg from the cached b_n and e_n; the backend's own score and call in
+           every record (backend_score, backend_present), as the torch backend writes them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gres_cli.backends.group_rule import (
+    GroupPrototypeArray,
+    GroupRuleExtras,
+    NoExtraSettings,
+    group_distances_array,
+    group_prototype_array,
+)
+from gres_cli.backends.protocol import Description, FirstPass, SecondPass
+from gres_cli.errors import GresError, ModelLoadError
+from gres_cli.model import clipseg_onnx_spec as spec
+from gres_cli.model import hub
+from gres_cli.model.image_processor import ImageProcessorTwin
+from gres_cli.model.onnx_tokenizer import Tokenizer
+from gres_cli.model.preprocess import probability_to_original_array
+
+EXTRA = "gres[onnx]"
+
+
+@dataclass
+class RegionItemArray:
+    """What pass 1 keeps of one image for pass 2: mask logits (S x S), score b, embedding e."""
+
+    mask_logits: np.ndarray
+    score: np.ndarray
+    embedding: np.ndarray
+
+
+def _number(config: dict[str, Any], key: str, where: Path, integer: bool = False) -> Any:
+    value = config.get(key)
+    if integer:
+        if type(value) is not int or value < 1:
+            raise ModelLoadError(f"{where}: {key} must be an integer >= 1")
+    elif type(value) not in (int, float) or not np.isfinite(value):
+        raise ModelLoadError(f"{where}: {key} must be a finite number")
+    return value
+
+
+class CLIPSegOnnxModel(GroupRuleExtras):
+    """A CLIPSeg ONNX folder as a `GroupModel` (runtime "numpy")."""
+
+    kind = spec.MODEL_TYPE
+    runtime = "numpy"
+    threshold = 0.5  # CLIPSeg's customary threshold t on b_n: the default m is 2 t - 1 = 0
+    Settings: ClassVar[type] = NoExtraSettings
+
+    def __init__(
+        self,
+        folder: Path,
+        group: bool = True,
+        experts: int | None = None,
+        group_weight: float | None = None,
+        margin: float | None = None,
+        threads: int | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelLoadError(
+                f'{folder}: an ONNX model needs onnxruntime: pip install "{EXTRA}"'
+            ) from None
+        config = hub.read_config(folder)
+        where = folder / hub.CONFIG_FILE
+        self.input_size = _number(config, "image_size", where, integer=True)
+        self.max_tokens = _number(config, "max_tokens", where, integer=True)
+        self.group = group
+        if experts is None:
+            experts = _number(config, "experts", where, integer=True)
+        self.experts = experts
+        self.max_experts = None  # the rule takes any K
+        if group_weight is None:
+            group_weight = _number(config, "group_weight", where)
+        self.group_weight = float(group_weight)
+        self.margin = float(_number(config, "margin", where) if margin is None else margin)
+        try:
+            self.twin = ImageProcessorTwin.from_dict(config.get("image_processor"))
+        except ValueError as e:
+            raise ModelLoadError(f"{where}: {e}") from None
+        self.tokenize = Tokenizer(folder, self.max_tokens, pad=False)
+        self._truncated: set[str] = set()
+        self.facts = config
+        self.config = {
+            "model_type": self.kind,
+            "checkpoint": str(folder),
+            "experts": self.experts,
+            "group_weight": self.group_weight,
+            "margin": self.margin,
+        }
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # stderr holds gres's own progress and one-line errors
+        if threads:
+            options.intra_op_num_threads = threads
+        graphs = (config.get(spec.CONFIG_KEY) or {}).get("graphs") or spec.GRAPH_FILES
+        self.sessions = {}
+        for name in spec.GRAPH_FILES:
+            file = graphs.get(name) if isinstance(graphs, dict) else None
+            if not isinstance(file, str) or Path(file).name != file:
+                raise ModelLoadError(f"{where}: graph {name!r} must be a file in the model folder")
+            try:
+                self.sessions[name] = ort.InferenceSession(
+                    str(folder / file), options, providers=["CPUExecutionProvider"]
+                )
+            except Exception as e:  # onnxruntime's load faults: missing, corrupt, wrong opset
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ModelLoadError(f"{folder / file}: cannot load as ONNX ({first})") from None
+        declared = {i.name: i.shape for i in self.sessions[spec.IMAGE].get_inputs()}
+        side = (declared.get(spec.PIXELS) or [None] * 4)[2:]
+        if any(isinstance(n, int) and n != self.input_size for n in side):
+            raise ModelLoadError(
+                f'{where}: "image_size" is {self.input_size} but image.onnx takes {side}; '
+                "re-export the model (gres model export) or restore its config.json"
+            )
+
+    @classmethod
+    def from_folder(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+        experts: int | None = None,
+        group_weight: float | None = None,
+        margin: float | None = None,
+        **extra: Any,
+    ) -> CLIPSegOnnxModel:
+        """The export in `folder` with its own settings, or a gres-backend folder's."""
+        if extra:
+            raise ModelLoadError(
+                f"{checkpoint}: a {sorted(extra)[0]} setting does not pair with {cls.kind}"
+            )
+        model = cls(folder, group=group, experts=experts, group_weight=group_weight, margin=margin)
+        model.config["checkpoint"], model.config["revision"] = checkpoint, revision
+        return model
+
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        """`gres model push`: the graphs, tokenizer and settings load."""
+        cls(folder)
+
+    @classmethod
+    def export_onnx(cls, folder: Path, checkpoint: str, *args: Any, **kwargs: Any) -> Any:
+        raise GresError(f"{checkpoint}: already an ONNX export")
+
+    def describe(self) -> Description:
+        facts = self.facts.get(spec.CONFIG_KEY) or {}
+        source = facts.get("source") or {}
+        rows = [
+            ("exported from", str(source.get("model"))),
+            *((("backend", str(source["backend"])),) if source.get("backend") else ()),
+            ("input size", f"{self.input_size} px"),
+            ("experts K", str(self.experts)),
+            ("group weight", f"{self.group_weight:g}"),
+            ("default margin m", f"{self.margin:g}"),
+            ("opset", str(facts.get("opset"))),
+            (
+                "exported with",
+                f"torch {facts.get('torch')}, transformers {facts.get('transformers')}, "
+                f"onnxruntime {facts.get('onnxruntime')}",
+            ),
+            ("graphs", ", ".join((facts.get("graphs") or {}).values())),
+            *(
+                (f"self-check: {graph}", f"max abs error {error:.1e}")
+                for graph, error in (facts.get("max_abs_error") or {}).items()
+            ),
+        ]
+        return Description("CLIPSeg ONNX export", rows, {"config": self.facts})
+
+    def to(self, device: Any) -> CLIPSegOnnxModel:
+        return self  # the CPU (the runtime refuses other devices)
+
+    def preparer(self) -> ImageProcessorTwin:
+        return self.twin
+
+    def model_input(self, prepared: np.ndarray) -> np.ndarray:
+        return prepared  # the processor's output already
+
+    def encode_text(self, expression: str) -> np.ndarray:
+        """The conditional embedding (1 x D), once per job; an expression past the text
+        model's positions is truncated to them and said once on stderr (as the torch
+        backend does)."""
+        ids, mask = self.tokenize([expression])
+        if ids.shape[1] >= self.max_tokens and expression not in self._truncated:
+            tokens = self.tokenize.count(expression)
+            if tokens > self.max_tokens:
+                self._truncated.add(expression)
+                shown = expression if len(expression) <= 60 else expression[:57] + "..."
+                print(
+                    f"gres: warning: the expression {shown!r} has {tokens} tokens; the "
+                    f"{self.kind} text model reads {self.max_tokens}: truncated to them",
+                    file=sys.stderr,
+                )
+        feeds = dict(zip(spec.TEXT_INPUTS, (ids, mask), strict=True))
+        return self.sessions[spec.TEXT].run(None, feeds)[0]
+
+    def first_pass(self, pixels: np.ndarray, text: np.ndarray) -> FirstPass:
+        feeds = {spec.PIXELS: pixels.astype(np.float32, copy=False), spec.CONDITIONAL: text}
+        logits, score, emb = self.sessions[spec.IMAGE].run(None, feeds)
+        items = [RegionItemArray(logits[i], score[i], emb[i]) for i in range(len(score))]
+        return FirstPass({"score": score, "embedding": emb}, items)
+
+    def choose_experts(self, summary: dict[str, np.ndarray], k: int) -> GroupPrototypeArray | None:
+        if not self.group:
+            return None
+        return group_prototype_array(summary["score"], summary["embedding"], k)
+
+    def second_pass(
+        self, pixels: np.ndarray | None, text: np.ndarray, experts: Any, items: list | None
+    ) -> SecondPass:
+        if items is None:
+            items = self.first_pass(pixels, text).items
+        scores = np.stack([it.score for it in items]).astype(np.float32)
+        emb = np.stack([it.embedding for it in items])
+        d_pos, d_neg = group_distances_array(scores, emb, experts, self.group_weight)
+        alone_pos, alone_neg = group_distances_array(scores, emb, None, 0.0)
+        extras = {"backend_score": scores, "alone_d_pos": alone_pos, "alone_d_neg": alone_neg}
+        logits = np.stack([it.mask_logits for it in items])
+        return SecondPass(d_pos, d_neg, logits, extras)
+
+    def probability_at(self, mask_logits: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        return probability_to_original_array(mask_logits, size)
