@@ -368,6 +368,27 @@ def test_grounded_sam_settings_name_the_sam_and_no_group_is_the_detector_alone(
         load_model(stray)
 
 
+def test_model_init_pairs_sam_only_with_a_backend_that_declares_it(
+    grounded_dirs: tuple[Path, Path, Path], sam3_dir: Path, tmp_path: Path
+):
+    """`gres model init --backend B --sam S`: the kinds whose own settings name `sam` take it
+    (Grounding DINO, written into the settings); any other is refused in one line, nothing
+    written."""
+    detector_dir, sam_dir, _ = grounded_dirs
+    made = gres("model", "init", str(tmp_path / "paired"), "--backend", str(detector_dir),
+                "--sam", str(sam_dir))  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    config = json.loads((tmp_path / "paired" / "config.json").read_text())
+    assert config["sam"] == str(sam_dir)
+    refused = gres("model", "init", str(tmp_path / "stray"), "--backend", str(sam3_dir),
+                   "--sam", str(sam_dir))  # fmt: skip
+    assert refused.returncode == 2
+    assert refused.stderr.strip() == (
+        "gres: error: --sam pairs with a grounding-dino --backend, not sam3"
+    )
+    assert not (tmp_path / "stray").exists()
+
+
 def test_grounded_sam_truncates_an_expression_past_its_text_positions(
     grounded_dirs: tuple[Path, Path, Path], photos: Path, tmp_path: Path, capsys
 ):

@@ -105,12 +105,14 @@ def _init_backend(
     with user_errors():
         from grd_tools.fsutil import atomic_output_dir
         from gres_cli.backends import backend_kind
+        from gres_cli.backends.openvocab import backends_taking
         from gres_cli.backends.settings import BackendSettings
 
         kind = backend_kind(backend, revision)  # refuse a checkpoint gres cannot run
-        if sam is not None and kind != "grounding-dino":
-            fail(f"--sam pairs with a grounding-dino --backend, not {kind}")
-        own = {"sam": sam} if sam is not None else {}  # Grounding DINO's own setting
+        takers = backends_taking("sam")  # the kinds that declare a `sam` setting of their own
+        if sam is not None and kind not in takers:
+            fail(f"--sam pairs with a {' or '.join(takers)} --backend, not {kind}")
+        own = {"sam": sam} if sam is not None else {}
         settings = BackendSettings(backend, revision, margin, experts, group_weight, own).pin()
         with atomic_output_dir(out, overwrite=overwrite) as tmp:
             settings.write(tmp)
