@@ -30,6 +30,7 @@ from gres_cli.backends.group_rule import (
     group_prototype_array,
 )
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass
+from gres_cli.backends.registry import ModelKind
 from gres_cli.errors import GresError, ModelLoadError
 from gres_cli.model import clipseg_onnx_spec as spec
 from gres_cli.model import hub
@@ -59,7 +60,7 @@ def _number(config: dict[str, Any], key: str, where: Path, integer: bool = False
     return value
 
 
-class CLIPSegOnnxModel(GroupRuleExtras):
+class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
     """A CLIPSeg ONNX folder as a `GroupModel` (runtime "numpy")."""
 
     kind = spec.MODEL_TYPE

@@ -19,13 +19,14 @@ from PIL import Image
 from torch import Tensor
 
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
+from gres_cli.backends.registry import ModelKind
 from gres_cli.model.encoders import TextFeatures
 from gres_cli.model.grser import Encoded, ExpertScores, GRSer
 from gres_cli.model.kinds import GRSER
 from gres_cli.model.preprocess import image_to_pixels, normalize, probability_to_original
 
 
-class GRSerAdapter(WithoutExtras):
+class GRSerAdapter(WithoutExtras, ModelKind):
     """A loaded GRSer (`net`) as the engine's `GroupModel`."""
 
     kind = GRSER

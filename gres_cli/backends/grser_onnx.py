@@ -24,6 +24,7 @@ from PIL import Image
 from grd_tools.errors import GRDError
 from grd_tools.paths import check_relative
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
+from gres_cli.backends.registry import ModelKind
 from gres_cli.errors import ModelLoadError
 from gres_cli.model import hub
 from gres_cli.model import onnx_spec as spec
@@ -90,7 +91,7 @@ def _graph_files(config: dict[str, Any], folder: Path, where: Path) -> dict[str,
     return files
 
 
-class GRSerOnnxModel(WithoutExtras):
+class GRSerOnnxModel(WithoutExtras, ModelKind):
     """A GRSer ONNX folder as a `GroupModel` (runtime "numpy")."""
 
     kind = spec.MODEL_TYPE

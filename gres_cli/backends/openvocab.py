@@ -49,6 +49,7 @@ from gres_cli.backends.group_rule import (  # noqa: F401  (re-exported)
     reweighted_score,
 )
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass
+from gres_cli.backends.registry import ModelKind
 from gres_cli.errors import ModelLoadError
 from gres_cli.model.preprocess import probability_to_original
 
@@ -140,7 +141,7 @@ class ProcessImage:
         return self.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
 
-class OpenVocabModel(GroupRuleExtras):
+class OpenVocabModel(GroupRuleExtras, ModelKind):
     """A backend as a `GroupModel`: subclasses load the checkpoint in `__init__(folder,
     checkpoint, **settings)` and implement `forward` (and `preparer`, `model_input`,
     `encode_text`); the group rule, the loading path and the description are shared."""

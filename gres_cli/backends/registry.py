@@ -8,9 +8,10 @@ and an ONNX model never imports torch), and made with one constructor:
 the gres-backend folder's (experts, group weight, margin, and the backend's own declared extras).
 Adding a kind is one module and one line: `register_model_type("my-kind", "pkg.mod:MyModel")`.
 
-A kind may also provide, as classmethods, what `gres model push` checks before uploading a
-folder (`check_folder(folder)`) and its ONNX export (`export_onnx(folder, checkpoint, revision,
-out, opset, overwrite)`); a kind without one is refused by that command in one line.
+A kind's class also declares, as classmethods, what `gres model push` checks before uploading
+a folder (`check_folder(folder)`) and its ONNX export (`export_onnx(folder, checkpoint,
+revision, out, opset, overwrite)`); `ModelKind`'s defaults raise `NotOffered`, which these
+commands turn into one line naming the kind.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from gres_cli.model.kinds import model_kind
 
 
 class ModelClass(Protocol):
-    """What a registered kind provides: its constructor from a folder."""
+    """What a registered kind provides: its constructor from a folder, and the services of
+    `ModelKind` (its defaults refuse them)."""
 
     @classmethod
     def from_folder(
@@ -40,6 +42,38 @@ class ModelClass(Protocol):
         token: str | bool | None = None,
         **settings: Any,
     ) -> GroupModel: ...
+
+    @classmethod
+    def check_folder(cls, folder: Path) -> None: ...
+
+    @classmethod
+    def export_onnx(
+        cls, folder: Path, checkpoint: str, revision: str | None, out: Path, opset: int,
+        overwrite: bool = False,
+    ) -> dict[str, Any]: ...  # fmt: skip
+
+
+class NotOffered(Exception):
+    """Raised by `ModelKind`'s defaults only: the kind does not offer that service (distinct
+    from a NotImplementedError deep inside an exporter, which is a fault, not a refusal)."""
+
+
+class ModelKind:
+    """The base of a kind's class: what `gres model push` and `gres model export` ask of a
+    kind that offers neither (a kind that does overrides the method)."""
+
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        """`gres model push`: refuse (GresError) a folder that would not load when pulled."""
+        raise NotOffered
+
+    @classmethod
+    def export_onnx(
+        cls, folder: Path, checkpoint: str, revision: str | None, out: Path, opset: int,
+        overwrite: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """`gres model export --format onnx`: write the export into `out`; its facts."""
+        raise NotOffered
 
 
 @dataclass(frozen=True)
@@ -125,13 +159,13 @@ def check_for_push(folder: Path) -> None:
     """Refuse (one line) a folder `gres model push` does not publish, or one that does not
     load: each kind checks its own folder (`check_folder`)."""
     kind = _kind_of(folder, folder)
-    check = getattr(kind.model_class(), "check_folder", None)
-    if check is None:
+    try:
+        kind.model_class().check_folder(folder)
+    except NotOffered:
         raise GresError(
             f"{folder}: a {kind.name} checkpoint; gres model push publishes GRSer models, ONNX "
             "exports and gres-backend settings folders (gres model init --backend)"
-        )
-    check(folder)
+        ) from None
 
 
 def export_onnx(
@@ -141,10 +175,12 @@ def export_onnx(
     the export's facts (config.json's "onnx")."""
     folder = hub.resolve_model_dir(model_id, revision)
     kind = _kind_of(folder, model_id)
-    export = getattr(kind.model_class(), "export_onnx", None)
-    if export is None:
+    try:
+        return kind.model_class().export_onnx(
+            folder, str(model_id), revision, out, opset, overwrite
+        )
+    except NotOffered:
         raise GresError(
             f"{model_id}: a {kind.name} model; ONNX export supports GRSer and CLIPSeg models "
             "(and gres-backend folders over CLIPSeg)"
-        )
-    return export(folder, str(model_id), revision, out, opset, overwrite)
+        ) from None

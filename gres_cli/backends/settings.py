@@ -15,6 +15,7 @@ from typing import Any
 
 from gres_cli.backends import registry
 from gres_cli.backends.protocol import GroupModel
+from gres_cli.backends.registry import ModelKind
 from gres_cli.errors import ModelLoadError
 from gres_cli.model import hub
 from gres_cli.model.kinds import GRES_BACKEND
@@ -104,7 +105,7 @@ def _finite(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value)
 
 
-class SettingsFolder:
+class SettingsFolder(ModelKind):
     """The registered kind of a gres-backend folder: loads the backend it names, with its
     settings."""
 
