@@ -52,7 +52,6 @@ EXPRESSIONS = ("the red umbrella", "a red umbrella on the left")
 TRACE_SIZES = ((70, 50), (64, 64))  # (width, height) of the photos traced on
 OTHER_SIZES = ((90, 40), (33, 77), (100, 80))  # and of the photos checked after
 TOLERANCE = 1e-3
-ATTENTION = None  # --attention: the models' attention implementation (default: the library's)
 STATIC = False  # --static: every axis as traced (batch 2), to tell dynamic-shape failures apart
 VERSIONS = ("torch", "transformers", "onnx", "onnxruntime", "onnxscript", "onnx-ir")
 
@@ -118,15 +117,13 @@ class Sam3ForwardGraph(nn.Module):
         return out.mask_logits, out.score, out.features
 
 
-def sam3_graphs(root: Path) -> list[Graph]:
+def sam3_graphs(root: Path) -> tuple[list[Graph], dict[str, nn.Module]]:
     from test_backends_sam import build_tiny_sam3
 
     from gres_cli.backends.sam3 import Sam3Backend
 
     folder = build_tiny_sam3(root / "tiny-sam3")
     backend = Sam3Backend(folder, str(folder))
-    if ATTENTION:
-        backend.net.set_attn_implementation(ATTENTION)
     with torch.no_grad():
         texts = [backend.encode_text(e) for e in EXPRESSIONS]
     tokens = [
@@ -141,7 +138,7 @@ def sam3_graphs(root: Path) -> list[Graph]:
         (pixels(prepare, TRACE_SIZES, 0), texts[0].features, texts[0].attention_mask),
         (pixels(prepare, OTHER_SIZES, 1), texts[1].features, texts[1].attention_mask),
     )
-    return [
+    graphs = [
         Graph("sam3/text", Sam3TextGraph(backend), ("input_ids", "attention_mask"), ("text",),
               ids[0], ids[1], ()),
         Graph("sam3/forward", Sam3ForwardGraph(backend), ("images", "text", "attention_mask"),
@@ -151,6 +148,7 @@ def sam3_graphs(root: Path) -> list[Graph]:
               ("mask_logits", "score", "embedding"), *images,
               ("images", "mask_logits", "score", "embedding")),
     ]  # fmt: skip
+    return graphs, {"sam3": backend.net}
 
 
 # ---- Grounding DINO + SAM ---------------------------------------------------------------------
@@ -203,7 +201,7 @@ class GroundedSamImageGraph(nn.Module):
         return out.mask_logits, out.score, region_embedding(out.features, out.region)
 
 
-def grounded_sam_graphs(root: Path) -> list[Graph]:
+def grounded_sam_graphs(root: Path) -> tuple[list[Graph], dict[str, nn.Module]]:
     from test_backends_sam import build_tiny_grounding_dino, build_tiny_sam
 
     from gres_cli.backends.grounded_sam import GroundedSamBackend
@@ -211,9 +209,6 @@ def grounded_sam_graphs(root: Path) -> list[Graph]:
     detector = build_tiny_grounding_dino(root / "tiny-gdino")
     sam = build_tiny_sam(root / "tiny-sam")
     backend = GroundedSamBackend(detector, str(detector), sam=str(sam))
-    if ATTENTION:
-        for net in backend.networks():
-            net.set_attn_implementation(ATTENTION)
     texts = [backend.encode_text(e) for e in EXPRESSIONS]
     ids = [(t["input_ids"], t["attention_mask"], t["token_type_ids"]) for t in texts]
     prepare = backend.preparer()
@@ -225,7 +220,7 @@ def grounded_sam_graphs(root: Path) -> list[Graph]:
         torch.tensor([[10.0, 2.0, 80.0, 30.0], [3.0, 9.0, 30.0, 70.0], [0, 0, 99.0, 79.0]]),
     )
     text_names = ("input_ids", "attention_mask", "token_type_ids")
-    return [
+    graphs = [
         Graph("grounded-sam/detector", DetectorGraph(backend), ("canvases", *text_names),
               ("logits", "boxes"), (trace, *ids[0]), (other, *ids[1]),
               ("canvases", "logits", "boxes")),
@@ -238,6 +233,12 @@ def grounded_sam_graphs(root: Path) -> list[Graph]:
               ("mask_logits", "score", "embedding"), (trace, *ids[0]), (other, *ids[1]),
               ("canvases", "mask_logits", "score", "embedding")),
     ]  # fmt: skip
+    detector = backend.detector.model
+    return graphs, {
+        "grounding-dino swin": detector.backbone.conv_encoder.model,
+        "grounding-dino bert": detector.text_backbone,
+        "sam": backend.sam,
+    }
 
 
 # ---- export and compare -----------------------------------------------------------------------
@@ -265,21 +266,27 @@ def export(graph: Graph, path: Path, dynamo: bool) -> None:
         )  # fmt: skip
 
 
-def worst_error(session, graph: Graph, args: tuple[Tensor, ...]) -> float:
-    """The largest |onnxruntime - torch| over the outputs, relative to max(1, |torch|)."""
-    wanted = {i.name for i in session.get_inputs()}  # an input the graph ignores is dropped
-    feed = {n: a.numpy() for n, a in zip(graph.inputs, args, strict=True) if n in wanted}
-    got = session.run(None, feed)
+def torch_outputs(graph: Graph, args: tuple[Tensor, ...]) -> list[np.ndarray]:
     with torch.no_grad():
-        want = graph.module(*args)
-    want = want if isinstance(want, tuple) else (want,)
+        out = graph.module(*args)
+    return [o.float().numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+def relative_gap(got: list[np.ndarray], want: list[np.ndarray]) -> float:
+    """The largest |got - want| over the outputs, relative to max(1, |want|)."""
     worst = 0.0
     for g, w in zip(got, want, strict=True):
-        w = w.float().numpy()
         if g.shape != w.shape:
-            raise ValueError(f"shape {g.shape} from onnxruntime, {w.shape} from torch")
+            raise ValueError(f"shape {g.shape} against {w.shape}")
         worst = max(worst, float(np.abs(g - w).max()) / max(1.0, float(np.abs(w).max())))
     return worst
+
+
+def worst_error(session, graph: Graph, args: tuple[Tensor, ...]) -> float:
+    """onnxruntime against torch on `args`: `relative_gap`."""
+    wanted = {i.name for i in session.get_inputs()}  # an input the graph ignores is dropped
+    feed = {n: a.numpy() for n, a in zip(graph.inputs, args, strict=True) if n in wanted}
+    return relative_gap(session.run(None, feed), torch_outputs(graph, args))
 
 
 def attempt(graph: Graph, out: Path, dynamo: bool) -> str:
@@ -320,6 +327,75 @@ def attempt(graph: Graph, out: Path, dynamo: bool) -> str:
     )
 
 
+def sam3_processor_twin() -> str:
+    """Whether CLIPSeg's export's numpy twin of the image processor reproduces SAM 3's (the
+    default 1008 px one) on photos of odd sizes: a SAM 3 runtime without torch needs one."""
+    from transformers import Sam3ImageProcessor
+
+    from gres_cli.backends.clipseg_export import processor_twin
+
+    processor = Sam3ImageProcessor()
+    try:
+        twin = processor_twin(processor)
+    except Exception as e:  # a probe: a refusal is a finding
+        return f"refused: {key_line(e)}"
+    gap = 0.0
+    for image in photos(((53, 37), (640, 480), (300, 7), (77, 1000)), 2):
+        want = processor(images=image, return_tensors="pt")["pixel_values"][0].numpy()
+        gap = max(gap, float(np.abs(twin(image) - want).max()))
+    return f"max |twin - Sam3ImageProcessor| {gap:g} at {processor.size.height} px, 4 photos"
+
+
+def bert_phrase_mask(graph: Graph, bert: nn.Module) -> str:
+    """How Grounding DINO's BERT reads the model's 4-D boolean phrase mask under SDPA and eager
+    attention: against the same mask as an additive 0 / -inf one, run eagerly."""
+    from transformers.models.grounding_dino import modeling_grounding_dino as gd
+
+    ids, types = graph.trace[1], graph.trace[3]
+    masks, positions = gd.generate_masks_with_special_tokens_and_transfer_map(
+        ids, graph.module.net.model.special_tokens
+    )
+    boolean = masks[:, None]  # as GroundingDinoModel.forward passes it
+    additive = torch.zeros(boolean.shape).masked_fill(~boolean, torch.finfo(torch.float32).min)
+    default = bert.config._attn_implementation
+
+    def run(kind: str, mask: Tensor) -> Tensor:
+        bert.set_attn_implementation(kind)
+        with torch.no_grad():
+            return bert(
+                input_ids=ids, attention_mask=mask, token_type_ids=types, position_ids=positions
+            ).last_hidden_state
+
+    want = run("eager", additive)
+    sdpa, eager = run("sdpa", boolean), run("eager", boolean)
+    bert.set_attn_implementation(default)
+    gaps = [float((got - want).abs().max()) for got in (sdpa, eager)]
+    return (
+        "against eager attention with the mask as additive 0 / -inf: sdpa with the boolean "
+        f"mask {gaps[0]:.1e}, eager with it {gaps[1]:.1e}"
+    )
+
+
+def switch_attention(graphs: list[Graph], networks: dict[str, nn.Module], kind: str) -> None:
+    """Each network to `kind` attention where that keeps torch's outputs (within TOLERANCE of
+    the library's default, over every graph); one printed line a network."""
+    before = [torch_outputs(g, g.trace) for g in graphs]
+    for name, net in networks.items():
+        default = net.config._attn_implementation
+        net.set_attn_implementation(kind)
+        after = [torch_outputs(g, g.trace) for g in graphs]
+        gap = max(relative_gap(a, b) for a, b in zip(after, before, strict=True))
+        kept = gap <= TOLERANCE
+        if kept:
+            before = after  # the next network's gap: its own
+        else:
+            net.set_attn_implementation(default)
+        print(
+            f"{name:24} torch, {kind} attention against {default}: worst relative gap "
+            f"{gap:.1e}: {'switched' if kept else f'NOT the same outputs, kept on {default}'}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="keep the graphs and tracebacks here")
@@ -331,8 +407,8 @@ def main() -> None:
         "--attention", choices=("sdpa", "eager"), help="the models' attention implementation"
     )
     args = parser.parse_args()
-    global STATIC, ATTENTION
-    STATIC, ATTENTION = args.static, args.attention
+    global STATIC
+    STATIC = args.static
     torch.set_num_threads(1)
     for name in VERSIONS:
         try:
@@ -346,7 +422,15 @@ def main() -> None:
         for key, build in builders.items():
             if args.only not in (None, key):
                 continue
-            for graph in build(Path(tmp)):
+            graphs, networks = build(Path(tmp))
+            if key == "sam3":
+                print(f"{'sam3/image-processor':24} {sam3_processor_twin()}", flush=True)
+            else:
+                line = bert_phrase_mask(graphs[0], networks["grounding-dino bert"])
+                print(f"{'grounding-dino bert':24} {line}", flush=True)
+            if args.attention:
+                switch_attention(graphs, networks, args.attention)
+            for graph in graphs:
                 if args.graph and args.graph not in graph.name:
                     continue
                 for dynamo in (True, False):
