@@ -12,19 +12,27 @@ onnxruntime (CPU) against torch twice: on the inputs it was traced with, and on 
 value the trace froze shows up. The tolerance is the export self-check's: 1e-3 x max(1, the
 largest magnitude of the output).
 
-    sam3/text             ids (1 x 32) -> the projected token features (`encode_text`)
-    sam3/image            B images + the text features -> mask logits, b_n, e_n
-                          (`Sam3Backend.forward`, then `openvocab.region_embedding`)
-    grounded-sam/detector B canvases + the ids -> Grounding DINO's logits and boxes
+    sam3/text              ids (1 x 32) -> the projected token features (`encode_text`)
+    sam3/forward           B images + the text features -> the best query's mask logits, b_n
+                           and the FPN features (`Sam3Backend.forward`)
+    sam3/image             the same with e_n (`openvocab.region_embedding`) in the graph
+    grounded-sam/detector  B canvases + the ids -> Grounding DINO's logits and boxes
     grounded-sam/sam-embed B SAM canvases -> SAM's image embeddings
     grounded-sam/sam-mask  SAM's embeddings + one box per image -> the mask logits
     grounded-sam/image     the backend's whole pass (`GroundedSamBackend.forward`, then
-                          `region_embedding`): mask logits, b_n, e_n
+                           `region_embedding`): mask logits, b_n, e_n
+
+Also: whether the numpy twin of CLIPSeg's image processor reproduces SAM 3's, and how Grounding
+DINO's BERT reads its boolean phrase mask under SDPA and eager attention. `--attention eager`
+switches each network to eager attention where torch's outputs stay within the tolerance.
 
     PYTHONPATH=$PWD python benchmarks/probe_onnx_backends.py [--out DIR] [--only sam3]
+        [--exporter dynamo] [--attention eager] [--static] [--graph NAME]
 
 Prints one line a graph and exporter (the first line of the innermost error where one fails;
-the whole traceback goes to DIR/NAME.EXPORTER.txt) and the library versions.
+the whole traceback goes to DIR/NAME.EXPORTER.txt) and the library versions. The TorchScript
+exporter also dumps the graph of a failed export on the output: the probe's own lines start
+with a graph's or a network's name.
 """
 
 from __future__ import annotations
