@@ -5,7 +5,9 @@ the torch backends and the ONNX ones. Torch-free.
 
 `group_prototype_array` and `group_distances_array` are `openvocab.group_prototype` and
 `group_distances` in float32 numpy: the same experts in the same order (ties: earlier image
-first), the same values but for float rounding (tests/test_onnx_clipseg.py).
+first), the same values but for float rounding (tests/test_onnx_clipseg.py);
+`region_embedding_array` is `openvocab.region_embedding` for the SAM 3 export, whose graph
+cannot hold that pooling (tests/test_onnx_sam3.py).
 """
 
 from __future__ import annotations
