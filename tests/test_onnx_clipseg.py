@@ -130,21 +130,27 @@ def test_export_of_a_settings_folder_keeps_its_settings(clipseg_dir: Path, tmp_p
 
 
 def test_export_refusals_are_one_line_and_write_nothing(clipseg_dir: Path, tmp_path: Path):
-    sam3 = tmp_path / "sam3"
+    dino = tmp_path / "dino"
+    dino.mkdir()
+    (dino / "config.json").write_text('{"model_type": "grounding-dino"}')
+    proc = gres("model", "export", str(dino), str(tmp_path / "a"))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "a grounding-dino model; ONNX export supports GRSer, CLIPSeg and SAM 3" in proc.stderr
+    over_dino = tmp_path / "over-dino"
+    over_dino.mkdir()
+    (over_dino / "config.json").write_text(
+        json.dumps({"model_type": "gres-backend", "backend": str(dino)})
+    )
+    proc = gres("model", "export", str(over_dino), str(tmp_path / "b"))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+    assert "settings for a grounding-dino backend; ONNX export supports" in proc.stderr
+    sam3 = tmp_path / "sam3"  # a kind that exports, from a folder that is no checkpoint
     sam3.mkdir()
     (sam3 / "config.json").write_text('{"model_type": "sam3"}')
-    proc = gres("model", "export", str(sam3), str(tmp_path / "a"))
+    proc = gres("model", "export", str(sam3), str(tmp_path / "c"))
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
-    assert "a sam3 model; ONNX export supports GRSer and CLIPSeg models" in proc.stderr
-    over_sam3 = tmp_path / "over-sam3"
-    over_sam3.mkdir()
-    (over_sam3 / "config.json").write_text(
-        json.dumps({"model_type": "gres-backend", "backend": str(sam3)})
-    )
-    proc = gres("model", "export", str(over_sam3), str(tmp_path / "b"))
-    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
-    assert "settings for a sam3 backend" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["over-sam3", "sam3"]
+    assert "cannot load as sam3" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dino", "over-dino", "sam3"]
 
 
 def test_failed_self_check_leaves_nothing(clipseg_dir: Path, tmp_path: Path, monkeypatch):

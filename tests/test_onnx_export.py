@@ -183,12 +183,12 @@ def test_failed_self_check_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_refusals_are_one_line_and_write_nothing(tmp_path: Path):
-    sam3 = tmp_path / "sam3"  # refused on its config alone: nothing is loaded
-    sam3.mkdir()
-    (sam3 / "config.json").write_text('{"model_type": "sam3"}')
-    proc = gres("model", "export", str(sam3), str(tmp_path / "a"), "--format", "onnx")
+    dino = tmp_path / "dino"  # refused on its config alone: nothing is loaded
+    dino.mkdir()
+    (dino / "config.json").write_text('{"model_type": "grounding-dino"}')
+    proc = gres("model", "export", str(dino), str(tmp_path / "a"), "--format", "onnx")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
-    assert "a sam3 model; ONNX export supports GRSer and CLIPSeg models" in proc.stderr
+    assert "a grounding-dino model; ONNX export supports GRSer, CLIPSeg and SAM 3" in proc.stderr
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("mine")
@@ -201,7 +201,7 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path: Path):
     proc = gres("model", "export", str(DEMO), str(tmp_path / "c"), "--opset", "99")
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
     assert "--opset 99: the export supports opsets 14 to" in proc.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sam3", "taken"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dino", "taken"]
 
 
 def test_missing_onnxruntime_is_one_line(tmp_path: Path):

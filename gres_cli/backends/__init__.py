@@ -2,8 +2,9 @@
 
 - GRSer folders and Hub repos (`grser.py`, the trained path), and their ONNX exports
   (`grser_onnx.py`: onnxruntime, no torch, no transformers);
-- CLIPSeg's ONNX export (`clipseg_onnx.py`, written by `clipseg_export.py`): the group rule in
-  numpy (`group_rule.py`), no torch, no transformers;
+- CLIPSeg's and SAM 3's ONNX exports (`clipseg_onnx.py`, `sam3_onnx.py`, written by
+  `clipseg_export.py`, `sam3_export.py`): the group rule in numpy (`group_rule.py`), no torch,
+  no transformers;
 - open-vocabulary segmenters from transformers with the group rule on top (`openvocab.py`):
   CLIPSeg (`clipseg.py`, the default model), SAM 3 (`sam3.py`),
   Grounding DINO + SAM (`grounded_sam.py`);
@@ -56,6 +57,7 @@ register_model_type(
     "clipseg-onnx", "gres_cli.backends.clipseg_onnx:CLIPSegOnnxModel", open_vocabulary=True
 )
 register_model_type("sam3", "gres_cli.backends.sam3:Sam3Backend", open_vocabulary=True)
+register_model_type("sam3-onnx", "gres_cli.backends.sam3_onnx:Sam3OnnxModel", open_vocabulary=True)
 # facebook/sam3 ships one config for video; Sam3Model loads its image detector from it
 register_model_type("sam3_video", "gres_cli.backends.sam3:Sam3Backend", open_vocabulary=True)
 register_model_type(

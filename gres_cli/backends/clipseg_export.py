@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from gres_cli.backends import registry
 from gres_cli.backends.clipseg import MODEL_TYPE as CLIPSEG
 from gres_cli.backends.clipseg import CLIPSegBackend
-from gres_cli.backends.openvocab import region_embedding
+from gres_cli.backends.openvocab import OpenVocabModel, region_embedding
 from gres_cli.backends.settings import MODEL_TYPE as SETTINGS
 from gres_cli.backends.settings import BackendSettings
 from gres_cli.errors import GresError
@@ -77,27 +77,34 @@ class ImageGraph(nn.Module):
         return out.mask_logits, out.score, region_embedding(out.features, out.region)
 
 
-def load_backend(folder: Path, model_id: str, revision: str | None) -> tuple[CLIPSegBackend, dict]:
-    """The CLIPSeg backend `folder` holds or names (a gres-backend folder: with its
-    settings), and the export's `source` facts; any other kind is a one-line GresError."""
+def load_backend(
+    folder: Path,
+    model_id: str,
+    revision: str | None,
+    backend_class: type[OpenVocabModel] = CLIPSegBackend,
+    kinds: tuple[str, ...] = (CLIPSEG,),
+) -> tuple[Any, dict]:
+    """The backend (`backend_class`, of one of `kinds`) that `folder` holds or names (a
+    gres-backend folder: with its settings), and the export's `source` facts; any other kind
+    is a one-line GresError."""
     config = hub.read_config(folder)
     source: dict[str, Any] = {"model": model_id, "revision": revision}
     if config.get("model_type") == SETTINGS:
         settings = BackendSettings.from_dict(config, folder / hub.CONFIG_FILE)
         kind, backend = registry.open_vocabulary_folder(settings.backend, settings.revision)
-        if kind != CLIPSEG:
+        if kind not in kinds:
             raise GresError(
-                f"{model_id}: settings for a {kind} backend; ONNX export supports GRSer and "
-                "CLIPSeg models (and gres-backend folders over CLIPSeg)"
+                f"{model_id}: settings for a {kind} backend; ONNX export supports "
+                f"{registry.EXPORTABLE}"
             )
         source |= {"backend": settings.backend, "backend_revision": settings.revision}
-        model = CLIPSegBackend.from_folder(
+        model = backend_class.from_folder(
             backend, settings.backend, settings.revision, experts=settings.experts,
             group_weight=settings.group_weight, margin=settings.margin, **settings.options,
         )  # fmt: skip
     else:
-        model = CLIPSegBackend.from_folder(folder, model_id, revision)
-    return model, source  # type: ignore[return-value]
+        model = backend_class.from_folder(folder, model_id, revision)
+    return model, source
 
 
 def processor_twin(image_processor: Any) -> ImageProcessorTwin:
@@ -204,7 +211,7 @@ def self_check(backend: CLIPSegBackend, twin: ImageProcessorTwin, folder: Path) 
     return errors
 
 
-def _check_twin(backend: CLIPSegBackend, twin: ImageProcessorTwin) -> float:
+def _check_twin(backend: OpenVocabModel, twin: ImageProcessorTwin) -> float:
     """The twin's pixels against the processor's on random photos of CHECK_PHOTOS' sizes."""
     from PIL import Image
 

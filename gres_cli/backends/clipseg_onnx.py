@@ -61,9 +61,13 @@ def _number(config: dict[str, Any], key: str, where: Path, integer: bool = False
 
 
 class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
-    """A CLIPSeg ONNX folder as a `GroupModel` (runtime "numpy")."""
+    """A CLIPSeg ONNX folder as a `GroupModel` (runtime "numpy"). The base of SAM 3's
+    (`sam3_onnx`), which differs in its folder's graphs, its tokens and its first pass."""
 
     kind = spec.MODEL_TYPE
+    title = "CLIPSeg ONNX export"
+    onnx_spec: ClassVar[Any] = spec  # the folder's contract
+    pad_tokens = False  # CLIPSeg's backend tokenizes one expression unpadded
     runtime = "numpy"
     threshold = 0.5  # CLIPSeg's customary threshold t on b_n: the default m is 2 t - 1 = 0
     Settings: ClassVar[type] = NoExtraSettings
@@ -100,7 +104,7 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
             self.twin = ImageProcessorTwin.from_dict(config.get("image_processor"))
         except ValueError as e:
             raise ModelLoadError(f"{where}: {e}") from None
-        self.tokenize = Tokenizer(folder, self.max_tokens, pad=False)
+        self.tokenize = Tokenizer(folder, self.max_tokens, pad=self.pad_tokens)
         self._truncated: set[str] = set()
         self.facts = config
         self.config = {
@@ -114,9 +118,10 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
         options.log_severity_level = 3  # stderr holds gres's own progress and one-line errors
         if threads:
             options.intra_op_num_threads = threads
-        graphs = (config.get(spec.CONFIG_KEY) or {}).get("graphs") or spec.GRAPH_FILES
+        contract = self.onnx_spec
+        graphs = (config.get(contract.CONFIG_KEY) or {}).get("graphs") or contract.GRAPH_FILES
         self.sessions = {}
-        for name in spec.GRAPH_FILES:
+        for name in contract.GRAPH_FILES:
             file = graphs.get(name) if isinstance(graphs, dict) else None
             if not isinstance(file, str) or Path(file).name != file:
                 raise ModelLoadError(f"{where}: graph {name!r} must be a file in the model folder")
@@ -127,12 +132,12 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
             except Exception as e:  # onnxruntime's load faults: missing, corrupt, wrong opset
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise ModelLoadError(f"{folder / file}: cannot load as ONNX ({first})") from None
-        declared = {i.name: i.shape for i in self.sessions[spec.IMAGE].get_inputs()}
-        side = (declared.get(spec.PIXELS) or [None] * 4)[2:]
+        declared = {i.name: i.shape for i in self.sessions[contract.IMAGE].get_inputs()}
+        side = (declared.get(contract.PIXELS) or [None] * 4)[2:]
         if any(isinstance(n, int) and n != self.input_size for n in side):
             raise ModelLoadError(
-                f'{where}: "image_size" is {self.input_size} but image.onnx takes {side}; '
-                "re-export the model (gres model export) or restore its config.json"
+                f'{where}: "image_size" is {self.input_size} but {graphs[contract.IMAGE]} '
+                f"takes {side}; re-export the model (gres model export) or restore its config.json"
             )
 
     @classmethod
@@ -168,7 +173,7 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
         raise GresError(f"{checkpoint}: already an ONNX export")
 
     def describe(self) -> Description:
-        facts = self.facts.get(spec.CONFIG_KEY) or {}
+        facts = self.facts.get(self.onnx_spec.CONFIG_KEY) or {}
         source = facts.get("source") or {}
         rows = [
             ("exported from", str(source.get("model"))),
@@ -189,7 +194,7 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
                 for graph, error in (facts.get("max_abs_error") or {}).items()
             ),
         ]
-        return Description("CLIPSeg ONNX export", rows, {"config": self.facts})
+        return Description(self.title, rows, {"config": self.facts})
 
     def to(self, device: Any) -> CLIPSegOnnxModel:
         return self  # the CPU (the runtime refuses other devices)
@@ -204,6 +209,13 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
         """The conditional embedding (1 x D), once per job; an expression past the text
         model's positions is truncated to them and said once on stderr (as the torch
         backend does)."""
+        ids, mask = self.tokens(expression)
+        feeds = dict(zip(spec.TEXT_INPUTS, (ids, mask), strict=True))
+        return self.sessions[spec.TEXT].run(None, feeds)[0]
+
+    def tokens(self, expression: str) -> tuple[np.ndarray, np.ndarray]:
+        """(input_ids, attention_mask) of one expression (1 x L); one past the text model's
+        positions is truncated to them and said once on stderr (as the torch backend does)."""
         ids, mask = self.tokenize([expression])
         if ids.shape[1] >= self.max_tokens and expression not in self._truncated:
             tokens = self.tokenize.count(expression)
@@ -215,8 +227,7 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
                     f"{self.kind} text model reads {self.max_tokens}: truncated to them",
                     file=sys.stderr,
                 )
-        feeds = dict(zip(spec.TEXT_INPUTS, (ids, mask), strict=True))
-        return self.sessions[spec.TEXT].run(None, feeds)[0]
+        return ids, mask
 
     def first_pass(self, pixels: np.ndarray, text: np.ndarray) -> FirstPass:
         feeds = {spec.PIXELS: pixels.astype(np.float32, copy=False), spec.CONDITIONAL: text}

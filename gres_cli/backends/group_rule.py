@@ -5,7 +5,9 @@ the torch backends and the ONNX ones. Torch-free.
 
 `group_prototype_array` and `group_distances_array` are `openvocab.group_prototype` and
 `group_distances` in float32 numpy: the same experts in the same order (ties: earlier image
-first), the same values but for float rounding (tests/test_onnx_clipseg.py).
+first), the same values but for float rounding (tests/test_onnx_clipseg.py);
+`region_embedding_array` is `openvocab.region_embedding` for the SAM 3 export, whose graph
+cannot hold that pooling (tests/test_onnx_sam3.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,33 @@ class GroupPrototypeArray:
 def _normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
     norm = np.sqrt((x * x).sum(axis=axis, keepdims=True, dtype=np.float32))
     return x / np.maximum(norm, _EPS)
+
+
+def _adaptive_average(size_in: int, size_out: int) -> np.ndarray:
+    """The size_out x size_in matrix of torch's adaptive average pooling along one axis: output
+    i averages inputs floor(i in / out) to ceil((i + 1) in / out) - 1."""
+    pool = np.zeros((size_out, size_in), np.float32)
+    for i in range(size_out):
+        start, end = (i * size_in) // size_out, -((-(i + 1) * size_in) // size_out)
+        pool[i, start:end] = np.float32(1.0) / np.float32(end - start)
+    return pool
+
+
+def region_embedding_array(features: np.ndarray, mask_logits: np.ndarray) -> np.ndarray:
+    """`openvocab.region_embedding(features, sigmoid(mask_logits))` in float32 numpy: e_n, the
+    features (M x C x h' x w') pooled under the region (M x h x w, resized to h' x w' by
+    adaptive average pooling), unit length; an empty region pools the whole image."""
+    with np.errstate(over="ignore"):  # exp(-x) = inf for x << 0: the probability is 0
+        region = np.float32(1.0) / (np.float32(1.0) + np.exp(-mask_logits.astype(np.float32)))
+    rows = _adaptive_average(region.shape[1], features.shape[2])
+    cols = _adaptive_average(region.shape[2], features.shape[3])
+    weights = rows @ region @ cols.T  # M x h' x w'
+    total = weights.reshape(len(weights), -1).sum(1)
+    empty = total <= 1e-6
+    weights[empty] = np.float32(1.0)
+    total = weights.reshape(len(weights), -1).sum(1)
+    pooled = np.einsum("mchw,mhw->mc", features.astype(np.float32), weights)
+    return _normalize(pooled / total[:, None])
 
 
 def expert_weights_array(experts: np.ndarray) -> np.ndarray:

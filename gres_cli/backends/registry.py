@@ -53,6 +53,10 @@ class ModelClass(Protocol):
     ) -> dict[str, Any]: ...  # fmt: skip
 
 
+#: what `gres model export --format onnx` exports (its refusals name them)
+EXPORTABLE = "GRSer, CLIPSeg and SAM 3 models (and gres-backend folders over CLIPSeg or SAM 3)"
+
+
 class NotOffered(Exception):
     """Raised by `ModelKind`'s defaults only: the kind does not offer that service (distinct
     from a NotImplementedError deep inside an exporter, which is a fault, not a refusal)."""
@@ -181,6 +185,5 @@ def export_onnx(
         )
     except NotOffered:
         raise GresError(
-            f"{model_id}: a {kind.name} model; ONNX export supports GRSer and CLIPSeg models "
-            "(and gres-backend folders over CLIPSeg)"
+            f"{model_id}: a {kind.name} model; ONNX export supports {EXPORTABLE}"
         ) from None

@@ -63,6 +63,17 @@ class Sam3Backend(OpenVocabModel):
         ).eval()
         self.input_size = int(self.processor.image_processor.size["height"])
 
+    @classmethod
+    def export_onnx(
+        cls, folder: Path, checkpoint: str, revision: str | None, out: Path, opset: int,
+        overwrite: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        """`gres model export`: two graphs and the numpy twin of the image processor
+        (gres_cli.backends.sam3_export)."""
+        from gres_cli.backends.sam3_export import export_sam3_onnx
+
+        return export_sam3_onnx(folder, checkpoint, revision, out, opset, overwrite)
+
     def preparer(self) -> Callable[[Image.Image], Tensor]:
         return ProcessImage(self.processor.image_processor)
 

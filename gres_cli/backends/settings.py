@@ -15,8 +15,8 @@ from typing import Any
 
 from gres_cli.backends import registry
 from gres_cli.backends.protocol import GroupModel
-from gres_cli.backends.registry import ModelKind
-from gres_cli.errors import ModelLoadError
+from gres_cli.backends.registry import ModelKind, NotOffered
+from gres_cli.errors import GresError, ModelLoadError
 from gres_cli.model import hub
 from gres_cli.model.kinds import GRES_BACKEND
 
@@ -147,11 +147,21 @@ class SettingsFolder(ModelKind):
         cls, folder: Path, checkpoint: str, revision: str | None, out: Path, opset: int,
         overwrite: bool = False,
     ) -> dict[str, Any]:  # fmt: skip
-        """`gres model export`: the backend it names, exported with these settings (CLIPSeg
-        only: gres_cli.backends.clipseg_export refuses the others in one line)."""
-        from gres_cli.backends.clipseg_export import export_clipseg_onnx
-
-        return export_clipseg_onnx(folder, checkpoint, revision, out, opset, overwrite)
+        """`gres model export`: the backend it names, exported by its own kind with these
+        settings (the kind reads them from `folder`); a kind that exports nothing is one line."""
+        settings = BackendSettings.from_dict(hub.read_config(folder), folder / hub.CONFIG_FILE)
+        kind, _ = registry.open_vocabulary_folder(settings.backend, settings.revision)
+        try:
+            return (
+                registry.model_type(kind, settings.backend)
+                .model_class()
+                .export_onnx(folder, checkpoint, revision, out, opset, overwrite)
+            )
+        except NotOffered:
+            raise GresError(
+                f"{checkpoint}: settings for a {kind} backend; ONNX export supports "
+                f"{registry.EXPORTABLE}"
+            ) from None
 
 
 def pinned_checkpoint(checkpoint: str, revision: str | None) -> tuple[str, str | None]:
