@@ -356,3 +356,23 @@ def build_tiny_grser(folder: Path, seed: int = 0, **overrides) -> Path:
     config = GRSerConfig.preset("grser-tiny", image_size=64, swin_window_size=4, **overrides)
     GRSer(config).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def hub(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Every commit pushed, as {path in repo: bytes}; nothing leaves the machine."""
+    from huggingface_hub import HfApi  # the Hub is unreachable here: its two writes are caught
+
+    commits: list[dict] = []
+
+    def create_commit(self, repo_id, operations, **kw):
+        files = {}
+        for op in operations:
+            src = op.path_or_fileobj
+            files[op.path_in_repo] = src if isinstance(src, bytes) else Path(src).read_bytes()
+        commits.append(files)
+        return f"https://hub/{repo_id}/commit/{len(commits)}"
+
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **k: None)
+    monkeypatch.setattr(HfApi, "create_commit", create_commit)
+    return commits

@@ -346,35 +346,24 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, float]:
 
 
 def test_push_uploads_the_export_and_refuses_a_raw_checkpoint(
-    clipseg_onnx: Path, clipseg_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    hub: list[dict], clipseg_onnx: Path, clipseg_dir: Path, tmp_path: Path
 ):
-    from huggingface_hub import HfApi
     from typer.testing import CliRunner
 
     from gres_cli.cli import app
 
-    commits: list[dict] = []
-
-    def create_commit(self, repo_id, operations, **kw):
-        commits.append(
-            {op.path_in_repo: Path(op.path_or_fileobj).read_bytes() for op in operations}
-        )
-        return f"https://hub/{repo_id}/commit/{len(commits)}"
-
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **k: None)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
     folder = tmp_path / "export"
     shutil.copytree(clipseg_onnx, folder)
     (folder / "notes.yaml").write_text("private")
     result = CliRunner().invoke(app, ["model", "push", str(folder), "org/clipseg-onnx"])
     assert result.exit_code == 0, result.output
-    (files,) = commits
+    (files,) = hub
     assert set(files) == {p.name for p in clipseg_onnx.iterdir()}
     assert {"image.onnx", "text.onnx", "tokenizer.json", "config.json"} <= set(files)
     (folder / "image.onnx").write_bytes(b"not a graph")
     result = CliRunner().invoke(app, ["model", "push", str(folder), "org/clipseg-onnx"])
     assert result.exit_code == 2 and "image.onnx: cannot load as ONNX" in result.stderr
     result = CliRunner().invoke(app, ["model", "push", str(clipseg_dir), "org/clipseg"])
-    assert result.exit_code == 2 and len(commits) == 1
+    assert result.exit_code == 2 and len(hub) == 1
     (line,) = result.stderr.strip().splitlines()
     assert "a clipseg checkpoint; gres model push publishes" in line

@@ -178,3 +178,20 @@ def test_eval_gives_the_torch_backends_metrics(
         assert mine["metrics"][metric] == pytest.approx(value, abs=1e-4), metric
     for sweep in ("margin_sweep", "group_weight_sweep"):
         assert _flat(mine[sweep]) == pytest.approx(_flat(want[sweep]), abs=1e-4), sweep
+
+
+def test_push_uploads_every_file_of_the_export(hub: list[dict], sam3_onnx: Path, tmp_path: Path):
+    """Was: forward.onnx was left out (the Hub file list named GRSer's and CLIPSeg's graphs
+    only), so a pushed SAM 3 export could not run when pulled."""
+    from typer.testing import CliRunner
+
+    from gres_cli.cli import app
+
+    folder = tmp_path / "export"
+    shutil.copytree(sam3_onnx, folder)
+    (folder / "notes.yaml").write_text("private")
+    result = CliRunner().invoke(app, ["model", "push", str(folder), "org/sam3-onnx"])
+    assert result.exit_code == 0, result.output
+    (files,) = hub
+    assert set(files) == {p.name for p in sam3_onnx.iterdir()}
+    assert {"forward.onnx", "text.onnx", "tokenizer.json", "config.json"} <= set(files)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
 from conftest import build_grd
 from typer.testing import CliRunner
@@ -14,26 +13,6 @@ from typer.testing import CliRunner
 from gres_cli.cli import app
 from gres_cli.model.config import GRSerConfig
 from gres_cli.model.grser import GRSer
-
-
-@pytest.fixture
-def hub(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
-    """Every commit pushed, as {path in repo: bytes}; nothing leaves the machine."""
-    from huggingface_hub import HfApi
-
-    commits: list[dict] = []
-
-    def create_commit(self, repo_id, operations, **kw):
-        files = {}
-        for op in operations:
-            src = op.path_or_fileobj
-            files[op.path_in_repo] = src if isinstance(src, bytes) else Path(src).read_bytes()
-        commits.append(files)
-        return f"https://hub/{repo_id}/commit/{len(commits)}"
-
-    monkeypatch.setattr(HfApi, "create_repo", lambda self, *a, **k: None)
-    monkeypatch.setattr(HfApi, "create_commit", create_commit)
-    return commits
 
 
 def test_model_push_uploads_the_model_files_only(hub: list[dict], tmp_path: Path):

@@ -118,7 +118,7 @@ def load_grser(model_id: str, revision: str | None = None) -> GRSer:
     if kind == GRSER_ONNX:
         raise GresError(f"{model_id}: already an ONNX export")
     if kind != GRSER:
-        raise GresError(f"{model_id}: a {kind} model; ONNX export supports GRSer models only")
+        raise GresError(f"{model_id}: a {kind} model, not a GRSer (gres model export takes it)")
     return GRSer.from_pretrained(folder)
 
 

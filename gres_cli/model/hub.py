@@ -14,6 +14,7 @@ from typing import Any
 from gres_cli.errors import ModelLoadError
 from gres_cli.model.clipseg_onnx_spec import GRAPH_FILES as CLIPSEG_GRAPH_FILES
 from gres_cli.model.onnx_spec import GRAPH_FILES
+from gres_cli.model.sam3_onnx_spec import GRAPH_FILES as SAM3_GRAPH_FILES
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -27,6 +28,7 @@ MODEL_FILES = [
     "README.md",
     *GRAPH_FILES.values(),
     *CLIPSEG_GRAPH_FILES.values(),
+    *SAM3_GRAPH_FILES.values(),
 ]
 
 
