@@ -80,7 +80,7 @@ def from_run(
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     out.print(
         escape(
             f"{summary['out']}: {summary['groups']} groups, {summary['images']} images, "
