@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +254,19 @@ def test_bad_input_is_one_line_exit_2(work, tmp_path, setup, args, message):
     line = done.stderr.strip()
     assert "\n" not in line and line.startswith("gres: error: ") and message in line, line
     assert not (here / "x").exists()
+
+
+def test_from_run_imports_no_torch(work, tmp_path):
+    """`gres grd` stays light: a whole from-run (an rle run: pycocotools decodes) without torch."""
+    argv = ["gres", "grd", "from-run", "rle", str(tmp_path / "ds")]
+    code = f"import sys; sys.argv={argv}\nfrom gres_cli.cli import main\nmain()"
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code], cwd=work, capture_output=True, text=True
+    )
+    assert (tmp_path / "ds" / "grd.json").is_file(), done.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert not imported & {"torch", "transformers", "timm"}
