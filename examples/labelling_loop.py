@@ -48,6 +48,7 @@ IOU_REJECT = 0.5
 
 def gres(command: str, cwd: Path) -> float:
     """Run one `gres` command line in `cwd` (printed as typed there); its wall seconds."""
+    command = command.strip()
     print(f"$ gres {command}", flush=True)
     start = time.perf_counter()
     argv = [sys.executable, "-m", "gres_cli", *shlex.split(command)]
