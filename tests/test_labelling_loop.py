@@ -37,7 +37,9 @@ def test_labelling_loop_runs_end_to_end_and_applies_the_corrections(tmp_path):
     assert "student, 50% of wrong answers corrected" in done.stdout
 
     truth = load(work / "truth")
-    answers = [json.loads(x) for x in (work / "teacher-run" / "records.jsonl").read_text().split()]
+    answers = [
+        json.loads(x) for x in (work / "teacher-run" / "records.jsonl").read_text().splitlines()
+    ]
     assert len(answers) == figures["teacher_pairs"] == 4 * 3 * 8  # train groups x expr x images
     gt = {
         (g.id, Path(i.file).stem, e.text): e.targets[i.id]
