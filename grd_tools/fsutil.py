@@ -144,11 +144,14 @@ def atomic_output_dir(dst: str | os.PathLike[str], overwrite: bool = False) -> I
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Hard-link `src` to `dst` when both are on one filesystem, else copy (parents created)."""
+def link_or_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> bool:
+    """Hard-link `src` to `dst` when both are on one filesystem, else copy (parents created).
+    True when linked, False when copied."""
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+        return False
+    return True

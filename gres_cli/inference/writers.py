@@ -2,7 +2,9 @@
 
 `OUT/records.jsonl` lists every finished image (one JSON record per line, flushed as images
 finish). Which answers are done, stale or refused, and `OUT/settings.json`, are the run's
-(gres_cli.inference.run.RunFolder); this module writes files.
+(gres_cli.inference.run.RunFolder); this module writes files. The folder's file names and the
+record reader live in grd_tools.run_records (the dataset toolkit reads runs too) and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from PIL import Image, ImageDraw
 from grd_tools.fsutil import atomic_write_bytes
 from grd_tools.imageio import mask_png, mask_to_grey
 from grd_tools.paths import resolve_inside
+from grd_tools.run_records import RECORDS as RECORDS
+from grd_tools.run_records import SETTINGS as SETTINGS
+from grd_tools.run_records import read_record as read_record
 from gres_cli.inference.lock import locked
 
-RECORDS = "records.jsonl"
-SETTINGS = "settings.json"
 RECORDS_LOCK = ".gres.records.lock"  # appends and rewrites of records.jsonl, between processes
 FORMATS = ("png", "npy", "rle", "none")
 
@@ -65,26 +68,6 @@ def segment_record(
     }
     rec |= res.record_extras  # the model's own fields (a backend's score and lone call)
     return rec | {"error": None}, mask
-
-
-def read_record(line: str) -> dict[str, Any] | None:
-    """One line of a records.jsonl as the record of an image, or None for a line that answers
-    no image (blank, or a `--jobs` line that could not run: image null, error set). ValueError
-    for a line that is not a record (cut by a crash, or another file's)."""
-    if not line.strip():
-        return None
-    try:
-        rec = json.loads(line)
-        if rec["image"] is None and rec["error"]:
-            return None
-        # every record names its image and expression as text (readers build paths and keys
-        # from them: a null image was a TypeError traceback in `gres eval`, issue 24)
-        named = isinstance(rec["image"], str) and isinstance(rec["expression"], str)
-    except (json.JSONDecodeError, RecursionError, KeyError, TypeError):
-        named = False
-    if not named:
-        raise ValueError("not a `gres segment` record")
-    return rec
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:

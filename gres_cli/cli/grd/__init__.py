@@ -7,11 +7,19 @@ import typer
 app = typer.Typer(
     help=(
         "Work with GRD (Group Referring Dataset) folders: validate, split, convert, stats, "
-        "synth, pull, push."
+        "synth, pull, push, from-run."
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
 )
 
 # Each module registers its commands on `app`.
-from gres_cli.cli.grd import convert, hub, split, stats, synth, validate  # noqa: E402, F401
+from gres_cli.cli.grd import (  # noqa: E402, F401
+    convert,
+    from_run,
+    hub,
+    split,
+    stats,
+    synth,
+    validate,
+)
