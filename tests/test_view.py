@@ -275,6 +275,18 @@ def open_page(browser, index: Path):
     return page
 
 
+def wait_until(page, expression: str, seconds: float = 30) -> None:
+    """Poll `expression` until it is true. Playwright's wait_for_function compiles its
+    predicate with `new Function` while polling, which the page's Content-Security-Policy
+    (no unsafe-eval) refuses: an EvalError whenever the first check is not already true."""
+    import time
+
+    end = time.monotonic() + seconds
+    while not page.evaluate(expression):
+        assert time.monotonic() < end, f"still false after {seconds} s: {expression}"
+        time.sleep(0.05)
+
+
 def card_names(page) -> list[str]:
     return page.locator(".grid .card .name").all_inner_texts()
 
@@ -312,7 +324,7 @@ def test_run_page_filters_sorts_searches_and_opens_the_overlay(browser, tmp_path
     dialog = page.locator("#viewer")
     assert dialog.is_visible()
     large = dialog.locator("img")
-    page.wait_for_function("document.querySelector('#viewer img').complete")
+    wait_until(page, "document.querySelector('#viewer img').complete")
     assert large.evaluate("img => img.naturalWidth") == 48  # the full-size picture
     assert "0000.png" in dialog.inner_text()
     page.click("#viewer-close")
@@ -479,7 +491,7 @@ def test_eval_page_shows_galleries_side_by_side(browser, tmp_path: Path):
     assert SCRIPT_TEXT in worst.inner_text()
     screenshot(page, "evaluation.png")
     worst.locator(".thumb").click()
-    page.wait_for_function("[...document.querySelectorAll('#viewer img')].every(i => i.complete)")
+    wait_until(page, "[...document.querySelectorAll('#viewer img')].every(i => i.complete)")
     sizes = page.locator("#viewer img").evaluate_all("imgs => imgs.map(i => i.naturalWidth)")
     assert sizes == [40, 40]
     assert page.evaluate("window.pwned") is None
@@ -631,3 +643,23 @@ def test_segment_view_writes_the_site_of_the_run_even_when_images_fail(tmp_path:
     assert len(data["items"]) == 9
     assert data["counts"]["error"] == 1 and data["counts"]["present"] >= 1
     assert "run view:" in result.output
+
+
+def test_a_photo_is_never_taken_from_inside_the_run_folder(tmp_path: Path, monkeypatch):
+    """Was: a record's photo was also looked for inside the run folder, where its mask is
+    named like it (OUT/photos/0003.png for photos/0003.png): with the real photo missing, the
+    page drew the mask as the photo. OUT never holds an input, so nothing is looked for there."""
+    from gres_cli.view.run import record_picture
+
+    out = tmp_path / "out"
+    write_mask(out / "photos" / "0003.png", np.ones((4, 5), bool))
+    rec = {"image": "photos/0003.png", "group": "photos", "expression": "a", "present": True}
+    rec["mask"] = str(out / "photos" / "0003.png")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert record_picture(rec, out) is None  # the photo cannot be found: said, not faked
+    (elsewhere / "photos").mkdir()
+    Image.new("RGB", (5, 4)).save(elsewhere / "photos" / "0003.png")
+    picture = record_picture(rec, out)
+    assert picture is not None and picture.photo == Path("photos/0003.png")

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import test_view
-from test_view import make_run, open_page, read_data, runner
+from test_view import make_run, open_page, read_data, runner, wait_until
 
 from grd_tools.corrections import read_corrections, run_id
 from gres_cli.cli import app
@@ -246,8 +246,8 @@ def test_two_tabs_of_one_run_share_their_corrections(browser, tmp_path: Path):
     reopen(second, index)
     first.keyboard.press("j")
     first.keyboard.press("x")
-    second.wait_for_function(
-        "document.querySelector('#review-count').textContent.startsWith('1 changed')"
+    wait_until(
+        second, "document.querySelector('#review-count').textContent.startsWith('1 changed')"
     )
     assert second.locator(".card[data-answer=rejected]").count() == 1
     context.close()

@@ -51,10 +51,11 @@ def record_picture(rec: dict[str, Any], run: Path) -> Picture | None:
     """The photo of a record with its mask, or None when the photo cannot be found.
 
     Paths in records are as `gres segment` was given them (relative to where it ran), so they
-    are looked for as written, then beside the run folder; a mask also in the run folder."""
+    are looked for as written, then beside the run folder, never inside it (OUT holds no
+    input, and a mask there is named like its photo); a mask also in the run folder."""
     image = Path(str(rec["image"]))
     base = run if run.is_dir() else run.parent
-    photo = _existing([image, base.parent / image, base / image])
+    photo = _existing([image, base.parent / image])
     if photo is None:
         return None
     mask = None
