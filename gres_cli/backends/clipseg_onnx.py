@@ -29,6 +29,7 @@ from gres_cli.backends.group_rule import (
     group_distances_array,
     group_prototype_array,
 )
+from gres_cli.backends.onnx_sessions import open_sessions
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass
 from gres_cli.backends.registry import ModelKind
 from gres_cli.errors import GresError, ModelLoadError
@@ -82,7 +83,7 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
         threads: int | None = None,
     ) -> None:
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (here: a missing extra is one line, below)
         except ImportError:
             raise ModelLoadError(
                 f'{folder}: an ONNX model needs onnxruntime: pip install "{EXTRA}"'
@@ -114,24 +115,15 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
             "group_weight": self.group_weight,
             "margin": self.margin,
         }
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # stderr holds gres's own progress and one-line errors
-        if threads:
-            options.intra_op_num_threads = threads
         contract = self.onnx_spec
         graphs = (config.get(contract.CONFIG_KEY) or {}).get("graphs") or contract.GRAPH_FILES
-        self.sessions = {}
+        files = {}
         for name in contract.GRAPH_FILES:
             file = graphs.get(name) if isinstance(graphs, dict) else None
             if not isinstance(file, str) or Path(file).name != file:
                 raise ModelLoadError(f"{where}: graph {name!r} must be a file in the model folder")
-            try:
-                self.sessions[name] = ort.InferenceSession(
-                    str(folder / file), options, providers=["CPUExecutionProvider"]
-                )
-            except Exception as e:  # onnxruntime's load faults: missing, corrupt, wrong opset
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ModelLoadError(f"{folder / file}: cannot load as ONNX ({first})") from None
+            files[name] = folder / file
+        self.sessions = open_sessions(files, threads)
         declared = {i.name: i.shape for i in self.sessions[contract.IMAGE].get_inputs()}
         side = (declared.get(contract.PIXELS) or [None] * 4)[2:]
         if any(isinstance(n, int) and n != self.input_size for n in side):

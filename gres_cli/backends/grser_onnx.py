@@ -23,6 +23,7 @@ from PIL import Image
 
 from grd_tools.errors import GRDError
 from grd_tools.paths import check_relative
+from gres_cli.backends.onnx_sessions import open_sessions
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
 from gres_cli.backends.registry import ModelKind
 from gres_cli.errors import ModelLoadError
@@ -101,7 +102,7 @@ class GRSerOnnxModel(WithoutExtras, ModelKind):
     def __init__(self, folder: Path, group: bool = True, threads: int | None = None) -> None:
         """`threads`: onnxruntime's threads per graph (default: its own, the physical cores)."""
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401  (here: a missing extra is one line, below)
         except ImportError:
             raise ModelLoadError(
                 f'{folder}: an ONNX model needs onnxruntime: pip install "{EXTRA}"'
@@ -119,22 +120,9 @@ class GRSerOnnxModel(WithoutExtras, ModelKind):
         self.stages = len(depths)
         self.tokenize = Tokenizer(folder, _config_number(self.config, "max_tokens", where, low=1))
         graphs = _graph_files(self.config, folder, where)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # stderr holds gres's own progress and one-line errors
-        if threads:
-            options.intra_op_num_threads = threads
-        self.sessions = {}
-        files = {}
-        for name in (spec.TEXT, spec.ENCODE, spec.QUERY):
-            path = graphs[name]
-            files[name] = path.name
-            try:
-                self.sessions[name] = ort.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
-                )
-            except Exception as e:  # onnxruntime's load faults: missing, corrupt, wrong opset
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ModelLoadError(f"{path}: cannot load as ONNX ({first})") from None
+        paths = {name: graphs[name] for name in (spec.TEXT, spec.ENCODE, spec.QUERY)}
+        files = {name: path.name for name, path in paths.items()}
+        self.sessions = open_sessions(paths, threads)
         self._check_graphs(folder, files)
 
     def _check_graphs(self, folder: Path, files: dict[str, str]) -> None:
