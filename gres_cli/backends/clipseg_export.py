@@ -35,7 +35,14 @@ from gres_cli.backends.settings import BackendSettings
 from gres_cli.errors import GresError
 from gres_cli.model import clipseg_onnx_spec as spec
 from gres_cli.model import hub
-from gres_cli.model.export import CHECK_TOLERANCE, _export, _worst, check_target, require_onnx
+from gres_cli.model.export import (
+    CHECK_TOLERANCE,
+    check_target,
+    checked_sessions,
+    export_graph,
+    require_onnx,
+    worst_error,
+)
 from gres_cli.model.image_processor import ImageProcessorTwin
 from gres_cli.model.onnx_tokenizer import Tokenizer
 
@@ -152,11 +159,11 @@ def export_graphs(backend: CLIPSegBackend, folder: Path, opset: int) -> None:
     with torch.no_grad():
         conditional = TextGraph(backend)(*text_args)
     tokens = {name: {1: "tokens"} for name in spec.TEXT_INPUTS}
-    _export(TextGraph(backend), text_args, folder / spec.GRAPH_FILES[spec.TEXT],
+    export_graph(TextGraph(backend), text_args, folder / spec.GRAPH_FILES[spec.TEXT],
             spec.TEXT_INPUTS, (spec.CONDITIONAL,), (), opset, axes=tokens)  # fmt: skip
     s = backend.input_size
     pixels = torch.zeros(2, 3, s, s)  # batch 2: a batch of 1 would hide where it broadcasts
-    _export(ImageGraph(backend), (pixels, conditional), folder / spec.GRAPH_FILES[spec.IMAGE],
+    export_graph(ImageGraph(backend), (pixels, conditional), folder / spec.GRAPH_FILES[spec.IMAGE],
             spec.IMAGE_INPUTS, spec.IMAGE_OUTPUTS, (spec.PIXELS, *spec.IMAGE_OUTPUTS),
             opset)  # fmt: skip
 
@@ -167,20 +174,8 @@ def self_check(backend: CLIPSegBackend, twin: ImageProcessorTwin, folder: Path) 
     folder's tokenizer through `tokenizers` alone gives transformers' ids; the numpy twin of
     the image processor gives transformers' pixels on photos of odd sizes. The worst error of
     each (the twin's is 0: equal bit for bit, or the check fails)."""
-    onnx, ort = require_onnx()
-    for file in spec.GRAPH_FILES.values():
-        try:
-            onnx.checker.check_model(str(folder / file), full_check=True)
-        except onnx.checker.ValidationError as e:
-            first = str(e).strip().splitlines()[0]
-            raise GresError(f"self-check failed: {file} is not valid ONNX ({first})") from None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sessions = {
-        name: ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
-        for name, file in spec.GRAPH_FILES.items()
-    }
-    errors = {spec.TEXT: 0.0, spec.IMAGE: 0.0, "image_processor": _check_twin(backend, twin)}
+    sessions = checked_sessions(folder, spec.GRAPH_FILES)
+    errors = {spec.TEXT: 0.0, spec.IMAGE: 0.0, "image_processor": check_twin(backend, twin)}
     positions = backend.net.config.text_config.max_position_embeddings
     tokenize = Tokenizer(folder, positions, pad=False)
     s = backend.input_size
@@ -200,18 +195,22 @@ def self_check(backend: CLIPSegBackend, twin: ImageProcessorTwin, folder: Path) 
             want = TextGraph(backend)(want_ids["input_ids"], want_ids["attention_mask"])
             feeds = dict(zip(spec.TEXT_INPUTS, (ids, mask), strict=True))
             got = sessions[spec.TEXT].run(None, feeds)
-            errors[spec.TEXT] = max(errors[spec.TEXT], _worst(got, (want,), (spec.CONDITIONAL,)))
+            errors[spec.TEXT] = max(
+                errors[spec.TEXT], worst_error(got, (want,), (spec.CONDITIONAL,))
+            )
             conditional = torch.from_numpy(got[0])  # what the runtime has
             everything = ImageGraph(backend)(pixels, conditional)
             for b in CHECK_BATCHES:
                 feeds = {spec.PIXELS: pixels[:b].numpy(), spec.CONDITIONAL: got[0]}
                 out = sessions[spec.IMAGE].run(None, feeds)
                 want = tuple(t[:b] for t in everything)
-                errors[spec.IMAGE] = max(errors[spec.IMAGE], _worst(out, want, spec.IMAGE_OUTPUTS))
+                errors[spec.IMAGE] = max(
+                    errors[spec.IMAGE], worst_error(out, want, spec.IMAGE_OUTPUTS)
+                )
     return errors
 
 
-def _check_twin(backend: OpenVocabModel, twin: ImageProcessorTwin) -> float:
+def check_twin(backend: OpenVocabModel, twin: ImageProcessorTwin) -> float:
     """The twin's pixels against the processor's on random photos of CHECK_PHOTOS' sizes."""
     from PIL import Image
 

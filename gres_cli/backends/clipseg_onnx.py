@@ -29,13 +29,13 @@ from gres_cli.backends.group_rule import (
     group_distances_array,
     group_prototype_array,
 )
-from gres_cli.backends.onnx_sessions import open_sessions
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass
 from gres_cli.backends.registry import ModelKind
 from gres_cli.errors import GresError, ModelLoadError
 from gres_cli.model import clipseg_onnx_spec as spec
 from gres_cli.model import hub
 from gres_cli.model.image_processor import ImageProcessorTwin
+from gres_cli.model.onnx_sessions import open_sessions
 from gres_cli.model.onnx_tokenizer import Tokenizer
 from gres_cli.model.preprocess import probability_to_original_array
 

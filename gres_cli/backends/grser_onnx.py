@@ -23,12 +23,12 @@ from PIL import Image
 
 from grd_tools.errors import GRDError
 from grd_tools.paths import check_relative
-from gres_cli.backends.onnx_sessions import open_sessions
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
 from gres_cli.backends.registry import ModelKind
 from gres_cli.errors import ModelLoadError
 from gres_cli.model import hub
 from gres_cli.model import onnx_spec as spec
+from gres_cli.model.onnx_sessions import open_sessions
 from gres_cli.model.onnx_tokenizer import Tokenizer
 from gres_cli.model.preprocess import (
     image_to_array,

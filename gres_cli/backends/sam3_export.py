@@ -25,14 +25,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gres_cli.backends.clipseg_export import _check_twin, load_backend, processor_twin
+from gres_cli.backends.clipseg_export import check_twin, load_backend, processor_twin
 from gres_cli.backends.group_rule import region_embedding_array
 from gres_cli.backends.openvocab import region_embedding
 from gres_cli.backends.sam3 import TEXT_TOKENS, Sam3Backend, Sam3Text
 from gres_cli.errors import GresError
 from gres_cli.model import hub
 from gres_cli.model import sam3_onnx_spec as spec
-from gres_cli.model.export import CHECK_TOLERANCE, _export, _worst, check_target, require_onnx
+from gres_cli.model.export import (
+    CHECK_TOLERANCE,
+    check_target,
+    checked_sessions,
+    export_graph,
+    require_onnx,
+    worst_error,
+)
 from gres_cli.model.onnx_tokenizer import Tokenizer
 
 #: the self-check's inputs: expressions (one past 32 tokens: truncated), batch sizes and the
@@ -89,11 +96,11 @@ def export_graphs(backend: Sam3Backend, folder: Path, opset: int) -> None:
     text_args = (ids["input_ids"], ids["attention_mask"])
     with torch.no_grad():
         features = TextGraph(backend)(*text_args)
-    _export(TextGraph(backend), text_args, folder / spec.GRAPH_FILES[spec.TEXT],
+    export_graph(TextGraph(backend), text_args, folder / spec.GRAPH_FILES[spec.TEXT],
             spec.TEXT_INPUTS, (spec.TEXT_FEATURES,), (), opset)  # fmt: skip
     s = backend.input_size
     pixels = torch.zeros(2, 3, s, s)  # batch 2: a batch of 1 would hide where it broadcasts
-    _export(ForwardGraph(backend), (pixels, features, ids["attention_mask"]),
+    export_graph(ForwardGraph(backend), (pixels, features, ids["attention_mask"]),
             folder / spec.GRAPH_FILES[spec.IMAGE], spec.IMAGE_INPUTS, spec.IMAGE_OUTPUTS,
             (spec.PIXELS, *spec.IMAGE_OUTPUTS), opset)  # fmt: skip
 
@@ -104,21 +111,9 @@ def self_check(backend: Sam3Backend, twin: Any, folder: Path) -> dict[str, float
     runtime's numpy e_n against `openvocab.region_embedding` on torch's outputs; the folder's
     tokenizer through `tokenizers` alone gives transformers' ids; the numpy twin of the image
     processor gives transformers' pixels bit for bit. The worst error of each."""
-    onnx, ort = require_onnx()
-    for file in spec.GRAPH_FILES.values():
-        try:
-            onnx.checker.check_model(str(folder / file), full_check=True)
-        except onnx.checker.ValidationError as e:
-            first = str(e).strip().splitlines()[0]
-            raise GresError(f"self-check failed: {file} is not valid ONNX ({first})") from None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sessions = {
-        name: ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
-        for name, file in spec.GRAPH_FILES.items()
-    }
+    sessions = checked_sessions(folder, spec.GRAPH_FILES)
     errors = {spec.TEXT: 0.0, spec.IMAGE: 0.0, spec.EMBEDDING: 0.0}
-    errors["image_processor"] = _check_twin(backend, twin)
+    errors["image_processor"] = check_twin(backend, twin)
     tokenize = Tokenizer(folder, TEXT_TOKENS, pad=True)
     s = backend.input_size
     generator = torch.Generator().manual_seed(CHECK_SEED)
@@ -137,7 +132,9 @@ def self_check(backend: Sam3Backend, twin: Any, folder: Path) -> dict[str, float
             want = TextGraph(backend)(want_ids["input_ids"], want_ids["attention_mask"])
             feeds = dict(zip(spec.TEXT_INPUTS, (ids, mask), strict=True))
             got = sessions[spec.TEXT].run(None, feeds)
-            errors[spec.TEXT] = max(errors[spec.TEXT], _worst(got, (want,), (spec.TEXT_FEATURES,)))
+            errors[spec.TEXT] = max(
+                errors[spec.TEXT], worst_error(got, (want,), (spec.TEXT_FEATURES,))
+            )
             text = torch.from_numpy(got[0])  # what the runtime has
             everything = ForwardGraph(backend)(pixels, text, want_ids["attention_mask"])
             for b in CHECK_BATCHES:
@@ -145,11 +142,13 @@ def self_check(backend: Sam3Backend, twin: Any, folder: Path) -> dict[str, float
                 feeds = dict(zip(spec.IMAGE_INPUTS, inputs, strict=True))
                 out = sessions[spec.IMAGE].run(None, feeds)
                 want = tuple(t[:b] for t in everything)
-                errors[spec.IMAGE] = max(errors[spec.IMAGE], _worst(out, want, spec.IMAGE_OUTPUTS))
+                errors[spec.IMAGE] = max(
+                    errors[spec.IMAGE], worst_error(out, want, spec.IMAGE_OUTPUTS)
+                )
                 logits, features = want[0], want[2]
                 embedding = region_embedding(features, logits.float().sigmoid())
                 numpy_embedding = region_embedding_array(features.numpy(), logits.numpy())
-                error = _worst([numpy_embedding], (embedding,), (spec.EMBEDDING,))
+                error = worst_error([numpy_embedding], (embedding,), (spec.EMBEDDING,))
                 errors[spec.EMBEDDING] = max(errors[spec.EMBEDDING], error)
     return errors
 

@@ -127,7 +127,7 @@ def _tokenize(net: GRSer, expression: str) -> dict[str, Tensor]:
     return net.text_encoder.tokenize([expression, spec.ANTI_PREFIX + expression])
 
 
-def _export(
+def export_graph(
     module: nn.Module,
     args: tuple[Tensor, ...],
     path: Path,
@@ -199,18 +199,34 @@ def export_graphs(net: GRSer, folder: Path, opset: int) -> None:
         pixels = torch.zeros(2, 3, c.image_size, c.image_size)
         encoded = EncodeGraph(net)(pixels, *features)
     files = {k: folder / v for k, v in spec.GRAPH_FILES.items()}
-    _export(TextGraph(net), text_args, files[spec.TEXT], spec.TEXT_INPUTS, spec.TEXT_FEATURES,
+    export_graph(TextGraph(net), text_args, files[spec.TEXT], spec.TEXT_INPUTS, spec.TEXT_FEATURES,
             (), opset)  # fmt: skip
     outputs = spec.encode_outputs(stages)
-    _export(EncodeGraph(net), (pixels, *features), files[spec.ENCODE], spec.encode_inputs(),
+    export_graph(EncodeGraph(net), (pixels, *features), files[spec.ENCODE], spec.encode_inputs(),
             outputs, (spec.PIXELS, *outputs), opset)  # fmt: skip
     slots, valid = expert_slots(encoded[stages + 1][:1], c.experts)
     query_args = (*encoded[:stages], features[2], features[3], slots, valid)
-    _export(QueryGraph(net), query_args, files[spec.QUERY], spec.query_inputs(stages),
+    export_graph(QueryGraph(net), query_args, files[spec.QUERY], spec.query_inputs(stages),
             spec.QUERY_OUTPUTS, (*maps, *spec.QUERY_OUTPUTS), opset)  # fmt: skip
 
 
-def _worst(ort_out: list[Any], torch_out: tuple[Tensor, ...], names: tuple[str, ...]) -> float:
+def checked_sessions(folder: Path, files: dict[str, str]) -> dict[str, Any]:
+    """The self-check's first step, shared by every export: each graph (name -> file in
+    `folder`) passes onnx's full checker (GresError naming it otherwise) and opens in
+    onnxruntime, as the runtime will open it."""
+    from gres_cli.model.onnx_sessions import open_sessions
+
+    onnx, _ = require_onnx()
+    for file in files.values():
+        try:
+            onnx.checker.check_model(str(folder / file), full_check=True)
+        except onnx.checker.ValidationError as e:
+            first = str(e).strip().splitlines()[0]
+            raise GresError(f"self-check failed: {file} is not valid ONNX ({first})") from None
+    return open_sessions({name: folder / file for name, file in files.items()})
+
+
+def worst_error(ort_out: list[Any], torch_out: tuple[Tensor, ...], names: tuple[str, ...]) -> float:
     """The largest |onnxruntime - torch| over the outputs; a GresError when it is too large."""
     worst = 0.0
     for name, got, want in zip(names, ort_out, torch_out, strict=True):
@@ -236,21 +252,9 @@ def self_check(net: GRSer, folder: Path) -> dict[str, float]:
     images' maps against the top-K' experts of a pool of max(K, 3) images, K' = 1 and K, each B.
     Also: `tokenizers` alone, reading the folder's tokenizer.json, gives the ids transformers
     gives (what the torch-free runtime feeds text.onnx)."""
-    onnx, ort = require_onnx()
     c = net.config
     stages = len(c.swin_depths)
-    for file in spec.GRAPH_FILES.values():
-        try:
-            onnx.checker.check_model(str(folder / file), full_check=True)
-        except onnx.checker.ValidationError as e:
-            first = str(e).strip().splitlines()[0]
-            raise GresError(f"self-check failed: {file} is not valid ONNX ({first})") from None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    sessions = {
-        name: ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
-        for name, file in spec.GRAPH_FILES.items()
-    }
+    sessions = checked_sessions(folder, spec.GRAPH_FILES)
     errors = dict.fromkeys(spec.GRAPH_FILES, 0.0)
     _check_tokenizer(net, folder)
     generator = torch.Generator().manual_seed(CHECK_SEED)
@@ -262,7 +266,7 @@ def self_check(net: GRSer, folder: Path) -> dict[str, float]:
             want = net.encode_text([expression])
             got = sessions[spec.TEXT].run(list(spec.TEXT_FEATURES), ids)
             errors[spec.TEXT] = max(
-                errors[spec.TEXT], _worst(got, want._tensors(), spec.TEXT_FEATURES)
+                errors[spec.TEXT], worst_error(got, want._tensors(), spec.TEXT_FEATURES)
             )
             text = TextFeatures(*(torch.from_numpy(t) for t in got))  # what the runtime has
             feeds = dict(zip(spec.TEXT_FEATURES, got, strict=True))
@@ -276,7 +280,7 @@ def self_check(net: GRSer, folder: Path) -> dict[str, float]:
                     list(names), {spec.PIXELS: pixels[:b].numpy(), **feeds}
                 )
                 want = tuple(t[:b] for t in everything)
-                errors[spec.ENCODE] = max(errors[spec.ENCODE], _worst(got, want, names))
+                errors[spec.ENCODE] = max(errors[spec.ENCODE], worst_error(got, want, names))
             for k in sorted({1, c.experts}):
                 slots, valid = expert_slots(scores.prototypes[net.select_experts(scores, k)],
                                             c.experts)  # fmt: skip
@@ -295,7 +299,7 @@ def self_check(net: GRSer, folder: Path) -> dict[str, float]:
                     }
                     got = sessions[spec.QUERY].run(list(spec.QUERY_OUTPUTS), query_feeds)
                     errors[spec.QUERY] = max(
-                        errors[spec.QUERY], _worst(got, want, spec.QUERY_OUTPUTS)
+                        errors[spec.QUERY], worst_error(got, want, spec.QUERY_OUTPUTS)
                     )
     return errors
 
