@@ -340,7 +340,7 @@ def sam3_processor_twin() -> str:
     default 1008 px one) on photos of odd sizes: a SAM 3 runtime without torch needs one."""
     from transformers import Sam3ImageProcessor
 
-    from gres_cli.backends.clipseg_export import processor_twin
+    from gres_cli.backends.openvocab_export import processor_twin
 
     processor = Sam3ImageProcessor()
     try:

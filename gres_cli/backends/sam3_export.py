@@ -18,26 +18,21 @@ export leaves nothing.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gres_cli.backends.clipseg_export import check_twin, load_backend, processor_twin
 from gres_cli.backends.group_rule import region_embedding_array
 from gres_cli.backends.openvocab import region_embedding
+from gres_cli.backends.openvocab_export import BackendExport, check_twin, export_backend_onnx
 from gres_cli.backends.sam3 import TEXT_TOKENS, Sam3Backend, Sam3Text
 from gres_cli.errors import GresError
-from gres_cli.model import hub
 from gres_cli.model import sam3_onnx_spec as spec
 from gres_cli.model.export import (
-    CHECK_TOLERANCE,
-    check_target,
     checked_sessions,
     export_graph,
-    require_onnx,
     worst_error,
 )
 from gres_cli.model.onnx_tokenizer import Tokenizer
@@ -153,86 +148,24 @@ def self_check(backend: Sam3Backend, twin: Any, folder: Path) -> dict[str, float
     return errors
 
 
-def onnx_card(source: dict, config: dict[str, Any]) -> str:
-    facts = config[spec.CONFIG_KEY]
-    errors = ", ".join(f"{g} {e:.2g}" for g, e in facts["max_abs_error"].items())
-    named = source.get("backend") or source["model"]
-    settings = f" with the settings of `{source['model']}`" if source.get("backend") else ""
-    return "\n".join(
-        [
-            "---",
-            "library_name: gres",
-            "pipeline_tag: image-segmentation",
-            "tags: [gres, sam3, onnx, group-wise-referring-segmentation]",
-            "---",
-            "",
-            "# SAM 3 with gres's group rule, ONNX export",
-            "",
-            f"An ONNX export of the SAM 3 checkpoint `{named}`{settings}, made by `gres model "
-            f"export` (opset {facts['opset']}, torch {facts['torch']}, transformers "
-            f"{facts['transformers']}). SAM 3 is Meta's (SAM licence: the checkpoint's terms "
-            "carry over to this export); gres adds its group rule (docs/backends.md) for "
-            "group-wise referring expression segmentation.",
-            "",
-            "- graphs: " + ", ".join(f"`{f}`" for f in facts["graphs"].values()),
-            f"- input size: {config['image_size']} px; experts K = {config['experts']}; group "
-            f"weight {config['group_weight']:g}; default margin m = {config['margin']:g}",
-            f"- self-check (onnxruntime {facts['onnxruntime']} against torch, worst absolute "
-            f"error): {errors}",
-            "",
-            "```bash",
-            'pip install "gres[onnx]"',
-            'gres segment ./photos "the red umbrella" --model <this folder>',
-            "```",
-            "",
-        ]
-    )
+SAM3_EXPORT = BackendExport(
+    spec=spec,
+    backend=Sam3Backend,
+    kinds=KINDS,
+    name="SAM 3",
+    tag="sam3",
+    about="SAM 3 is Meta's (SAM licence: the checkpoint's terms carry over to this export); "
+    "gres adds its group rule (docs/backends.md) for group-wise referring expression "
+    "segmentation.",
+    max_tokens=lambda backend: TEXT_TOKENS,
+    export_graphs=export_graphs,
+    self_check=self_check,
+)
 
 
 def export_sam3_onnx(
-    folder: Path,
-    model_id: str,
-    revision: str | None,
-    out: Path,
-    opset: int,
+    folder: Path, model_id: str, revision: str | None, out: Path, opset: int,
     overwrite: bool = False,
-) -> dict[str, Any]:
-    """Export the SAM 3 in (or named by) `folder` to an ONNX folder `out`; config.json's
-    "onnx" facts. Written beside `out`, moved into place after the self-check passed."""
-    import transformers
-
-    from grd_tools.fsutil import atomic_output_dir
-
-    _, ort = require_onnx()
-    overwrite = check_target(out, opset, overwrite)
-    backend, source = load_backend(folder, model_id, revision, Sam3Backend, KINDS)
-    twin = processor_twin(backend.processor.image_processor)
-    if (twin.height, twin.width) != (backend.input_size, backend.input_size):
-        raise GresError(f"{model_id}: the image processor's size is not square")
-    with atomic_output_dir(out, overwrite=overwrite) as tmp:
-        export_graphs(backend, tmp, opset)
-        backend.processor.tokenizer.save_pretrained(str(tmp))
-        errors = self_check(backend, twin, tmp)
-        config = {
-            "model_type": spec.MODEL_TYPE,
-            "image_size": backend.input_size,
-            "max_tokens": TEXT_TOKENS,
-            "experts": backend.experts,
-            "group_weight": backend.group_weight,
-            "margin": backend.margin,
-            "image_processor": twin.to_dict(),
-            "sam3": backend.net.config.to_dict(),
-            spec.CONFIG_KEY: {
-                "opset": opset,
-                "onnxruntime": ort.__version__,
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "graphs": dict(spec.GRAPH_FILES),
-                "max_abs_error": errors,
-                "tolerance": CHECK_TOLERANCE,
-                "source": source,
-            },
-        }
-        (tmp / hub.CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        (tmp / "README.md").write_text(onnx_card(source, config))
-    return config[spec.CONFIG_KEY]
+) -> dict[str, Any]:  # fmt: skip
+    """Export the SAM 3 in (or named by) `folder` to an ONNX folder `out` (see the module)."""
+    return export_backend_onnx(SAM3_EXPORT, folder, model_id, revision, out, opset, overwrite)
