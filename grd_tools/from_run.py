@@ -36,7 +36,7 @@ from grd_tools.format import Expression, GRDDataset, Group, ImageRecord, save
 from grd_tools.fsutil import atomic_output_dir, link_or_copy, refuse_overlap
 from grd_tools.imageio import image_size, read_mask, write_mask
 from grd_tools.paths import is_within
-from grd_tools.run_records import RECORDS, SETTINGS, read_record
+from grd_tools.run_records import RECORDS, SETTINGS, latest_records
 
 GENERATOR = "gres grd from-run"
 #: why pairs are left out (the summary's keys and words)
@@ -115,19 +115,8 @@ def read_run(folder: str | os.PathLike[str]) -> Run:
             f"{given}: made with --format none, so its present answers have no masks to train "
             "on; run `gres segment` again with --format png (or rle)"
         )
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    unreadable = 0
-    for line in lines:
-        try:
-            rec = read_record(line)
-        except ValueError:
-            unreadable += 1
-            continue
-        if rec is not None:
-            key = (rec["image"], rec["expression"])
-            latest.pop(key, None)  # a later line for the pair replaces it (--overwrite)
-            latest[key] = rec
-    run = Run(path, given, settings, run_id(settings), list(latest.values()), unreadable)
+    records, unreadable = latest_records(lines)
+    run = Run(path, given, settings, run_id(settings), records, unreadable)
     run.cwd = _run_cwd(run)
     return run
 

@@ -28,3 +28,22 @@ def read_record(line: str) -> dict[str, Any] | None:
     if not named:
         raise ValueError("not a `gres segment` record")
     return rec
+
+
+def latest_records(lines: list[str]) -> tuple[list[dict[str, Any]], int]:
+    """(records, lines that are not records) of a records.jsonl's lines. A re-run with
+    --overwrite appends a newer record for the same (image, expression): the last one wins,
+    in the place of the newest."""
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    unreadable = 0
+    for line in lines:
+        try:
+            rec = read_record(line)
+        except ValueError:
+            unreadable += 1  # a line cut by a crash, or not a record
+            continue
+        if rec is not None:
+            key = (rec["image"], rec["expression"])
+            latest.pop(key, None)  # re-inserted: keeps the order of the newest records
+            latest[key] = rec
+    return list(latest.values()), unreadable

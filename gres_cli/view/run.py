@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from grd_tools.corrections import run_id
-from gres_cli.inference.writers import RECORDS, SETTINGS, read_record
+from grd_tools.run_records import latest_records
+from gres_cli.inference.writers import RECORDS, SETTINGS
 from gres_cli.view.site import MaskSource, Picture, ViewError
 
 #: record fields shown in a card's details, in this order (others follow)
@@ -27,20 +28,7 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
         lines = file.read_text("utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise ViewError(f"{file}: cannot read ({e})") from None
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    bad = 0
-    for line in lines:
-        try:
-            rec = read_record(line)
-        except ValueError:
-            bad += 1  # a line cut by a crash, or not a record
-            continue
-        if rec is None:
-            continue
-        key = (str(rec["image"]), str(rec["expression"]))
-        latest.pop(key, None)  # re-inserted: keeps the order of the newest records
-        latest[key] = rec
-    return list(latest.values()), bad
+    return latest_records(lines)
 
 
 def _existing(candidates: list[Path]) -> Path | None:
