@@ -30,8 +30,8 @@ from gres_cli.backends.group_rule import (
     group_prototype_array,
 )
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass
-from gres_cli.backends.registry import ModelKind
-from gres_cli.errors import GresError, ModelLoadError
+from gres_cli.backends.registry import OnnxExportKind
+from gres_cli.errors import ModelLoadError
 from gres_cli.model import clipseg_onnx_spec as spec
 from gres_cli.model import hub
 from gres_cli.model.image_processor import ImageProcessorTwin
@@ -61,7 +61,7 @@ def _number(config: dict[str, Any], key: str, where: Path, integer: bool = False
     return value
 
 
-class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
+class CLIPSegOnnxModel(GroupRuleExtras, OnnxExportKind):
     """A CLIPSeg ONNX folder as a `GroupModel` (runtime "numpy"). The base of SAM 3's
     (`sam3_onnx`), which differs in its folder's graphs, its tokens and its first pass."""
 
@@ -154,15 +154,6 @@ class CLIPSegOnnxModel(GroupRuleExtras, ModelKind):
         model = cls(folder, group=group, experts=experts, group_weight=group_weight, margin=margin)
         model.config["checkpoint"], model.config["revision"] = checkpoint, revision
         return model
-
-    @classmethod
-    def check_folder(cls, folder: Path) -> None:
-        """`gres model push`: the graphs, tokenizer and settings load."""
-        cls(folder)
-
-    @classmethod
-    def export_onnx(cls, folder: Path, checkpoint: str, *args: Any, **kwargs: Any) -> Any:
-        raise GresError(f"{checkpoint}: already an ONNX export")
 
     def describe(self) -> Description:
         facts = self.facts.get(self.onnx_spec.CONFIG_KEY) or {}

@@ -24,7 +24,7 @@ from PIL import Image
 from grd_tools.errors import GRDError
 from grd_tools.paths import check_relative
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
-from gres_cli.backends.registry import ModelKind
+from gres_cli.backends.registry import OnnxExportKind
 from gres_cli.errors import ModelLoadError
 from gres_cli.model import hub
 from gres_cli.model import onnx_spec as spec
@@ -92,7 +92,7 @@ def _graph_files(config: dict[str, Any], folder: Path, where: Path) -> dict[str,
     return files
 
 
-class GRSerOnnxModel(WithoutExtras, ModelKind):
+class GRSerOnnxModel(WithoutExtras, OnnxExportKind):
     """A GRSer ONNX folder as a `GroupModel` (runtime "numpy")."""
 
     kind = spec.MODEL_TYPE
@@ -169,17 +169,6 @@ class GRSerOnnxModel(WithoutExtras, ModelKind):
     ) -> GRSerOnnxModel:
         """The export in `folder` (resolved already: `checkpoint` and `revision` named it)."""
         return cls(folder, group=group)
-
-    @classmethod
-    def check_folder(cls, folder: Path) -> None:
-        """`gres model push`: the graphs and the tokenizer load with onnxruntime."""
-        cls(folder)
-
-    @classmethod
-    def export_onnx(cls, folder: Path, checkpoint: str, *args: Any, **kwargs: Any) -> Any:
-        from gres_cli.errors import GresError
-
-        raise GresError(f"{checkpoint}: already an ONNX export")
 
     def describe(self) -> Description:
         config = self.config

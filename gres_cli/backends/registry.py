@@ -80,6 +80,23 @@ class ModelKind:
         raise NotOffered
 
 
+class OnnxExportKind(ModelKind):
+    """The base of an ONNX export's kind: pushed once its graphs and tokenizer load (the
+    constructor from the folder, `cls(folder)`), and exported already."""
+
+    @classmethod
+    def check_folder(cls, folder: Path) -> None:
+        """`gres model push`: the export loads (its graphs in onnxruntime, its tokenizer)."""
+        cls(folder)  # type: ignore[call-arg]
+
+    @classmethod
+    def export_onnx(
+        cls, folder: Path, checkpoint: str, revision: str | None, out: Path, opset: int,
+        overwrite: bool = False,
+    ) -> dict[str, Any]:  # fmt: skip
+        raise GresError(f"{checkpoint}: already an ONNX export")
+
+
 @dataclass(frozen=True)
 class ModelType:
     name: str  # the `model_type` of the kind's config.json
