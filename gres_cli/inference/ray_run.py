@@ -106,7 +106,7 @@ class RayPool:
         done = -1
         try:
             with contextlib.redirect_stdout(sys.stderr):
-                for row in _map_rows(ray, rows, spec, self).iter_rows():
+                for row in _map_rows(ray, rows, spec, self)[0].iter_rows():
                     k, results = pickle.loads(row["results"])
                     if k <= done:  # a retried job handed back twice
                         continue
@@ -280,8 +280,7 @@ def _run_rows(
     `progress` hears how many actors are busy: each takes one task at a time and the next as
     soon as it is free, so the busy ones are the tasks not yet back, at most the pool."""
     ray = connect(pool.address)
-    data = _map_rows(ray, rows, spec, pool)
-    actors = pool.size(ray.cluster_resources(), len(rows))[0]
+    data, actors = _map_rows(ray, rows, spec, pool)
     progress.status(f"{actors} actors starting")
     appended: set[tuple[str, str]] = set()
     try:
@@ -302,12 +301,15 @@ def _run_rows(
         raise GresError(f"the Ray run failed: {_last_line(e)}") from None
 
 
-def _map_rows(ray: Any, rows: list[dict[str, bytes]], spec: ActorSpec, pool: RayPool) -> Any:
-    """`rows` (pickled tasks or jobs) through a pool of SegmentActor: a lazy Ray dataset."""
+def _map_rows(
+    ray: Any, rows: list[dict[str, bytes]], spec: ActorSpec, pool: RayPool
+) -> tuple[Any, int]:
+    """`rows` (pickled tasks or jobs) through a pool of SegmentActor: a lazy Ray dataset, and
+    the pool's number of actors."""
     actors, gpus = pool.size(ray.cluster_resources(), len(rows))
     spec = replace(spec, threads=max(1, int(pool.cpus_per_actor)))
     # a block per task: each goes to whichever actor is free
-    return ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
+    data = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         SegmentActor,
         batch_size=1,
         # Ray Data restarts a dead actor and retries its rows (its actor pools default to
@@ -319,3 +321,4 @@ def _map_rows(ray: Any, rows: list[dict[str, bytes]], spec: ActorSpec, pool: Ray
         num_cpus=pool.cpus_per_actor,
         fn_constructor_kwargs={"spec": asdict(spec)},
     )
+    return data, actors
