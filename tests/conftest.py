@@ -193,6 +193,37 @@ def gres(
     )
 
 
+def segment_torch_free(
+    model_dir: Path, photos: Path, expression: str, work: Path, repo_id: str = "gres-test/onnx"
+) -> list[dict]:
+    """`gres segment PHOTOS EXPRESSION --model REPO_ID` in a fresh interpreter, the ONNX model
+    `model_dir` served as a Hub id from an offline cache under `work`; its records. Asserts the
+    run succeeded and imported none of torch, transformers, timm, torchvision, datasets or
+    safetensors (what `pip install "gres[onnx]"` leaves out)."""
+    cache = work / "hub"
+    populate_hub_cache(cache, repo_id, model_dir)
+    script = (
+        "import runpy, sys\n"
+        f"sys.argv = ['gres', 'segment', {str(photos)!r}, {expression!r}, '--model', "
+        f"{repo_id!r}, '--out', {str(work / 'out')!r}, '--jsonl', '-']\n"
+        "try:\n"
+        "    runpy.run_module('gres_cli', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert e.code == 0, e.code\n"
+        "heavy = {m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'timm',"
+        " 'torchvision', 'datasets', 'safetensors'}\n"
+        "print('HEAVY', sorted(heavy))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=work
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "HEAVY []"
+    return [json.loads(line) for line in lines[:-1]]
+
+
 def gres_here(*args: str, stdin: str | None = None, cwd: Path | None = None):
     """Run `gres ARGS` in this process (faster than a subprocess: torch is imported once);
     returns click's Result (exit_code, stdout, stderr). Exceptions propagate to the test."""

@@ -7,16 +7,13 @@ to torch's but for float rounding."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import build_tiny_clipseg, gres, populate_hub_cache
+from conftest import build_tiny_clipseg, gres, segment_torch_free
 from PIL import Image
 
 from grd_tools.imageio import open_image_reduced, read_mask
@@ -28,7 +25,6 @@ from gres_cli.model import clipseg_onnx_spec as spec
 from gres_cli.model.image_processor import resize_bilinear_antialiased
 
 ort = pytest.importorskip("onnxruntime")
-ROOT = Path(__file__).resolve().parents[1]
 EXPRESSION = "the red circle"
 EXIF_ORIENTATION = 0x0112
 
@@ -85,11 +81,6 @@ def _records(out: Path) -> dict[tuple[str, str], dict]:
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.count_nonzero(a | b)
     return 1.0 if union == 0 else np.count_nonzero(a & b) / union
-
-
-def _env(**extra: str) -> dict[str, str]:
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 # ---- the export -------------------------------------------------------------------------------
@@ -221,28 +212,9 @@ def test_group_rule_in_numpy_is_torchs():
 def test_segment_from_the_hub_cache_imports_neither_torch_nor_transformers(
     clipseg_onnx: Path, photos: Path, tmp_path: Path
 ):
-    cache = tmp_path / "hub"
-    populate_hub_cache(cache, "gres-test/clipseg-onnx", clipseg_onnx)
-    script = (
-        "import runpy, sys\n"
-        f"sys.argv = ['gres', 'segment', {str(photos)!r}, {EXPRESSION!r}, '--model', "
-        f"'gres-test/clipseg-onnx', '--out', {str(tmp_path / 'out')!r}, '--jsonl', '-']\n"
-        "try:\n"
-        "    runpy.run_module('gres_cli', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    assert e.code == 0, e.code\n"
-        "heavy = {m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'timm',"
-        " 'torchvision', 'datasets', 'safetensors'}\n"
-        "print('HEAVY', sorted(heavy))\n"
+    records = segment_torch_free(
+        clipseg_onnx, photos, EXPRESSION, tmp_path, "gres-test/clipseg-onnx"
     )
-    env = _env(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[-1] == "HEAVY []"
-    records = [json.loads(line) for line in lines[:-1]]
     assert len(records) == 6 and all(r["error"] is None for r in records)
     assert all("backend_score" in r and "backend_present" in r for r in records)
 

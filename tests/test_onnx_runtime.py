@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import populate_hub_cache
+from conftest import segment_torch_free
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -76,29 +76,9 @@ def test_onnx_segment_from_the_hub_cache_imports_neither_torch_nor_transformers(
 ):
     """A subprocess runs `gres segment` on the export, loaded as a Hub id from an offline
     cache, then lists the heavy modules it imported: none."""
-    cache = tmp_path / "hub"
-    populate_hub_cache(cache, "gres-test/demo-onnx", demo_onnx)
-    out = tmp_path / "out"
-    script = (
-        "import runpy, sys\n"
-        f"sys.argv = ['gres', 'segment', {str(PHOTOS)!r}, 'the red circle', '--model', "
-        f"'gres-test/demo-onnx', '--out', {str(out)!r}, '--jsonl', '-']\n"
-        "try:\n"
-        "    runpy.run_module('gres_cli', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    assert e.code == 0, e.code\n"
-        "heavy = {m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'timm',"
-        " 'torchvision', 'datasets', 'safetensors'}\n"
-        "print('HEAVY', sorted(heavy))\n"
+    records = segment_torch_free(
+        demo_onnx, PHOTOS, "the red circle", tmp_path, "gres-test/demo-onnx"
     )
-    env = _env(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[-1] == "HEAVY []"
-    records = [json.loads(line) for line in lines[:-1]]
     assert [Path(r["image"]).name for r in records] == sorted(p.name for p in PHOTOS.iterdir())
     assert all(r["error"] is None for r in records)
 

@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import gres, populate_hub_cache
+from conftest import gres, segment_torch_free
 from PIL import Image
 from test_backends_sam import build_tiny_sam3
-from test_onnx_clipseg import _compare, _env, _flat, _jpeg
+from test_onnx_clipseg import _compare, _flat, _jpeg
 
 from gres_cli.backends import check_for_push, load_model
 from gres_cli.backends.group_rule import region_embedding_array
@@ -136,28 +134,7 @@ def test_segment_records_equal_the_torch_backends(
 def test_segment_from_the_hub_cache_imports_neither_torch_nor_transformers(
     sam3_onnx: Path, photos: Path, tmp_path: Path
 ):
-    cache = tmp_path / "hub"
-    populate_hub_cache(cache, "gres-test/sam3-onnx", sam3_onnx)
-    script = (
-        "import runpy, sys\n"
-        f"sys.argv = ['gres', 'segment', {str(photos)!r}, {EXPRESSION!r}, '--model', "
-        f"'gres-test/sam3-onnx', '--out', {str(tmp_path / 'out')!r}, '--jsonl', '-']\n"
-        "try:\n"
-        "    runpy.run_module('gres_cli', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    assert e.code == 0, e.code\n"
-        "heavy = {m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'timm',"
-        " 'torchvision', 'datasets', 'safetensors'}\n"
-        "print('HEAVY', sorted(heavy))\n"
-    )
-    env = _env(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[-1] == "HEAVY []"
-    records = [json.loads(line) for line in lines[:-1]]
+    records = segment_torch_free(sam3_onnx, photos, EXPRESSION, tmp_path, "gres-test/sam3-onnx")
     assert len(records) == 6 and all(r["error"] is None for r in records)
     assert all("backend_score" in r and "backend_present" in r for r in records)
 
