@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -198,30 +199,45 @@ def segment_torch_free(
 ) -> list[dict]:
     """`gres segment PHOTOS EXPRESSION --model REPO_ID` in a fresh interpreter, the ONNX model
     `model_dir` served as a Hub id from an offline cache under `work`; its records. Asserts the
-    run succeeded and imported none of torch, transformers, timm, torchvision, datasets or
-    safetensors (what `pip install "gres[onnx]"` leaves out)."""
+    run succeeded and imported none of `HEAVY` (what `pip install "gres[onnx]"` leaves out)."""
     cache = work / "hub"
     populate_hub_cache(cache, repo_id, model_dir)
+    args = ("segment", str(photos), expression, "--model", repo_id)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    args += ("--out", str(work / "out"), "--jsonl", "-")
+    proc, heavy = gres_reporting_imports(*args, env=env, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert heavy == []
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+#: what gres's torch-free paths never import
+HEAVY = ("torch", "transformers", "timm", "torchvision", "datasets", "safetensors")
+
+
+def gres_reporting_imports(
+    *args: str, env: dict | None = None, cwd: Path | None = None
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """`gres ARGS` in a fresh interpreter: the process (its stdout without the last line) and
+    which of `HEAVY` it had imported when the command ended."""
     script = (
         "import runpy, sys\n"
-        f"sys.argv = ['gres', 'segment', {str(photos)!r}, {expression!r}, '--model', "
-        f"{repo_id!r}, '--out', {str(work / 'out')!r}, '--jsonl', '-']\n"
+        f"sys.argv = ['gres', *{list(args)!r}]\n"
         "try:\n"
         "    runpy.run_module('gres_cli', run_name='__main__')\n"
         "except SystemExit as e:\n"
-        "    assert e.code == 0, e.code\n"
-        "heavy = {m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'timm',"
-        " 'torchvision', 'datasets', 'safetensors'}\n"
-        "print('HEAVY', sorted(heavy))\n"
+        "    code = e.code\n"
+        "else:\n"
+        "    code = 0\n"
+        f"print('HEAVY', sorted({{m.split('.')[0] for m in sys.modules}} & {set(HEAVY)!r}))\n"
+        "sys.exit(code)\n"
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
     proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=work
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=cwd
     )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
-    assert lines[-1] == "HEAVY []"
-    return [json.loads(line) for line in lines[:-1]]
+    *lines, last = proc.stdout.splitlines() or ["HEAVY None"]
+    proc.stdout = "".join(line + "\n" for line in lines)
+    return proc, ast.literal_eval(last.removeprefix("HEAVY "))
 
 
 def gres_here(*args: str, stdin: str | None = None, cwd: Path | None = None):

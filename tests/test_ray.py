@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_grd, build_tiny_grser
+from conftest import build_grd, build_tiny_grser, gres_reporting_imports
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason='the Ray tests need pip install "gres[ray]"')
@@ -106,6 +106,37 @@ def test_a_ray_run_gives_the_local_runs_records_and_masks(
     _same_outputs(tmp_path / "ray", tmp_path / "local")
     streamed = sorted(x.replace(str(tmp_path / "ray"), "OUT") for x in proc.stdout.splitlines())
     assert streamed == _records(tmp_path / "ray")  # stdout gets each record once too
+
+
+def test_a_ray_driver_loads_no_model_and_claims_out_as_a_local_run(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    """The driver reads the model's K and m off its config (a head node need not hold torch,
+    a GPU or the weights); the actors load it. settings.json, records and masks are a local
+    run's."""
+    photos = _groups(tmp_path / "in", [3, 2])
+    args = (str(photos), "the thing", "--recursive", "--model", str(model_dir), "--batch-size", "3")
+    _run(_gres(tmp_path / "local", *args))
+    driver, heavy = gres_reporting_imports(
+        *_gres(tmp_path / "ray", *args, ray_address=cluster)[3:], env=ONE_THREAD
+    )
+    assert driver.returncode == 0, driver.stderr
+    assert heavy == []
+    _same_outputs(tmp_path / "ray", tmp_path / "local")
+
+
+def test_a_ray_run_refuses_an_option_the_model_does_not_take_before_claiming_out(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    photos = _groups(tmp_path / "in", [2])
+    cmd = _gres(tmp_path / "out", str(photos), "x", "--recursive", "--model", str(model_dir),
+                "--experts", "9", ray_address=cluster)  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ONE_THREAD, timeout=600)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "gres: error: --experts 9: this model takes 1 to 4"
+    )
+    assert not (tmp_path / "out" / "settings.json").exists()
 
 
 def test_a_ray_run_resumes_a_local_run_and_the_other_way_round(

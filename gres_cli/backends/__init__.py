@@ -18,14 +18,18 @@ the Hub cache (`--revision`, HF_HUB_OFFLINE=1), safetensors only, never `trust_r
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 from gres_cli.backends.protocol import GroupModel
 from gres_cli.backends.registry import (
+    ModelFacts,
     check_for_push,
     export_onnx,
     load_model,
+    model_facts,
     model_types,
     open_vocabulary_folder,
     open_vocabulary_types,
@@ -39,12 +43,15 @@ __all__ = [
     "GRES_BACKEND",
     "GRSER",
     "GRSER_ONNX",
+    "ModelFacts",
     "as_group_model",
     "backend_kind",
     "check_for_push",
+    "default_model_facts",
     "export_onnx",
     "load_default_model",
     "load_model",
+    "model_facts",
     "model_types",
     "open_vocabulary_types",
     "register_model_type",
@@ -76,8 +83,20 @@ def backend_kind(checkpoint: str, revision: str | None = None) -> str:
 
 def load_default_model(revision: str | None = None, *, group: bool = True) -> GroupModel:
     """DEFAULT_MODEL, or one line naming it and both ways out when it cannot be had."""
-    try:
+    with _the_default_model():
         return load_model(DEFAULT_MODEL, revision, group=group)
+
+
+def default_model_facts(revision: str | None = None, *, group: bool = True) -> ModelFacts:
+    """`model_facts` of DEFAULT_MODEL, failing as `load_default_model` does."""
+    with _the_default_model():
+        return model_facts(DEFAULT_MODEL, revision, group=group)
+
+
+@contextlib.contextmanager
+def _the_default_model() -> Iterator[None]:
+    try:
+        yield
     except ModelLoadError as e:
         raise ModelLoadError(
             f"the default model {DEFAULT_MODEL} cannot be loaded ({e}): run once with the "

@@ -5,6 +5,9 @@ group:  the top-K experts of the whole group in hierarchizer order;
 pass 2: every image decoded against those K prototypes: mask logits, d_pos, d_neg.
 Without the group step (`group=False`: the single-image baseline), each image is its own group,
 its own only expert.
+
+torch is imported where a GRSer is loaded or run, not with this module: a Ray driver reads a
+GRSer's facts off its config (`facts`) on a head node that need not hold torch.
 """
 
 from __future__ import annotations
@@ -12,18 +15,23 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
-from torch import Tensor
 
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
-from gres_cli.backends.registry import ModelKind
-from gres_cli.model.encoders import TextFeatures
-from gres_cli.model.grser import Encoded, ExpertScores, GRSer
+from gres_cli.backends.registry import ModelFacts, ModelKind
+from gres_cli.model import hub
+from gres_cli.model.config import GRSerConfig
 from gres_cli.model.kinds import GRSER
 from gres_cli.model.preprocess import image_to_pixels, normalize, probability_to_original
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from gres_cli.model.encoders import TextFeatures
+    from gres_cli.model.grser import GRSer
 
 
 class GRSerAdapter(WithoutExtras, ModelKind):
@@ -53,11 +61,29 @@ class GRSerAdapter(WithoutExtras, ModelKind):
         token: str | bool | None = None,
     ) -> GRSerAdapter:
         """The GRSer in `folder` (resolved already: `checkpoint` and `revision` named it)."""
+        from gres_cli.model.grser import GRSer
+
         return cls(GRSer.from_pretrained(folder), group=group)
+
+    @classmethod
+    def facts(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+    ) -> ModelFacts:
+        """K and m of config.json (as `__init__` reads them off the loaded config), no torch."""
+        config = GRSerConfig.from_dict(hub.read_config(folder))
+        return ModelFacts(config.experts, config.experts, config.margin, cls.group_weight, group)
 
     @classmethod
     def check_folder(cls, folder: Path) -> None:
         """`gres model push`: the folder loads as a GRSer."""
+        from gres_cli.model.grser import GRSer
+
         GRSer.from_pretrained(folder)
 
     @classmethod
@@ -106,12 +132,16 @@ class GRSerAdapter(WithoutExtras, ModelKind):
 
     def choose_experts(self, summary: dict[str, Tensor], k: int) -> Tensor:
         """The K' x C_v prototypes of the top-k experts, most reliable first."""
+        from gres_cli.model.grser import ExpertScores
+
         scores = ExpertScores(summary["prototypes"], summary["s_pos"], summary["s_neg"])
         return self.net.top_experts(scores, k)
 
     def second_pass(
         self, pixels: Tensor | None, text: TextFeatures, experts: Tensor, items: list[Any] | None
     ) -> SecondPass:
+        from gres_cli.model.grser import Encoded
+
         encoded = Encoded.cat(items) if items else None
         d_pos, d_neg, logits = self.net.second_pass(pixels, text, experts, encoded, self.group)
         return SecondPass(d_pos.float(), d_neg.float(), logits)

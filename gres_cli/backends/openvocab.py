@@ -49,7 +49,7 @@ from gres_cli.backends.group_rule import (  # noqa: F401  (re-exported)
     reweighted_score,
 )
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass
-from gres_cli.backends.registry import ModelKind
+from gres_cli.backends.registry import ModelFacts, ModelKind
 from gres_cli.errors import ModelLoadError
 from gres_cli.model.preprocess import probability_to_original
 
@@ -172,16 +172,7 @@ class OpenVocabModel(GroupRuleExtras, ModelKind):
         own (`extra`, checked against its `Settings`)."""
         from transformers.utils import logging as hf_logging
 
-        unknown = sorted(set(extra) - {f.name for f in fields(cls.Settings)})
-        if unknown:
-            owners = backends_taking(unknown[0]) or ["no backend"]
-            raise ModelLoadError(
-                f"{checkpoint}: a {unknown[0]} setting pairs with {', '.join(owners)} only"
-            )
-        try:
-            options = cls.Settings(**extra)
-        except ValueError as e:
-            raise ModelLoadError(f"{checkpoint}: {e}") from None
+        options = cls._own_settings(checkpoint, extra)
         hf_logging.disable_progress_bar()  # stderr holds gres's own progress and one-line errors
         shared = {"experts": experts, "group_weight": group_weight, "margin": margin}
         try:
@@ -191,6 +182,44 @@ class OpenVocabModel(GroupRuleExtras, ModelKind):
             raise ModelLoadError(f"{checkpoint}: cannot load as {cls.kind} ({first})") from None
         model.config["revision"] = revision
         return model
+
+    @classmethod
+    def facts(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+        experts: int = 4,
+        group_weight: float = 1.0,
+        margin: float | None = None,
+        **extra: Any,
+    ) -> ModelFacts:
+        """What `from_folder` with these settings gives, without the checkpoint's weights."""
+        cls._own_settings(checkpoint, extra)
+        return ModelFacts(experts, None, cls.default_margin(margin), group_weight, group)
+
+    @classmethod
+    def _own_settings(cls, checkpoint: str, extra: dict[str, Any]) -> Any:
+        """The backend's own settings (`Settings`) of a settings folder's extra keys, or
+        ModelLoadError naming a key it does not take."""
+        unknown = sorted(set(extra) - {f.name for f in fields(cls.Settings)})
+        if unknown:
+            owners = backends_taking(unknown[0]) or ["no backend"]
+            raise ModelLoadError(
+                f"{checkpoint}: a {unknown[0]} setting pairs with {', '.join(owners)} only"
+            )
+        try:
+            return cls.Settings(**extra)
+        except ValueError as e:
+            raise ModelLoadError(f"{checkpoint}: {e}") from None
+
+    @classmethod
+    def default_margin(cls, margin: float | None) -> float:
+        """m = 2 t - 1 from the backend's threshold t, unless given."""
+        return 2 * cls.threshold - 1 if margin is None else margin
 
     def networks(self) -> list[torch.nn.Module]:
         """The backend's networks (one, `self.net`, unless a backend overrides this)."""
@@ -221,7 +250,7 @@ class OpenVocabModel(GroupRuleExtras, ModelKind):
         self.experts = experts
         self.max_experts = None  # the rule takes any K
         self.group_weight = group_weight
-        self.margin = 2 * self.threshold - 1 if margin is None else margin
+        self.margin = self.default_margin(margin)
         self._truncated: set[str] = set()  # expressions already said to be cut
         self.config = {
             "model_type": self.kind,

@@ -11,7 +11,9 @@ Adding a kind is one module and one line: `register_model_type("my-kind", "pkg.m
 A kind's class also declares, as classmethods, what `gres model push` checks before uploading
 a folder (`check_folder(folder)`) and its ONNX export (`export_onnx(folder, checkpoint,
 revision, out, opset, overwrite)`); `ModelKind`'s defaults raise `NotOffered`, which these
-commands turn into one line naming the kind.
+commands turn into one line naming the kind. `facts(folder, checkpoint, revision, ...)` (the
+constructor's arguments) says what a run's settings need of the model (`ModelFacts`); its
+default loads the model, and a kind whose weights are costly reads them off its config instead.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from gres_cli.model.kinds import model_kind
 
 class ModelClass(Protocol):
     """What a registered kind provides: its constructor from a folder, and the services of
-    `ModelKind` (its defaults refuse them)."""
+    `ModelKind` (its defaults refuse them, or for `facts` load the model)."""
 
     @classmethod
     def from_folder(
@@ -42,6 +44,18 @@ class ModelClass(Protocol):
         token: str | bool | None = None,
         **settings: Any,
     ) -> GroupModel: ...
+
+    @classmethod
+    def facts(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+        **settings: Any,
+    ) -> ModelFacts: ...
 
     @classmethod
     def check_folder(cls, folder: Path) -> None: ...
@@ -62,9 +76,48 @@ class NotOffered(Exception):
     from a NotImplementedError deep inside an exporter, which is a fault, not a refusal)."""
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a run's settings.json and its option checks need of a model, as the loaded
+    `GroupModel` holds them (its attributes of these names): the default K, the most experts it
+    takes (None: any), the default margin m, the group weight gamma (None: none), and whether
+    its group step is on. A Ray driver claims OUT with these alone: a head node need not hold
+    torch, a GPU or the weights."""
+
+    experts: int
+    max_experts: int | None
+    margin: float
+    group_weight: float | None
+    group: bool
+
+    @classmethod
+    def of(cls, model: Any) -> ModelFacts:
+        """The facts of a loaded model (a GroupModel)."""
+        return cls(model.experts, model.max_experts, model.margin, model.group_weight, model.group)
+
+
 class ModelKind:
     """The base of a kind's class: what `gres model push` and `gres model export` ask of a
-    kind that offers neither (a kind that does overrides the method)."""
+    kind that offers neither (a kind that does overrides the method), and its `facts`."""
+
+    @classmethod
+    def facts(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+        **settings: Any,
+    ) -> ModelFacts:
+        """The `ModelFacts` of what `from_folder` with these arguments loads. This default
+        loads it; a kind with costly weights (torch, transformers, gigabytes) overrides it to
+        read them off its config, and a test holds the two equal."""
+        model = cls.from_folder(  # type: ignore[attr-defined]
+            folder, checkpoint, revision, group=group, token=token, **settings
+        )
+        return ModelFacts.of(model)
 
     @classmethod
     def check_folder(cls, folder: Path) -> None:
@@ -153,6 +206,23 @@ def load_model(
     folder = hub.resolve_model_dir(model_id, revision, token=token)
     kind = model_type(model_kind(hub.read_config(folder)), model_id)
     return kind.model_class().from_folder(
+        folder, str(model_id), revision, group=group, token=token, **settings
+    )
+
+
+def model_facts(
+    model_id: str | Path,
+    revision: str | None = None,
+    *,
+    group: bool = True,
+    token: str | bool | None = None,
+    **settings: Any,
+) -> ModelFacts:
+    """`ModelFacts.of(load_model(...))`, read without loading the weights where the kind can
+    (`ModelKind.facts`)."""
+    folder = hub.resolve_model_dir(model_id, revision, token=token)
+    kind = model_type(model_kind(hub.read_config(folder)), model_id)
+    return kind.model_class().facts(
         folder, str(model_id), revision, group=group, token=token, **settings
     )
 

@@ -119,22 +119,38 @@ class SettingsFolder(ModelKind):
         group: bool = True,
         token: str | bool | None = None,
     ) -> GroupModel:
+        return cls._on_backend("from_folder", folder, group, token)
+
+    @classmethod
+    def facts(
+        cls,
+        folder: Path,
+        checkpoint: str,
+        revision: str | None,
+        *,
+        group: bool = True,
+        token: str | bool | None = None,
+    ) -> registry.ModelFacts:
+        """The backend's facts with these settings (its own `facts`: no weights)."""
+        return cls._on_backend("facts", folder, group, token)
+
+    @classmethod
+    def _on_backend(cls, method: str, folder: Path, group: bool, token: str | bool | None) -> Any:
+        """`method` ("from_folder" or "facts") of the class of the backend the folder names,
+        given the folder's settings."""
         settings = BackendSettings.from_dict(hub.read_config(folder), folder)
         kind, backend = registry.open_vocabulary_folder(settings.backend, settings.revision, token)
-        return (
-            registry.model_type(kind, settings.backend)
-            .model_class()
-            .from_folder(
-                backend,
-                settings.backend,
-                settings.revision,
-                group=group,
-                token=token,
-                experts=settings.experts,
-                group_weight=settings.group_weight,
-                margin=settings.margin,
-                **settings.options,
-            )
+        model_class = registry.model_type(kind, settings.backend).model_class()
+        return getattr(model_class, method)(
+            backend,
+            settings.backend,
+            settings.revision,
+            group=group,
+            token=token,
+            experts=settings.experts,
+            group_weight=settings.group_weight,
+            margin=settings.margin,
+            **settings.options,
         )
 
     @classmethod

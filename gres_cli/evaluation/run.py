@@ -9,7 +9,7 @@ import contextlib
 import hashlib
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -332,8 +332,8 @@ def score_model(
     `pool` (inference.ray_run.RayPool): the answers are computed by its actors on a Ray
     cluster, the same as here, and scored here in the same order.
     """
-    from gres_cli.backends import load_model
-    from gres_cli.inference.engine import Job, Segmenter
+    from gres_cli.backends import load_model, model_facts
+    from gres_cli.inference.engine import EngineOptions, Job, Segmenter
     from gres_cli.inference.inputs import ImageGroup
     from gres_cli.model.decision import presence
 
@@ -344,16 +344,22 @@ def score_model(
         "all_masks": bool(sweep),  # another margin may call present what this one calls absent
         **engine,
     }
-    here = options if pool is None else options | {"device": "cpu", "workers": 0}
-    seg = Segmenter(load_model(model_id, revision, group=group), **here)
-    weight = seg.model.group_weight
+    if pool is None:
+        seg = Segmenter(load_model(model_id, revision, group=group), **options)
+        engine, weight = seg, seg.model.group_weight
+    else:  # the actors load the model; this process checks the options against its facts
+        facts = model_facts(model_id, revision, group=group)
+        known = {f.name for f in fields(EngineOptions)}
+        engine = EngineOptions(**{k: v for k, v in options.items() if k in known}).resolved(facts)
+        options |= {"experts": engine.experts, "margin": engine.margin}
+        weight = facts.group_weight
     if group_weights and (not group or not weight):
         raise GresError(
             "--group-weights needs an open-vocabulary backend run with its group step "
             "(a group weight other than 0)"
         )
     if saved is not None:
-        saved.begin(seg, model_id, revision, group)
+        saved.begin(engine, model_id, revision, group)
     protocol = scorer.masks.protocol
     sweeps = {m: GRESMeter(protocol) for m in sweep or []}
     weighed = {(w, m): GRESMeter(protocol) for w in group_weights or [] for m in sweep or []}
@@ -408,7 +414,7 @@ def score_model(
                 meter.update(pred, gt_r, present, group=grd_group.id)
         if on_scored:
             on_scored(len(grd_group.images))
-    return scorer, seg.margin, sweeps, weighed
+    return scorer, engine.margin, sweeps, weighed
 
 
 def _job_by_job(results: Iterator[Any], jobs: int) -> Iterator[dict[int, Any]]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,29 @@ class EngineOptions:
     margin: float | None = None
     threshold: float = 0.5
 
+    def resolved(self, model: Any) -> EngineOptions:
+        """These options checked as a Segmenter of `model` (a GroupModel, or its
+        registry.ModelFacts) checks them, with its K and m where none was given: what a Ray
+        driver, which loads no model, writes to settings.json and hands its actors."""
+        k, m = checked_options(model, self.batch_size, self.workers, self.experts, self.margin)
+        return replace(self, experts=k, margin=m)
+
+
+def checked_options(
+    model: Any, batch_size: int, workers: int, experts: int | None, margin: float | None
+) -> tuple[int, float]:
+    """(K, m): the options', else `model`'s defaults (a GroupModel or its ModelFacts); a
+    GresError for an option the engine or the model does not take."""
+    if batch_size < 1:
+        raise GresError("--batch-size must be >= 1")
+    if workers < 0:
+        raise GresError("--workers must be >= 0")
+    k = model.experts if experts is None else experts
+    if k < 1 or (model.max_experts and k > model.max_experts):
+        most = model.max_experts or "any number"
+        raise GresError(f"--experts {k}: this model takes 1 to {most}")
+    return k, model.margin if margin is None else margin
+
 
 class Segmenter:
     """Runs a model (a GroupModel, or a bare GRSer) over groups of image files with the
@@ -117,18 +140,10 @@ class Segmenter:
         # bytes per job; past it, pass 2 decodes again, so memory stays bounded however large
         # the folder (twice this while a job replays the previous job's decoded pixels)
         self.cache_bytes = cache_bytes
-        if batch_size < 1:
-            raise GresError("--batch-size must be >= 1")
-        if workers < 0:
-            raise GresError("--workers must be >= 0")
-        self.experts = model.experts if experts is None else experts
-        if self.experts < 1 or (model.max_experts and self.experts > model.max_experts):
-            most = model.max_experts or "any number"
-            raise GresError(f"--experts {self.experts}: this model takes 1 to {most}")
+        self.experts, self.margin = checked_options(model, batch_size, workers, experts, margin)
         self.model = model.to(self.device)
         self.precision = precision
         self.batch_size, self.workers = batch_size, workers
-        self.margin = model.margin if margin is None else margin
         self.threshold = threshold
         # what one decoded image costs in memory once the model's preparer made it its input
         side = model.input_size

@@ -32,7 +32,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -156,6 +156,16 @@ def load_segment_model(model: str | None, revision: str | None, group: bool = Tr
     if model is None:
         return load_default_model(revision, group=group)
     return load_model(model, revision, group=group)
+
+
+def segment_model_facts(model: str | None, revision: str | None, group: bool = True) -> Any:
+    """`load_segment_model`'s facts (registry.ModelFacts), its weights left unread where the
+    model's kind can."""
+    from gres_cli.backends import default_model_facts, model_facts
+
+    if model is None:
+        return default_model_facts(revision, group=group)
+    return model_facts(model, revision, group=group)
 
 
 def check_jsonl(jsonl: Path, out: Path, tasks: list[Task]) -> None:
@@ -329,13 +339,17 @@ class RunFolder:
         it was loaded from): GresError when another process owns OUT, or OUT holds answers
         of other settings (unless `overwrite`). `extra`: more settings (`gres eval`'s
         dataset)."""
-        settings = run_settings(
-            model, revision, engine, self.fmt, self.overlay, group=engine.model.group
-        )
+        self.engine = engine
+        settings = self._settings(model, revision, engine, engine.model.group, jobs_layout)
+        return self.claim(settings | (extra or {}), overwrite)
+
+    def _settings(
+        self, model: str, revision: str | None, engine: Any, group: bool, jobs_layout: bool
+    ) -> dict[str, Any]:
+        settings = run_settings(model, revision, engine, self.fmt, self.overlay, group=group)
         if jobs_layout:
             settings["layout"] = LAYOUT
-        self.engine = engine
-        return self.claim(settings | (extra or {}), overwrite)
+        return settings
 
     def start(
         self,
@@ -351,20 +365,22 @@ class RunFolder:
         """Load `model` (None: the default model) as `gres segment` does, claim OUT for it
         (`open`) and return how to segment tasks: `self.segment`, or with a Ray `pool`
         (ray_run.RayPool) the same run computed by the pool's actors. `options`: the
-        engine's (engine.EngineOptions)."""
+        engine's (engine.EngineOptions). A Ray run loads no model here: the actors do, and
+        OUT is claimed with the model's facts (registry.ModelFacts), read off its config
+        where its kind can: a head node need not hold torch, a GPU or the weights."""
         from gres_cli.backends import DEFAULT_MODEL
         from gres_cli.inference.engine import Segmenter
 
-        net = load_segment_model(model, revision, group)
-        here = options
-        if pool is not None:  # the actors compute; this engine only checks the options
-            here = replace(options, device="cpu", precision="fp32", workers=0)
-        engine = Segmenter(net, **asdict(here))
         name = model or DEFAULT_MODEL
+        if pool is not None:
+            facts = segment_model_facts(model, revision, group)
+            options = options.resolved(facts)  # the actors run the K and m claimed here
+            settings = self._settings(name, revision, options, facts.group, jobs_layout)
+            self.claim(settings, overwrite)
+            return pool.runner(self, model, revision, group, options)
+        engine = Segmenter(load_segment_model(model, revision, group), **asdict(options))
         self.open(engine, name, revision, overwrite=overwrite, jobs_layout=jobs_layout)
-        if pool is None:
-            return self.segment
-        return pool.runner(self, model, revision, group, options)
+        return self.segment
 
     def claim(self, settings: dict[str, Any], overwrite: bool = False) -> RunFolder:
         """Lock OUT and make it the output of `settings` (JSON-ready, OUT/settings.json).
