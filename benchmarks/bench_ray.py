@@ -9,6 +9,10 @@ on a local Ray cluster this script starts (docs/cluster.md):
    while Ray's free actor takes the small groups).
 
     python benchmarks/bench_ray.py [--images 256] [--big 512] [--small 32x16] [--cpus 2]
+                                   [--repeat 3]
+
+Each figure is the median of --repeat runs, the two sides alternating (a Ray run's start-up
+varies by seconds from one run to the next on this machine); every run's time is printed too.
 
 The model is a random grser-tiny at --image-size px (224: the cost per image of a small real
 model, no download); images are random 160x120 PNGs. The cluster is started before the clock: each
@@ -19,6 +23,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +70,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--image-size", type=int, default=224, help="the model's input side")
     parser.add_argument("--case", choices=("1", "2", "both"), default="both")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     import ray
     import torch
@@ -92,31 +99,41 @@ def main() -> None:
         wall(gres(*warm, str(root / "warm")))
         wall(gres(*warm, str(root / "warm-ray"), *on_ray))
 
+        def median(runs: list[float]) -> str:
+            return f"{statistics.median(runs):.1f} s ({', '.join(f'{t:.1f}' for t in runs)})"
+
+        def timed(*commands: tuple[str, ...], threads: int | None = None) -> float:
+            """Wall time of the commands run side by side, each into a fresh OUT."""
+            for command in commands:
+                shutil.rmtree(command[command.index("--out") + 1], ignore_errors=True)
+            return wall(*(gres(*command, threads=threads) for command in commands))
+
         # 1. one actor with every CPU against the local engine (torch's default threads)
         one = (str(root / "one"), "the thing", *model)
         if args.case in ("1", "both"):
-            local = wall(gres(*one, "--out", str(root / "o1")))
-            ray_one = wall(
-                gres(*one, "--out", str(root / "o2"), *on_ray, "--ray-actors", "1",
-                     "--ray-cpus-per-actor", str(args.cpus))
-            )  # fmt: skip
-            print(f"1. {args.images} images, one group: local {local:.1f} s, --ray 1 actor "
-                  f"{ray_one:.1f} s, ratio {ray_one / local:.2f}x (goal <= 1.15x)")  # fmt: skip
+            local, ray_one = [], []
+            for _ in range(args.repeat):
+                local.append(timed((*one, "--out", str(root / "o1"))))
+                ray_one.append(timed((*one, "--out", str(root / "o2"), *on_ray, "--ray-actors",
+                                      "1", "--ray-cpus-per-actor", str(args.cpus))))  # fmt: skip
+            ratio = statistics.median(ray_one) / statistics.median(local)
+            print(f"1. {args.images} images, one group: local {median(local)}, --ray 1 actor "
+                  f"{median(ray_one)}, ratio {ratio:.2f}x (goal <= 1.15x)")  # fmt: skip
 
         # 2. skewed groups: two static shards against two Ray actors, 1 thread each
         skewed = (str(root / "skewed"), "the thing", "--recursive", *model)
         if args.case == "1":
             return
-        shards = wall(
-            *(gres(*skewed, "--out", str(root / "o3"), "--shard", f"{i}/2", threads=1)
-              for i in range(2))
-        )  # fmt: skip
-        ray_two = wall(
-            gres(*skewed, "--out", str(root / "o4"), *on_ray, "--ray-actors", "2", threads=1)
-        )
+        shards, ray_two = [], []
+        for _ in range(args.repeat):
+            shards.append(timed(*((*skewed, "--out", str(root / "o3"), "--shard", f"{i}/2")
+                                  for i in range(2)), threads=1))  # fmt: skip
+            ray_two.append(timed((*skewed, "--out", str(root / "o4"), *on_ray, "--ray-actors",
+                                  "2"), threads=1))  # fmt: skip
         total = args.big + groups * size
-        print(f"2. {total} images (1x{args.big} + {groups}x{size}): 2 shards {shards:.1f} s, "
-              f"--ray 2 actors {ray_two:.1f} s, Ray {shards / ray_two:.2f}x faster "
+        gain = statistics.median(shards) / statistics.median(ray_two)
+        print(f"2. {total} images (1x{args.big} + {groups}x{size}): 2 shards "
+              f"{median(shards)}, --ray 2 actors {median(ray_two)}, Ray {gain:.2f}x faster "
               "(goal >= 1.3x)")  # fmt: skip
     ray.shutdown()
     print(f"load: {os.getloadavg()[0]:.1f} {os.getloadavg()[1]:.1f} {os.getloadavg()[2]:.1f}, "
