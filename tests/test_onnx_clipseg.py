@@ -23,6 +23,7 @@ from gres_cli.backends.group_rule import group_distances_array, group_prototype_
 from gres_cli.backends.openvocab import group_distances, group_prototype
 from gres_cli.model import clipseg_onnx_spec as spec
 from gres_cli.model.image_processor import resize_bilinear_antialiased
+from gres_cli.model.onnx_sessions import weights_file
 
 ort = pytest.importorskip("onnxruntime")
 EXPRESSION = "the red circle"
@@ -88,7 +89,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_export_folder_is_the_contract(clipseg_onnx: Path, clipseg_dir: Path):
     names = sorted(p.name for p in clipseg_onnx.iterdir())
-    assert {"README.md", "config.json", "tokenizer.json", *spec.GRAPH_FILES.values()} <= set(names)
+    assert {
+        "README.md",
+        "config.json",
+        "tokenizer.json",
+        *spec.GRAPH_FILES.values(),
+        *map(weights_file, spec.GRAPH_FILES.values()),
+    } <= set(names)
     assert not any(n.endswith((".safetensors", ".bin", ".pt")) for n in names)
     config = json.loads((clipseg_onnx / "config.json").read_text())
     assert config["model_type"] == spec.MODEL_TYPE

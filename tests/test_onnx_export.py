@@ -17,6 +17,7 @@ from PIL import Image
 from gres_cli.model import onnx_spec as spec
 from gres_cli.model.encoders import TextFeatures
 from gres_cli.model.grser import GRSer, expert_slots, presence
+from gres_cli.model.onnx_sessions import weights_file
 from gres_cli.model.preprocess import preprocess
 
 ort = pytest.importorskip("onnxruntime")  # the dev extra installs it; CI always runs these
@@ -67,10 +68,15 @@ class OnnxModel:
 
 def test_export_folder_is_the_contract(demo_onnx: Path):
     files = sorted(p.name for p in demo_onnx.iterdir())
+    graphs = spec.GRAPH_FILES.values()
     assert files == sorted(
         ["README.md", "config.json", "tokenizer.json", "tokenizer_config.json",
-         *spec.GRAPH_FILES.values()]
+         *graphs, *(weights_file(g) for g in graphs)]
     )  # fmt: skip
+    for graph in graphs:  # the weights live beside the graph (mapped, not parsed, at load)
+        data, onnx = (demo_onnx / weights_file(graph)).stat(), (demo_onnx / graph).stat()
+        assert data.st_size > onnx.st_size
+        assert data.st_mode == onnx.st_mode  # readable by whoever may read the graph
     config = json.loads((demo_onnx / "config.json").read_text())
     source = GRSer.from_pretrained(DEMO).config.to_dict()  # the config the model runs with
     facts = config.pop(spec.CONFIG_KEY)

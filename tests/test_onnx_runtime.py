@@ -146,10 +146,15 @@ def test_onnx_engine_two_passes_whatever_the_cache_and_no_group(demo_onnx: Path)
     runs.append(list(torch_alone.run(jobs)))
     runs.append(list(onnx_alone.run(jobs)))
     assert [(r.job, r.index) for r in runs[0]] == [(j, i) for j in (0, 1) for i in range(8)]
+    # the same answers; d_pos and d_neg to float noise, as on torch: a matrix product's last
+    # bits depend on how many images share the call (the replayed job's batches differ), now
+    # that onnxruntime does not pre-pack the weights (model/onnx_sessions.py)
     for a, b in zip(runs[0], runs[1], strict=True):
-        assert (a.job, a.index, a.present, a.d_pos, a.d_neg) == (
-            b.job, b.index, b.present, b.d_pos, b.d_neg,
-        )  # fmt: skip
+        assert (a.job, a.index, a.present) == (b.job, b.index, b.present)
+        assert (a.d_pos, a.d_neg) == (
+            pytest.approx(b.d_pos, abs=1e-5),
+            pytest.approx(b.d_neg, abs=1e-5),
+        )
         assert np.array_equal(a.mask, b.mask)
     for a, b in zip(runs[2], runs[3], strict=True):
         assert (a.job, a.index, a.present) == (b.job, b.index, b.present)

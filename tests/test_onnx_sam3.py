@@ -24,6 +24,7 @@ from gres_cli.backends.openvocab import region_embedding
 from gres_cli.backends.sam3_onnx import Sam3OnnxModel
 from gres_cli.errors import GresError
 from gres_cli.model import sam3_onnx_spec as spec
+from gres_cli.model.onnx_sessions import weights_file
 
 ort = pytest.importorskip("onnxruntime")
 EXPRESSION = "the red umbrella"
@@ -59,7 +60,13 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_export_folder_is_the_contract(sam3_onnx: Path, sam3_dir: Path):
     names = {p.name for p in sam3_onnx.iterdir()}
-    assert {"README.md", "config.json", "tokenizer.json", *spec.GRAPH_FILES.values()} <= names
+    assert {
+        "README.md",
+        "config.json",
+        "tokenizer.json",
+        *spec.GRAPH_FILES.values(),
+        *map(weights_file, spec.GRAPH_FILES.values()),
+    } <= names
     assert not any(n.endswith((".safetensors", ".bin", ".pt")) for n in names)
     config = json.loads((sam3_onnx / "config.json").read_text())
     assert config["model_type"] == "sam3-onnx"

@@ -24,6 +24,7 @@ from gres_cli.errors import GresError
 from gres_cli.model import hub
 from gres_cli.model.export import CHECK_TOLERANCE, check_target, require_onnx
 from gres_cli.model.image_processor import ImageProcessorTwin
+from gres_cli.model.onnx_sessions import graphs_line
 
 #: the photo sizes (height, width) the image processor's twin is checked on, and their seed
 CHECK_PHOTOS = ((37, 53), (480, 640), (7, 300), (1000, 77))
@@ -144,7 +145,7 @@ def backend_card(how: BackendExport, source: dict, config: dict[str, Any]) -> st
             f"model export` (opset {facts['opset']}, torch {facts['torch']}, transformers "
             f"{facts['transformers']}). {how.about}",
             "",
-            "- graphs: " + ", ".join(f"`{f}`" for f in facts["graphs"].values()),
+            graphs_line(facts["graphs"]),
             f"- input size: {config['image_size']} px; experts K = {config['experts']}; group "
             f"weight {config['group_weight']:g}; default margin m = {config['margin']:g}",
             f"- self-check (onnxruntime {facts['onnxruntime']} against torch, worst absolute "

@@ -13,22 +13,26 @@ from typing import Any
 
 from gres_cli.errors import ModelLoadError
 from gres_cli.model.clipseg_onnx_spec import GRAPH_FILES as CLIPSEG_GRAPH_FILES
+from gres_cli.model.onnx_sessions import weights_file
 from gres_cli.model.onnx_spec import GRAPH_FILES
 from gres_cli.model.sam3_onnx_spec import GRAPH_FILES as SAM3_GRAPH_FILES
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-#: what a model repo's snapshot fetches: an ONNX export's graphs by their own names only (many
-#: repos also hold large onnx/ folders a torch model does not need)
+#: what a model repo's snapshot fetches: an ONNX export's graphs, and their weights, by their
+#: own names only (many repos also hold large onnx/ folders a torch model does not need)
 MODEL_FILES = [
     "*.json",
     "*.safetensors",
     "*.txt",
     "*.model",
     "README.md",
-    *GRAPH_FILES.values(),
-    *CLIPSEG_GRAPH_FILES.values(),
-    *SAM3_GRAPH_FILES.values(),
+    *dict.fromkeys(
+        file
+        for graphs in (GRAPH_FILES, CLIPSEG_GRAPH_FILES, SAM3_GRAPH_FILES)
+        for graph in graphs.values()
+        for file in (graph, weights_file(graph))
+    ),
 ]
 
 

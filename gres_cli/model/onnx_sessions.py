@@ -9,17 +9,39 @@ from typing import Any
 from gres_cli.errors import ModelLoadError
 
 
+def weights_file(graph: str) -> str:
+    """The file beside a graph (`image.onnx`) that holds its weights as ONNX external data
+    (`image.onnx.data`), as every export writes them: onnxruntime maps the file into memory
+    where it would parse and copy weights kept inside the graph."""
+    return graph + ".data"
+
+
+def graphs_line(graphs: dict[str, str]) -> str:
+    """A model card's line naming an export's graph files (name -> file)."""
+    names = ", ".join(f"`{f}`" for f in graphs.values())
+    return f"- graphs: {names}, each with its weights beside it in `{weights_file('<graph>')}`"
+
+
 def open_sessions(files: dict[str, Path], threads: int | None = None) -> dict[str, Any]:
     """A CPU session per graph (name -> file), or ModelLoadError naming the file that does not
-    load. The graphs load side by side (onnxruntime reads and optimises a graph outside the
-    GIL), at the extended optimisation level: for one photo the start-up is most of the wait,
-    and the level that adds layout rewrites doubled the load of CLIPSeg's graphs (1.05 s
-    against 0.56 s, benchmarks/bench_onnx_clipseg.py) for no measurable speed per image."""
+    load. For one photo the start-up is most of the wait, so:
+
+    - the graphs load side by side (onnxruntime reads and optimises a graph outside the GIL);
+    - at the extended optimisation level: the level that adds layout rewrites doubled the
+      load of CLIPSeg's graphs (1.05 s against 0.56 s, benchmarks/bench_onnx_clipseg.py) for
+      no measurable speed per image;
+    - without pre-packing the weights of matrix products: with the weights mapped from their
+      files (`weights_file`), packing was most of what was left of the load (CLIPSeg's two
+      graphs: 0.41 s with it, 0.15 s without), and an image pass took as long either way
+      (0.35 to 0.38 s an image at batch 1 and 8, within the runs' noise). The price: a
+      product's last bits then depend on how many images share the call, so d_pos and d_neg
+      can move by about 1e-7 with the batches, as they do on torch."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # stderr holds gres's own progress and one-line errors
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
 
