@@ -194,7 +194,7 @@ def test_numpy_preprocessing_and_upsampling_are_torchs():
         assert np.array_equal(normalize_array(image_to_array(photo, 64)[None]), want)
     logits = (rng.standard_normal((64, 64)) * 6).astype(np.float32)
     logits[0, 0] = -200.0  # exp overflows: probability 0, no warning
-    for size in ((640, 480), (64, 64), (33, 20), (1, 1), (1000, 77)):
+    for size in ((640, 480), (64, 64), (33, 20), (1, 1), (1000, 77), (90, 700)):  # 11 bands
         want = probability_to_original(torch.from_numpy(logits), size).numpy()
         got = probability_to_original_array(logits, size)
         assert got.shape == want.shape == size[::-1] and got.dtype == np.float32
