@@ -119,7 +119,7 @@ class RayPool:
         spec = ActorSpec(model, revision, group, dict(engine), os.getcwd())
         rows = [{"task": pickle.dumps((k, job))} for k, job in enumerate(jobs)]
         with self.connected() as ray:
-            yield from _in_order(ray, _map_rows(ray, rows, spec, self)[0])
+            yield from _in_order(ray, rows, spec, self)
 
     def size(self, resources: dict[str, float], tasks: int) -> tuple[int, float]:
         """(actors, GPUs per actor) on a cluster of `resources`, never more actors than
@@ -261,25 +261,34 @@ def segment_on_ray(
     return summary
 
 
-def _in_order(ray: Any, data: Any) -> Iterator[list[Any]]:
-    """The engine's results of each job of `data` (a dataset of pickled (index, job) rows
-    through the pool), job by job in order."""
+def _in_order(
+    ray: Any, rows: list[dict[str, bytes]], spec: ActorSpec, pool: RayPool
+) -> Iterator[list[Any]]:
+    """The engine's results of each job of `rows` (pickled (index, job)) through the pool, job
+    by job in order. Ray Data's `preserve_order` keeps them in order (it is read when the
+    dataset is made, so it is set first); a job that comes back early waits here all the same,
+    and one that comes back twice (retried) is dropped."""
     options = ray.data.DataContext.get_current().execution_options
     kept, options.preserve_order = options.preserve_order, True  # score in job order
-    done = -1
+    waiting: dict[int, list[Any]] = {}
+    next_job = 0
     try:
-        for row in data.iter_rows():
+        for row in _map_rows(ray, rows, spec, pool)[0].iter_rows():
             k, results = pickle.loads(row["results"])
-            if k <= done:  # a retried job handed back twice
+            if k < next_job or k in waiting:  # a retried job handed back twice
                 continue
             for r in results:
                 r.job = k
-            done = k
-            yield results
+            waiting[k] = results
+            while next_job in waiting:
+                yield waiting.pop(next_job)
+                next_job += 1
     except ray.exceptions.RayError as e:
         raise GresError(f"the Ray run failed: {_last_line(e)}") from None
     finally:
         options.preserve_order = kept
+    if next_job < len(rows):  # never silently short: the scorer zips jobs with answers
+        raise GresError(f"the Ray run handed back {next_job} of {len(rows)} jobs")
 
 
 def _last_line(error: BaseException) -> str:
