@@ -346,6 +346,8 @@ class RunFolder:
     def _settings(
         self, model: str, revision: str | None, engine: Any, group: bool, jobs_layout: bool
     ) -> dict[str, Any]:
+        """OUT/settings.json of this folder's run of `model` with `engine`'s K, m and threshold
+        (a Segmenter, or resolved EngineOptions)."""
         settings = run_settings(model, revision, engine, self.fmt, self.overlay, group=group)
         if jobs_layout:
             settings["layout"] = LAYOUT
