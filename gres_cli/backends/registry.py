@@ -192,6 +192,10 @@ def model_type(name: str | None, where: str | Path) -> ModelType:
     return _TYPES[name]
 
 
+def _kind_of(folder: Path, model_id: str | Path) -> ModelType:
+    return model_type(model_kind(hub.read_config(folder)), model_id)
+
+
 def load_model(
     model_id: str | Path,
     revision: str | None = None,
@@ -204,7 +208,7 @@ def load_model(
     engine runs. `group=False` turns the group-wise step off (the model alone, for
     comparison); `settings` go to the kind's constructor (a backend's experts, margin...)."""
     folder = hub.resolve_model_dir(model_id, revision, token=token)
-    kind = model_type(model_kind(hub.read_config(folder)), model_id)
+    kind = _kind_of(folder, model_id)
     return kind.model_class().from_folder(
         folder, str(model_id), revision, group=group, token=token, **settings
     )
@@ -221,7 +225,7 @@ def model_facts(
     """`ModelFacts.of(load_model(...))`, read without loading the weights where the kind can
     (`ModelKind.facts`)."""
     folder = hub.resolve_model_dir(model_id, revision, token=token)
-    kind = model_type(model_kind(hub.read_config(folder)), model_id)
+    kind = _kind_of(folder, model_id)
     return kind.model_class().facts(
         folder, str(model_id), revision, group=group, token=token, **settings
     )
@@ -240,10 +244,6 @@ def open_vocabulary_folder(
             f"({', '.join(open_vocabulary_types())})"
         )
     return kind, folder
-
-
-def _kind_of(folder: Path, model_id: str | Path) -> ModelType:
-    return model_type(model_kind(hub.read_config(folder)), model_id)
 
 
 def check_for_push(folder: Path) -> None:
