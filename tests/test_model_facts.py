@@ -5,6 +5,7 @@ every kind and setting, and read without the weights where the kind says so."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,19 @@ def test_a_settings_folder_with_a_setting_its_backend_lacks_is_refused_without_l
     odd = settings_folder(tmp_path / "odd", backend=str(models["clipseg"]), sam="x")
     with pytest.raises(ModelLoadError, match="a sam setting pairs with grounding-dino only"):
         model_facts(odd)
+
+
+def test_a_grser_config_the_loader_refuses_is_refused_by_its_facts(
+    models: dict[str, Path], tmp_path: Path
+):
+    broken = tmp_path / "no-text"
+    shutil.copytree(models["grser"], broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["text_config"]
+    (broken / "config.json").write_text(json.dumps(config))
+    for read in (load_model, model_facts):
+        with pytest.raises(ModelLoadError, match=r"config\.json lacks text_config"):
+            read(broken)
 
 
 def test_engine_options_are_checked_against_the_facts_as_a_segmenter_checks_them(

@@ -21,7 +21,6 @@ from PIL import Image
 
 from gres_cli.backends.protocol import Description, FirstPass, SecondPass, WithoutExtras
 from gres_cli.backends.registry import ModelFacts, ModelKind
-from gres_cli.model import hub
 from gres_cli.model.config import GRSerConfig
 from gres_cli.model.kinds import GRSER
 from gres_cli.model.preprocess import image_to_pixels, normalize, probability_to_original
@@ -76,7 +75,7 @@ class GRSerAdapter(WithoutExtras, ModelKind):
         token: str | bool | None = None,
     ) -> ModelFacts:
         """K and m of config.json (as `__init__` reads them off the loaded config), no torch."""
-        config = GRSerConfig.from_dict(hub.read_config(folder))
+        config = GRSerConfig.from_folder(folder)
         return ModelFacts(config.experts, config.experts, config.margin, cls.group_weight, group)
 
     @classmethod

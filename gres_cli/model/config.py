@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from gres_cli.errors import GresError
@@ -100,6 +101,17 @@ class GRSerConfig:
         d["swin_depths"] = list(self.swin_depths)
         d["swin_num_heads"] = list(self.swin_num_heads)
         return d
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> GRSerConfig:
+        """The config.json of a GRSer folder (resolved), as loading it reads it: ModelLoadError
+        when it lacks the text encoder's config."""
+        from gres_cli.model import hub
+
+        config = cls.from_dict(hub.read_config(folder))
+        if config.text_config is None:
+            raise hub.ModelLoadError(f"{folder}: config.json lacks text_config")
+        return config
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GRSerConfig:

@@ -472,9 +472,7 @@ class GRSer(nn.Module, PyTorchModelHubMixin):
             from transformers import PreTrainedTokenizerFast as FastTokenizer
 
         folder = hub.resolve_model_dir(model_id, revision, cache_dir, local_files_only, token)
-        config = GRSerConfig.from_dict(hub.read_config(folder))
-        if config.text_config is None:
-            raise hub.ModelLoadError(f"{folder}: config.json lacks text_config")
+        config = GRSerConfig.from_folder(folder)
         tokenizer = FastTokenizer.from_pretrained(str(folder), local_files_only=True)
         model = cls(config, tokenizer=tokenizer)
         hub.load_state_strict(model, folder / hub.WEIGHTS_FILE)
