@@ -78,3 +78,18 @@ def test_ray_options_without_ray_are_one_line_before_any_work(tmp_path, options,
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"gres: error: {message}"
     assert not (tmp_path / "out").exists()
+
+
+def test_gres_ends_with_the_collector_leaving_what_the_command_made_alone():
+    """`main` freezes the collector on the way out (the interpreter's last collection would
+    free every object of torch's modules one by one: benchmarks/bench_cli_start.py), also when
+    the command fails; atexit hooks still run after it."""
+    hook = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0, file=sys.stderr))\n"
+    )
+    for argv, code in ((["gres", "grd", "--help"], 0), (["gres", "no-such-command"], 2)):
+        run = f"import sys; sys.argv={argv}\nfrom gres_cli.cli import main\nmain()"
+        proc = subprocess.run([sys.executable, "-c", hook + run], capture_output=True, text=True)
+        assert proc.returncode == code
+        assert proc.stderr.splitlines()[-1] == "frozen True"
