@@ -332,3 +332,22 @@ def test_a_hub_model_is_named_by_its_id_and_the_commit_it_resolved_to(
     (repo / "refs" / "main").write_text("b" * 40)  # the branch moved
     again = gres(*args, env=env)
     assert again.returncode == 2 and "the model's Hub commit" in again.stderr, again.stderr
+
+
+def test_a_reader_that_goes_away_stops_the_run_as_a_broken_pipe(
+    model_dir: Path, photos: Path, tmp_path: Path
+):
+    """`gres segment ... | head -1`: the records' reader leaving is no output fault. Was: the
+    local run turned it into "cannot write outputs (Broken pipe) ... fix it", where a Ray
+    run (and click, for the CLI) stops quietly."""
+    from gres_cli.backends import load_model
+    from gres_cli.inference import RunFolder, Segmenter, tasks_for_path
+
+    def emit(record: dict) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    engine = Segmenter(load_model(str(model_dir)), device="cpu")
+    run = RunFolder(tmp_path / "out").open(engine, str(model_dir))
+    with run, pytest.raises(BrokenPipeError):
+        run.segment(tasks_for_path(photos, "x"), emit=emit)
+    assert len(read_jsonl(tmp_path / "out" / "records.jsonl")) >= 1  # its files and record kept

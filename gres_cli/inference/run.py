@@ -532,6 +532,8 @@ class RunFolder:
             for written in writer.drain():  # images being written when interrupted are kept
                 send(written, advance=False)
             raise
+        except BrokenPipeError:  # the records' reader went away (`| head`): no output fault
+            raise
         except (OSError, GresError) as e:
             raise output_error(e) from None
         summary.seconds = time.perf_counter() - prepared.started
