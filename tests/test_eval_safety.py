@@ -66,3 +66,22 @@ def test_report_and_plots_never_land_on_an_input(tmp_path: Path):
         assert option in line
     assert predictions.read_text() == "" and (data / "grd.json").read_bytes() == manifest
     assert not (data / "plots").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--margin", "nan"), ("--margin", "inf"), ("--margins", "nan,0"), ("--margins", "0,inf")],
+)
+def test_a_margin_that_is_not_a_finite_number_is_refused_before_any_work(
+    model_dir: Path, tmp_path: Path, args: tuple[str, str]
+):
+    """Was: `gres eval --margin nan` called every image absent and wrote `"margin": NaN` (not
+    JSON) into the report; `--margins nan,0` swept a NaN row."""
+    data = build_grd(tmp_path / "d", n_groups=1)
+    report = tmp_path / "r.json"
+    cmd = ["eval", str(data), "--model", str(model_dir), *args, "--report", str(report)]
+    result = CliRunner().invoke(app, cmd)
+    assert result.exit_code == 2, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("gres: error:") and args[0] in line and "finite" in line, line
+    assert not report.exists()

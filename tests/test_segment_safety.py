@@ -224,3 +224,32 @@ def test_experts_outside_the_models_range_is_a_usage_error(
     line = _one_line_error(result)
     assert f"--experts {experts}" in line and "1 to 4" in line
     assert not (tmp_path / "out" / "records.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--margin", "inf"),
+        ("--margin", "-inf"),
+        ("--margin", "nan"),
+        ("--threshold", "nan"),
+        ("--threshold", "inf"),
+        ("--threshold", "1.5"),
+        ("--threshold", "-0.1"),
+    ],
+)
+def test_a_margin_or_threshold_that_is_not_a_usable_number_is_a_usage_error(
+    model_dir: Path, tmp_path: Path, option: str, value: str
+):
+    """Was: `--margin inf` wrote records with a bare `Infinity` (not JSON), `--threshold nan`
+    a NaN into settings.json that the same command then refused as other settings ("made with
+    --threshold nan, not nan"), and a threshold past 1 empty masks on "present" images."""
+    photo = noise_image(tmp_path / "in" / "a.png", 0)
+    out = tmp_path / "out"
+    result = gres_here(
+        "segment", str(photo.parent), "x", "--model", str(model_dir), option, value,
+        "--out", str(out),
+    )  # fmt: skip
+    line = _one_line_error(result)
+    assert f"{option} {value}" in line
+    assert not out.exists()

@@ -117,6 +117,7 @@ def segment(
     relative to the jobs file's folder; optional "group"). A bad line gets an error record and
     the other jobs run (exit 1).
     """
+    from gres_cli.inference.engine import EngineOptions, check_cuts
     from gres_cli.inference.inputs import parse_shard
     from gres_cli.inference.run import JsonlSink, RunFolder, check_jsonl, read_tasks
     from gres_cli.inference.writers import FORMATS
@@ -127,8 +128,8 @@ def segment(
         fail("--jobs replaces PATH and EXPRESSION: give one or the other")
     if jobs is None and (path is None or expression is None):
         fail("give PATH and EXPRESSION, or --jobs FILE (see gres segment --help)")
-    if margin is not None and margin != margin:
-        fail("--margin must be a number")
+    with user_errors():
+        check_cuts(margin, threshold)  # before OUT is made
     if ray and shard is not None:
         fail("--shard splits a run by hand; --ray schedules the groups itself: give one")
     pool = options.ray_pool(ray, ray_address, ray_actors, ray_gpus_per_actor, ray_cpus_per_actor)
@@ -148,8 +149,6 @@ def segment(
         check_site_after_run(out)
     with user_errors():
         run.acquire()  # one owner at a time: a second run is refused before it loads a model
-
-    from gres_cli.inference.engine import EngineOptions
 
     engine = EngineOptions(device, precision, batch_size, workers, experts, margin, threshold)
     try:

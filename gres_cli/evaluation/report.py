@@ -9,6 +9,7 @@ from a margin sweep, and assemble the report (the JSON `--report` writes).
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,9 @@ class EvalOptions:
             raise GresError(f"--cosod-reference {self.cosod_reference!r}: choose from {choose}")
         if (self.model is None) == (self.predictions is None):
             raise GresError("pass exactly one of --model or --predictions")
+        if self.margin is not None and not math.isfinite(self.margin):
+            # NaN called every image absent, and is no JSON value in the report
+            raise GresError(f"--margin {self.margin}: give a finite number")
         if self.pool is not None and self.model is None:
             raise GresError("--ray runs a --model; saved --predictions are scored here")
         if self.save_predictions is not None and self.model is None:
@@ -149,13 +153,17 @@ class Evaluation:
 
 
 def parse_numbers(text: str | None, option: str, example: str) -> list[float]:
-    """`-0.2,0,0.2` -> sorted distinct floats ([] for None), or GresError naming `option`."""
+    """`-0.2,0,0.2` -> sorted distinct floats ([] for None), or GresError naming `option`
+    (NaN and infinities too: a NaN does not sort, and neither is a JSON value in the report)."""
     if text is None:
         return []
     try:
-        return sorted({float(x) for x in text.split(",") if x.strip()})
+        numbers = {float(x) for x in text.split(",") if x.strip()}
     except ValueError:
         raise GresError(f"{option} {text!r}: expected numbers like {example}") from None
+    if not all(math.isfinite(x) for x in numbers):
+        raise GresError(f"{option} {text!r}: give finite numbers, like {example}")
+    return sorted(numbers)
 
 
 def check_overlaps(

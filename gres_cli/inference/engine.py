@@ -94,15 +94,34 @@ class EngineOptions:
         """These options checked as a Segmenter of `model` (a GroupModel, or its
         registry.ModelFacts) checks them, with its K and m where none was given: what a Ray
         driver, which loads no model, writes to settings.json and hands its actors."""
-        k, m = checked_options(model, self.batch_size, self.workers, self.experts, self.margin)
+        k, m = checked_options(
+            model, self.batch_size, self.workers, self.experts, self.margin, self.threshold
+        )
         return replace(self, experts=k, margin=m)
 
 
+def check_cuts(margin: float | None, threshold: float = 0.5) -> None:
+    """GresError for a margin that is not a finite number or a threshold outside [0, 1]: both
+    go into every record and settings.json, where NaN and Infinity are not JSON (and NaN is
+    not equal to itself: the same command's re-run was refused as other settings), and a
+    probability cut past 1 left "present" images with empty masks."""
+    if margin is not None and not math.isfinite(margin):
+        raise GresError(f"--margin {margin}: give a finite number")
+    if not 0.0 <= threshold <= 1.0:  # NaN included
+        raise GresError(f"--threshold {threshold}: give a probability from 0 to 1")
+
+
 def checked_options(
-    model: Any, batch_size: int, workers: int, experts: int | None, margin: float | None
+    model: Any,
+    batch_size: int,
+    workers: int,
+    experts: int | None,
+    margin: float | None,
+    threshold: float = 0.5,
 ) -> tuple[int, float]:
     """(K, m): the options', else `model`'s defaults (a GroupModel or its ModelFacts); a
     GresError for an option the engine or the model does not take."""
+    check_cuts(margin, threshold)
     if batch_size < 1:
         raise GresError("--batch-size must be >= 1")
     if workers < 0:
@@ -140,7 +159,9 @@ class Segmenter:
         # bytes per job; past it, pass 2 decodes again, so memory stays bounded however large
         # the folder (twice this while a job replays the previous job's decoded pixels)
         self.cache_bytes = cache_bytes
-        self.experts, self.margin = checked_options(model, batch_size, workers, experts, margin)
+        self.experts, self.margin = checked_options(
+            model, batch_size, workers, experts, margin, threshold
+        )
         self.model = model.to(self.device)
         self.precision = precision
         self.batch_size, self.workers = batch_size, workers
