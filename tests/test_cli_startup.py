@@ -45,6 +45,11 @@ def test_gres_help_lists_the_dataset_commands():
     assert "GRD" in proc.stdout
 
 
+WITH_RAY = (
+    "--ray-address, --ray-actors, --ray-gpus-per-actor and --ray-cpus-per-actor go with --ray"
+)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -52,11 +57,11 @@ def test_gres_help_lists_the_dataset_commands():
         (["eval", "--model", "m", "--ray"], '--ray needs Ray Data: pip install "gres[ray]"'),
         (
             ["eval", "--model", "m", "--ray-address", "auto"],
-            "--ray-address, --ray-actors and --ray-gpus-per-actor go with --ray",
+            WITH_RAY,
         ),
         (
             ["--ray-actors", "2"],
-            "--ray-address, --ray-actors and --ray-gpus-per-actor go with --ray",
+            WITH_RAY,
         ),
         (
             ["--ray", "--shard", "0/2"],

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import build_grd, build_tiny_grser, gres_reporting_imports
+from conftest import build_grd, build_tiny_grser, gres_here, gres_reporting_imports
 from PIL import Image
 
 ray = pytest.importorskip("ray", reason='the Ray tests need pip install "gres[ray]"')
@@ -356,3 +356,44 @@ def test_a_ray_run_tells_its_front_end_how_many_actors_are_busy(
         "2 actors: 1 busy, 1 idle",
         "2 actors: 0 busy, 2 idle",
     ]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("--ray-cpus-per-actor", "nan"),
+        ("--ray-cpus-per-actor", "inf"),
+        ("--ray-gpus-per-actor", "nan"),
+        ("--ray-gpus-per-actor", "inf"),
+    ],
+)
+def test_a_pool_size_that_is_not_a_finite_number_is_one_line(
+    option: str, value: str, tmp_path: Path
+):
+    """Was: a ValueError or OverflowError traceback (int(nan)) once the driver had claimed OUT
+    and connected."""
+    photos = _groups(tmp_path / "in", [1])
+    out = tmp_path / "out"
+    result = gres_here(
+        "segment", str(photos / "g0"), "x", "--model", "no/such-model", "--out", str(out),
+        "--ray", option, value,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip() == f"gres: error: {option} {float(value)}: give a finite number"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--ray-cpus-per-actor", "--ray-actors"])
+def test_a_ray_option_without_ray_is_refused(option: str, tmp_path: Path):
+    """Was: `--ray-cpus-per-actor 4` (or `--ray-actors 0`) without --ray ran a local run,
+    silently; the other --ray-... options were refused."""
+    photos = _groups(tmp_path / "in", [1])
+    out = tmp_path / "out"
+    result = gres_here(
+        "segment", str(photos / "g0"), "x", "--model", "no/such-model", "--out", str(out),
+        option, "4" if option == "--ray-cpus-per-actor" else "0",
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().startswith("gres: error: --ray-address, --ray-actors")
+    assert option in result.stderr and "go with --ray" in result.stderr
+    assert not out.exists()

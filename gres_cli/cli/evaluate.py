@@ -112,7 +112,7 @@ def evaluate(
     ray_address: options.RayAddress = None,
     ray_actors: options.RayActors = None,
     ray_gpus_per_actor: options.RayGpusPerActor = None,
-    ray_cpus_per_actor: options.RayCpusPerActor = 1.0,
+    ray_cpus_per_actor: options.RayCpusPerActor = None,
 ) -> None:
     """Score GRES predictions: IoU metrics with negatives counted, the present/absent decision,
     and (protocol gres) the co-salient metrics Sm, Em, Fm, MAE.

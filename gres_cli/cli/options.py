@@ -76,10 +76,11 @@ RayGpusPerActor = Annotated[
     ),
 ]
 RayCpusPerActor = Annotated[
-    float,
+    float | None,
     typer.Option(
-        help="With --ray: CPUs per actor (Ray's num_cpus), also its torch threads.",
+        help="With --ray: CPUs per actor (Ray's num_cpus), also its torch threads. Default: 1.",
         rich_help_panel=RAY_PANEL,
+        show_default=False,
     ),
 ]
 
@@ -89,17 +90,24 @@ def ray_pool(
     address: str | None,
     actors: int | None,
     gpus_per_actor: float | None,
-    cpus_per_actor: float,
+    cpus_per_actor: float | None,
 ) -> Any:
     """The RayPool the --ray options ask for (None without --ray), checked before any work:
-    Ray missing is one line naming the extra."""
+    Ray missing is one line naming the extra; a pool option without --ray is refused (a run
+    that ignored `--ray-actors 0` or `--ray-cpus-per-actor 4` would run locally, unsaid)."""
     if not ray:
-        if address or actors or gpus_per_actor is not None:
-            fail("--ray-address, --ray-actors and --ray-gpus-per-actor go with --ray")
+        given = (address, actors, gpus_per_actor, cpus_per_actor)
+        if any(option is not None for option in given):
+            fail(
+                "--ray-address, --ray-actors, --ray-gpus-per-actor and --ray-cpus-per-actor "
+                "go with --ray"
+            )
         return None
     from gres_cli.inference.ray_run import RayPool, import_ray
 
-    pool = RayPool(address, actors, gpus_per_actor, cpus_per_actor)
+    pool = RayPool(
+        address, actors, gpus_per_actor, 1.0 if cpus_per_actor is None else cpus_per_actor
+    )
     with user_errors():
         import_ray()
         pool.check()

@@ -91,7 +91,7 @@ def segment(
     ray_address: options.RayAddress = None,
     ray_actors: options.RayActors = None,
     ray_gpus_per_actor: options.RayGpusPerActor = None,
-    ray_cpus_per_actor: options.RayCpusPerActor = 1.0,
+    ray_cpus_per_actor: options.RayCpusPerActor = None,
 ) -> None:
     """Segment EXPRESSION in every image of PATH; say "absent" where it is not there.
 

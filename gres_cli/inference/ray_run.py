@@ -25,6 +25,7 @@ import contextlib
 import functools
 import json
 import logging
+import math
 import os
 import pickle
 import sys
@@ -91,9 +92,16 @@ class RayPool:
                     ray.shutdown()
 
     def check(self) -> None:
-        """GresError for a pool that cannot be (before any work)."""
+        """GresError for a pool that cannot be (before any work). NaN and infinities too: the
+        pool's size and each actor's threads are whole numbers made of them."""
         if self.actors is not None and self.actors < 1:
             raise GresError(f"--ray-actors {self.actors}: give at least 1")
+        for option, value in (
+            ("--ray-gpus-per-actor", self.gpus_per_actor),
+            ("--ray-cpus-per-actor", self.cpus_per_actor),
+        ):
+            if value is not None and not math.isfinite(value):
+                raise GresError(f"{option} {value}: give a finite number")
         if self.gpus_per_actor is not None and self.gpus_per_actor < 0:
             raise GresError(f"--ray-gpus-per-actor {self.gpus_per_actor}: give 0 or more")
         if self.cpus_per_actor <= 0:
