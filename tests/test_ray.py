@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -397,3 +398,35 @@ def test_a_ray_option_without_ray_is_refused(option: str, tmp_path: Path):
     assert result.stderr.strip().startswith("gres: error: --ray-address, --ray-actors")
     assert option in result.stderr and "go with --ray" in result.stderr
     assert not out.exists()
+
+
+def test_a_model_the_actors_cannot_load_is_one_line_not_rays_tracebacks(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    """A model folder whose config reads but whose weights do not (the driver loads no
+    model: the actors find out). Was: Ray's and Ray Data's tracebacks of the dead actor,
+    about 200 lines on stderr, before the driver's one line; now the local run's line."""
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    with (broken / "model.safetensors").open("r+b") as f:
+        f.truncate(1000)
+    photos = _groups(tmp_path / "in", [2])
+    local = subprocess.run(
+        _gres(tmp_path / "local", str(photos / "g0"), "x", "--model", str(broken)),
+        capture_output=True, text=True, env=ONE_THREAD, timeout=600,
+    )  # fmt: skip
+    assert local.returncode == 2
+    data = build_grd(tmp_path / "d", n_groups=1, n_images=2)
+    commands = {
+        "segment": _gres(
+            tmp_path / "ray", str(photos / "g0"), "x", "--model", str(broken), ray_address=cluster
+        ),
+        "eval": [sys.executable, "-m", "gres_cli", "eval", str(data), "--model", str(broken),
+                 "--ray", "--ray-address", cluster, "--ray-actors", "1"],
+    }  # fmt: skip
+    for name, cmd in commands.items():
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=ONE_THREAD, timeout=600)
+        assert proc.returncode == 2, (name, proc.stderr)
+        assert "Traceback" not in proc.stderr, (name, proc.stderr)
+        assert proc.stderr.strip().splitlines()[-1] == local.stderr.strip(), name
+        assert proc.stdout == ""

@@ -172,10 +172,22 @@ class ActorSpec:
 class SegmentActor:
     """A Ray Data callable class: loads the model once, then answers one task per row with the
     local engine: writes the task's files into OUT and returns its records as JSON, or (no OUT)
-    returns the engine's results, pickled."""
+    returns the engine's results, pickled. Each row also says why the actor could not start
+    (`refused`: a model it cannot load, a working folder not on its node), for the driver to
+    stop in the local run's one line: an actor that raised in `__init__` died, and Ray and Ray
+    Data printed its traceback several times over on the driver's stderr."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
         spec_ = ActorSpec(**spec)
+        self.refused = ""
+        self.writer: Any = None  # OutputWriter of a segment run (None: gres eval's results)
+        try:
+            self._start(spec_)
+        except GresError as e:
+            self.refused = str(e)
+        self.columns = ("records", "error") if spec_.out is not None else ("results",)
+
+    def _start(self, spec_: ActorSpec) -> None:
         if not os.path.isdir(spec_.cwd):
             raise GresError(
                 f"the working folder {spec_.cwd} is not on this node: run gres from a folder "
@@ -194,13 +206,17 @@ class SegmentActor:
         net = load_segment_model(spec_.model, spec_.revision, spec_.group)
         self.engine = Segmenter(net, **spec_.engine)
         # files only: the driver appends the records, once, after they come back
-        self.writer = None
         if spec_.out is not None:
             self.writer = OutputWriter(Path(spec_.out), spec_.fmt, spec_.overlay, records=False)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
+        if self.refused:  # the columns of a row of this run, empty
+            rows = len(batch["task"])
+            empty = {"records": "", "error": "", "results": b""}
+            return {c: [empty[c]] * rows for c in self.columns} | {"refused": [self.refused] * rows}
         if self.writer is None:  # one job per row: its results, for the driver to score
-            return {"results": [self._results(*pickle.loads(p)) for p in batch["task"]]}
+            results = [self._results(*pickle.loads(p)) for p in batch["task"]]
+            return {"results": results, "refused": [""] * len(results)}
         records, errors = [], []
         for payload in batch["task"]:
             task, job, names = pickle.loads(payload)
@@ -213,7 +229,8 @@ class SegmentActor:
             except (OSError, GresError) as e:  # an output that cannot be written: the run stops
                 errors.append(str(output_error(e)))
             records.append(json.dumps(done))
-        return {"records": records, "error": [errors[0] if errors else ""] * len(records)}
+        error = [errors[0] if errors else ""] * len(records)
+        return {"records": records, "error": error, "refused": [""] * len(records)}
 
     def _results(self, k: int, job: Any) -> bytes:
         return pickle.dumps((k, list(self.engine.run([job]))))
@@ -282,6 +299,8 @@ def _in_order(
     next_job = 0
     try:
         for row in _map_rows(ray, rows, spec, pool)[0].iter_rows():
+            if row["refused"]:  # the actor could not start: the local run's one line
+                raise GresError(row["refused"])
             k, results = pickle.loads(row["results"])
             if k < next_job or k in waiting:  # a retried job handed back twice
                 continue
@@ -326,6 +345,8 @@ def _run_rows(
         for returned, row in enumerate(data.iter_rows(), 1):
             busy = min(actors, len(rows) - returned)
             progress.status(f"{actors} actors: {busy} busy, {actors - busy} idle")
+            if row["refused"]:  # the actor could not start: the local run's one line
+                raise GresError(row["refused"])
             if row["error"]:
                 raise OutputError(row["error"])
             for rec in json.loads(row["records"]):
