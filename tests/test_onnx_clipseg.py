@@ -162,6 +162,40 @@ def test_failed_self_check_leaves_nothing(clipseg_dir: Path, tmp_path: Path, mon
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (
+            {"onnx": {"graphs": {"text": "text.onnx", "image": "text.onnx"}}},
+            "image graph text.onnx",
+        ),
+        (
+            {"onnx": {"graphs": {"text": "image.onnx", "image": "image.onnx"}}},
+            "text graph image.onnx",
+        ),
+        ({"image_processor": {"height": 32, "width": 32}}, '"image_processor"'),
+    ],
+)
+def test_an_export_whose_config_disagrees_with_its_graphs_is_refused_at_load(
+    clipseg_onnx: Path, photos: Path, tmp_path: Path, edit: dict, words: str
+):
+    """A config.json edited (a graph named for the other, a processor size the image graph
+    does not take) is refused in one line before any image is read. Was: onnxruntime's
+    ValueError or InvalidArgument traceback in the middle of the run."""
+    folder = tmp_path / "edited"
+    shutil.copytree(clipseg_onnx, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for key, value in edit.items():
+        config[key] = config[key] | value
+    (folder / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "out"
+    proc = gres("segment", str(photos), "x", "--model", str(folder), "--out", str(out))
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("gres: error:") and words in line and "re-export" in line, line
+    assert not (out / "records.jsonl").exists()
+
+
 # ---- the numpy twins --------------------------------------------------------------------------
 
 

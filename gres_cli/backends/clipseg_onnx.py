@@ -124,13 +124,36 @@ class CLIPSegOnnxModel(GroupRuleExtras, OnnxExportKind):
                 raise ModelLoadError(f"{where}: graph {name!r} must be a file in the model folder")
             files[name] = folder / file
         self.sessions = open_sessions(files, threads)
-        declared = {i.name: i.shape for i in self.sessions[contract.IMAGE].get_inputs()}
-        side = (declared.get(contract.PIXELS) or [None] * 4)[2:]
-        if any(isinstance(n, int) and n != self.input_size for n in side):
-            raise ModelLoadError(
-                f'{where}: "image_size" is {self.input_size} but {graphs[contract.IMAGE]} '
-                f"takes {side}; re-export the model (gres model export) or restore its config.json"
-            )
+        self._check_graphs(where, {name: path.name for name, path in files.items()})
+
+    def _check_graphs(self, where: Path, files: dict[str, str]) -> None:
+        """Refuse (ModelLoadError, one line) a config.json that disagrees with the inputs its
+        graphs declare (a graph named for the other, an edited size), before any image is
+        read: else onnxruntime failed mid-run with a ValueError or InvalidArgument traceback."""
+        contract = self.onnx_spec
+        fix = "re-export the model (gres model export) or restore its config.json"
+        declared = {
+            name: {i.name: i.shape for i in session.get_inputs()}
+            for name, session in self.sessions.items()
+        }
+        wanted = {contract.TEXT: contract.TEXT_INPUTS, contract.IMAGE: contract.IMAGE_INPUTS}
+        for name, inputs in wanted.items():
+            if set(declared[name]) != set(inputs):
+                raise ModelLoadError(
+                    f"{where}: the {name} graph {files[name]} takes "
+                    f"{', '.join(declared[name])}, not {', '.join(inputs)}; {fix}"
+                )
+        side = (declared[contract.IMAGE][contract.PIXELS] or [None] * 4)[2:]
+        sizes = {
+            '"image_size"': (self.input_size, self.input_size),
+            '"image_processor"': (self.twin.height, self.twin.width),
+        }
+        for key, size in sizes.items():
+            if any(isinstance(n, int) and n != s for n, s in zip(side, size, strict=False)):
+                raise ModelLoadError(
+                    f"{where}: {key} makes {size[0]} x {size[1]} pixels but "
+                    f"{files[contract.IMAGE]} takes {side}; {fix}"
+                )
 
     @classmethod
     def from_folder(
