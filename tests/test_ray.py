@@ -430,3 +430,61 @@ def test_a_model_the_actors_cannot_load_is_one_line_not_rays_tracebacks(
         assert "Traceback" not in proc.stderr, (name, proc.stderr)
         assert proc.stderr.strip().splitlines()[-1] == local.stderr.strip(), name
         assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("how", ["option", "RAY_ADDRESS"])
+def test_an_address_where_nothing_listens_is_one_line_before_any_work(
+    how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Was: `--ray-address 127.0.0.1:1` (a typo, a head node that is down) left ray.init
+    retrying for about 12 minutes, with OUT claimed and only Ray's warnings on stderr."""
+    photos = _groups(tmp_path / "in", [1])
+    out = tmp_path / "out"
+    monkeypatch.setenv("GRES_RAY_CONNECT_TIMEOUT", "1")
+    address = ["--ray-address", "127.0.0.1:1"]
+    if how == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+        address = []
+    started = time.monotonic()
+    result = gres_here(
+        "segment", str(photos / "g0"), "x", "--model", "no/such-model", "--out", str(out),
+        "--ray", *address,
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    name = "--ray-address" if how == "option" else "RAY_ADDRESS"
+    assert result.stderr.strip() == (
+        f"gres: error: {name} 127.0.0.1:1: nothing takes a connection there (Connection "
+        "refused, for 1 s): is the cluster's head node up?"
+    )
+    assert time.monotonic() - started < 30  # patience 1 s, and a try or two
+    assert not out.exists()
+
+
+def test_an_actor_no_node_can_hold_is_said_and_ctrl_c_stops_the_wait(
+    cluster: str, model_dir: Path, tmp_path: Path
+):
+    """Was: `--ray-cpus-per-actor 3` on a cluster of 2-CPU nodes waited forever, silently
+    (Ray waits for a node that can hold the actor to join). Now stderr says so at once, and
+    Ctrl-C ends the run as it ends any run (exit 130, finished images kept)."""
+    photos = _groups(tmp_path / "in", [2])
+    cmd = _gres(tmp_path / "out", str(photos / "g0"), "x", "--model", str(model_dir))
+    cmd += ["--ray", "--ray-address", cluster, "--ray-cpus-per-actor", "3"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert proc.stderr is not None
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if line.startswith("gres: warning: an actor takes"):
+            break
+    else:
+        pytest.fail("".join(lines))
+    assert line.strip() == (
+        "gres: warning: an actor takes 3 CPUs and 0 GPUs, and no node of the cluster has them "
+        "(the largest: 2 CPUs, 0 GPUs); the run waits for such a node to join (Ctrl-C stops "
+        "it; --ray-cpus-per-actor and --ray-gpus-per-actor ask for less)"
+    )
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    assert "interrupted: finished images are saved" in rest

@@ -103,7 +103,7 @@ def ray_pool(
                 "go with --ray"
             )
         return None
-    from gres_cli.inference.ray_run import RayPool, import_ray
+    from gres_cli.inference.ray_run import RayPool, check_reachable, import_ray
 
     pool = RayPool(
         address, actors, gpus_per_actor, 1.0 if cpus_per_actor is None else cpus_per_actor
@@ -111,4 +111,5 @@ def ray_pool(
     with user_errors():
         import_ray()
         pool.check()
+        check_reachable(address)  # before any work: else ray.init retries for minutes
     return pool

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import pickle
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -49,6 +50,11 @@ from gres_cli.inference.run import (
 )
 
 RAY_EXTRA = 'pip install "gres[ray]"'
+
+#: seconds a driver waits for a cluster's `host:port` to take a connection (a head node may
+#: still be starting: docs/cluster.md's SLURM recipe gives it 10 s); GRES_RAY_CONNECT_TIMEOUT
+#: overrides it
+CONNECT_PATIENCE_S = 60.0
 
 
 def import_ray() -> Any:
@@ -236,11 +242,44 @@ class SegmentActor:
         return pickle.dumps((k, list(self.engine.run([job]))))
 
 
+def check_reachable(address: str | None) -> None:
+    """GresError when the cluster `address` (else RAY_ADDRESS) names, `host:port` or
+    `ray://host:port`, takes no connection within CONNECT_PATIENCE_S: `ray.init` retried
+    for about 12 minutes with nothing on stderr but Ray's warnings. `auto`, `local` and a new
+    local cluster are Ray's to find."""
+    given = address or os.environ.get("RAY_ADDRESS")
+    name = "--ray-address" if address else "RAY_ADDRESS"
+    if not given or given in ("auto", "local"):
+        return
+    host, colon, port = given.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit():
+        return  # not host:port: ray.init's own refusal names it
+    setting = os.environ.get("GRES_RAY_CONNECT_TIMEOUT", str(CONNECT_PATIENCE_S))
+    try:
+        patience = float(setting)
+    except ValueError:
+        raise GresError(f"GRES_RAY_CONNECT_TIMEOUT={setting!r}: give seconds") from None
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                why = e.strerror or type(e).__name__
+                raise GresError(
+                    f"{name} {given}: nothing takes a connection there ({why}, for "
+                    f"{patience:g} s): is the cluster's head node up?"
+                ) from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
 def connect(address: str | None) -> Any:
     """ray, connected: to `address`, else RAY_ADDRESS, else a new local cluster (a Python
     caller's own `ray.init` is kept)."""
     ray = import_ray()
     if not ray.is_initialized():
+        check_reachable(address)
         kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": "ERROR"}
         if address is None and not os.environ.get("RAY_ADDRESS"):
             kwargs["include_dashboard"] = False
@@ -361,12 +400,31 @@ def _run_rows(
         raise GresError(f"the Ray run failed: {_last_line(e)}") from None
 
 
+def warn_unschedulable(ray: Any, cpus: float, gpus: float) -> None:
+    """Say on stderr when no node of the cluster holds an actor's CPUs and GPUs: Ray waits,
+    silently, for a node that does to join (a cluster that grows on demand gets one; else
+    the run waits until stopped). Not refused: an autoscaling cluster is right to wait."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0.0) >= cpus and r.get("GPU", 0.0) >= gpus for r in nodes):
+        return
+    most = max(nodes, key=lambda r: (r.get("GPU", 0.0), r.get("CPU", 0.0)), default={})
+    print(
+        f"gres: warning: an actor takes {cpus:g} CPUs and {gpus:g} GPUs, and no node of the "
+        f"cluster has them (the largest: {most.get('CPU', 0.0):g} CPUs, {most.get('GPU', 0.0):g} "
+        "GPUs); the run waits for such a node to join (Ctrl-C stops it; --ray-cpus-per-actor "
+        "and --ray-gpus-per-actor ask for less)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def _map_rows(
     ray: Any, rows: list[dict[str, bytes]], spec: ActorSpec, pool: RayPool
 ) -> tuple[Any, int]:
     """`rows` (pickled tasks or jobs) through a pool of SegmentActor: a lazy Ray dataset, and
     the pool's number of actors."""
     actors, gpus = pool.size(ray.cluster_resources(), len(rows))
+    warn_unschedulable(ray, pool.cpus_per_actor, gpus)
     spec = replace(spec, threads=max(1, int(pool.cpus_per_actor)))
     # a block per task: each goes to whichever actor is free
     data = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
