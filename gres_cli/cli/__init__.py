@@ -35,8 +35,9 @@ def main() -> None:
     the command made alone (`gc.freeze`): the interpreter's last collection would free, one
     by one, every object of the modules torch and transformers loaded, which took longer than
     a small command's work (benchmarks/bench_cli_start.py: `gres segment` of one photo on
-    torch ended 1.25 s after its record, 0.28 s frozen). Outputs are closed by then (the run
-    layer closes its files; atexit hooks still run); the OS takes the memory back."""
+    torch, the demo model, ended 1.44 s after its record, 0.24 s frozen). Outputs are closed
+    by then (the run layer closes its files; atexit hooks still run); the OS takes the memory
+    back."""
     try:
         app()
     finally:

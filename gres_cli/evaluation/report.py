@@ -45,6 +45,7 @@ class EvalOptions:
         """Refuse (GresError, before any work) options that do not go together; with
         `save_calibrated`, a folder that exists or a model that has no settings folder."""
         from gres_cli.evaluation.run import sweep_metrics
+        from gres_cli.inference.engine import check_cuts
         from gres_cli.metrics.cosod import REFERENCES
         from gres_cli.metrics.masks import PROTOCOLS
 
@@ -55,9 +56,7 @@ class EvalOptions:
             raise GresError(f"--cosod-reference {self.cosod_reference!r}: choose from {choose}")
         if (self.model is None) == (self.predictions is None):
             raise GresError("pass exactly one of --model or --predictions")
-        if self.margin is not None and not math.isfinite(self.margin):
-            # NaN called every image absent, and is no JSON value in the report
-            raise GresError(f"--margin {self.margin}: give a finite number")
+        check_cuts(self.margin)  # NaN called every image absent, and is no JSON value
         if self.pool is not None and self.model is None:
             raise GresError("--ray runs a --model; saved --predictions are scored here")
         if self.save_predictions is not None and self.model is None:
