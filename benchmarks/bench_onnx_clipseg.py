@@ -10,7 +10,8 @@ the text model's ids all lie in its vocabulary.
    4032x3024 phone photo), a fresh interpreter each time, torch and onnx alternating: when the
    first record reached stdout, the whole call, and the call's peak memory (max RSS);
 3. images/s: the engine over one group of 640x480 JPEGs, model loaded and warmed up first,
-   each runtime in a process of its own (its peak RSS too), and whether the decisions agree.
+   each runtime in a process of its own (its peak RSS too), and whether the decisions agree;
+   then the ONNX export with --no-group, which skips region.onnx.
 
     python benchmarks/bench_onnx_clipseg.py [--starts 3] [--images 32] [--threads N]
 
@@ -122,8 +123,11 @@ def _peak_mib(stderr: str) -> float:
     return next(int(x.split()[1]) for x in stderr.splitlines() if x.startswith("PEAK_KIB")) / 1024
 
 
-def throughput(model: Path, paths: list[Path], batch_size: int, threads: int) -> dict:
-    """Images/s of the engine over one group, in a process of its own; its peak RSS."""
+def throughput(
+    model: Path, paths: list[Path], batch_size: int, threads: int, group: bool = True
+) -> dict:
+    """Images/s of the engine over one group (the group step on, or off as --no-group), in a
+    process of its own; its peak RSS."""
     code = (
         PEAK
         + f"""
@@ -140,6 +144,7 @@ if {threads} and model.runtime == "numpy":
 elif {threads}:
     import torch
     torch.set_num_threads({threads})
+model.group = {group}
 engine = Segmenter(model, "cpu", batch_size={batch_size})
 engine.run_group(ImageGroup("warm-up", paths[:2]), "warm up")
 t = time.perf_counter()
@@ -227,6 +232,14 @@ def main() -> None:
         print(
             f"onnx/torch {rate['onnx'] / rate['torch']:.2f}x; same decisions {same}/{args.images};"
             f" max |d_pos, d_neg| difference {diff:.2e}"
+        )
+        # each image alone: the ONNX export skips region.onnx (the vision transformer's last
+        # layers), which only the group step reads
+        alone = throughput(onnx, paths, args.batch_size, args.threads, group=False)
+        alone_rate = args.images / alone["seconds"]
+        print(
+            f"onnx --no-group {alone_rate:.2f} img/s, {alone_rate / rate['onnx']:.2f}x the "
+            f"grouped run (region.onnx skipped), peak RSS {alone['rss_mib']:.0f} MiB"
         )
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 

@@ -355,9 +355,12 @@ def tiny_clip_tokenizer():
     return CLIPTokenizer(vocab=vocab, merges=[])
 
 
-def build_tiny_clipseg(folder: Path, seed: int = 0, size: int = 64) -> Path:
+def build_tiny_clipseg(
+    folder: Path, seed: int = 0, size: int = 64, extract_layers: tuple[int, ...] = (1, 2)
+) -> Path:
     """A random 2-3 layer CLIPSeg (about 0.1 M parameters) with its processor, saved as
-    `save_pretrained` writes it: the folder a user would pass to --model."""
+    `save_pretrained` writes it: the folder a user would pass to --model. The decoder reads
+    the vision layers `extract_layers` (of 0, 1, 2)."""
     import torch
     from transformers import (
         CLIPSegConfig,
@@ -374,7 +377,7 @@ def build_tiny_clipseg(folder: Path, seed: int = 0, size: int = 64) -> Path:
         text_config={**text, "vocab_size": 514, "max_position_embeddings": 77, **special},
         vision_config={**vision, "image_size": size, "patch_size": 16},
         projection_dim=16,
-        extract_layers=[1, 2],
+        extract_layers=list(extract_layers),
         reduce_dim=16,
         decoder_num_attention_heads=2,
         decoder_intermediate_size=32,

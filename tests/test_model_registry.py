@@ -68,7 +68,7 @@ class RedModel(WithoutExtras):
     def encode_text(self, expression: str) -> str:
         return expression
 
-    def first_pass(self, pixels: np.ndarray, text: str) -> FirstPass:
+    def first_pass(self, pixels: np.ndarray, text: str, alone: bool = False) -> FirstPass:
         redness = pixels.reshape(len(pixels), -1).mean(1)
         return FirstPass({"redness": redness}, list(pixels))
 

@@ -32,7 +32,9 @@ EXIF_ORIENTATION = 0x0112
 
 @pytest.fixture(scope="module")
 def clipseg_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_clipseg(tmp_path_factory.mktemp("clipseg") / "tiny-clipseg")
+    # the decoder reads vision layers 0 and 1: layer 2 is in region.onnx, as rd64's last two
+    folder = tmp_path_factory.mktemp("clipseg") / "tiny-clipseg"
+    return build_tiny_clipseg(folder, extract_layers=(0, 1))
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +106,11 @@ def test_export_folder_is_the_contract(clipseg_onnx: Path, clipseg_dir: Path):
     facts = config[spec.CONFIG_KEY]
     assert facts["graphs"] == spec.GRAPH_FILES and facts["onnxruntime"] == ort.__version__
     assert facts["source"] == {"model": str(clipseg_dir), "revision": None}
-    # measured (onnxruntime 1.32.0, torch 2.14.1, transformers 5.24.0): text 6.0e-7, image 3.1e-5
+    # measured (onnxruntime 1.32.0, torch 2.14.1, transformers 5.24.0): text 6.6e-7, image
+    # 4.9e-5, region 2.8e-7 (region.onnx after the runtime's image.onnx, against e_n of torch)
     errors = facts["max_abs_error"]
-    assert errors["text"] < 1e-5 and errors["image"] < 1e-3 and errors["image_processor"] == 0
+    assert errors["text"] < 1e-5 and errors["image"] < 1e-3 and errors["region"] < 1e-5
+    assert errors["image_processor"] == 0
     assert isinstance(load_model(clipseg_onnx), CLIPSegOnnxModel)
     info = gres("model", "info", str(clipseg_onnx))
     assert info.returncode == 0 and "CLIPSeg ONNX export" in info.stderr
@@ -166,12 +170,32 @@ def test_failed_self_check_leaves_nothing(clipseg_dir: Path, tmp_path: Path, mon
     ("edit", "words"),
     [
         (
-            {"onnx": {"graphs": {"text": "text.onnx", "image": "text.onnx"}}},
+            {
+                "onnx": {
+                    "graphs": {"text": "text.onnx", "image": "text.onnx", "region": "region.onnx"}
+                }
+            },
             "image graph text.onnx",
         ),
         (
-            {"onnx": {"graphs": {"text": "image.onnx", "image": "image.onnx"}}},
+            {
+                "onnx": {
+                    "graphs": {"text": "image.onnx", "image": "image.onnx", "region": "region.onnx"}
+                }
+            },
             "text graph image.onnx",
+        ),
+        (
+            {"onnx": {"graphs": {"text": "text.onnx", "image": "image.onnx"}}},
+            "graph 'region' must be a file in the model folder (an export by an earlier gres",
+        ),
+        (
+            {
+                "onnx": {
+                    "graphs": {"text": "text.onnx", "image": "image.onnx", "region": "image.onnx"}
+                }
+            },
+            "region graph image.onnx",
         ),
         ({"image_processor": {"height": 32, "width": 32}}, '"image_processor"'),
     ],
@@ -309,6 +333,56 @@ def test_segment_records_equal_the_torch_backends(
     _compare(outs["onnx"], outs["torch"])
 
 
+class CountingSession:
+    """An onnxruntime session that counts its runs (and runs them)."""
+
+    def __init__(self, session: object) -> None:
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        return self.session.run(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.session, name)
+
+
+def test_a_lone_image_skips_the_region_graph(
+    clipseg_dir: Path, clipseg_onnx: Path, photos: Path, tmp_path: Path
+):
+    """Only the group step reads e_n: an image alone in its group, --no-group and K = 1 leave
+    region.onnx (the vision transformer's layers past the decoder's) out; a group runs it once
+    per batch in pass 1, and once per batch in pass 2 for images past the cache. The records
+    of a lone photo equal the torch backend's."""
+    from gres_cli.inference import Segmenter
+    from gres_cli.inference.inputs import ImageGroup
+
+    model = load_model(clipseg_onnx)
+    region = model.sessions[spec.REGION] = CountingSession(model.sessions[spec.REGION])
+    images = sorted(photos.iterdir())
+    for kwargs, group, group_on, runs in [
+        ({}, images[:1], True, 0),
+        ({}, images, True, 1),  # 6 images, one batch
+        ({"experts": 1}, images, True, 0),
+        ({}, images, False, 0),
+        ({"cache_bytes": 0}, images, True, 2),  # pass 2 decodes and runs them again
+        ({"cache_bytes": 0, "experts": 1}, images, True, 0),
+    ]:
+        region.runs, model.group = 0, group_on
+        results = Segmenter(model, batch_size=8, **kwargs).run_group(
+            ImageGroup("g", group), EXPRESSION
+        )
+        assert len(results) == len(group) and all(r.error is None for r in results)
+        assert region.runs == runs, (kwargs, len(group), group_on)
+    outs = {}
+    for name, model_dir in (("torch", clipseg_dir), ("onnx", clipseg_onnx)):
+        outs[name] = tmp_path / f"lone-{name}"
+        proc = gres("segment", str(photos / "10.jpg"), EXPRESSION, "--model", str(model_dir),
+                    "--out", str(outs[name]), "--margin", "-5")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    assert _compare(outs["onnx"], outs["torch"]) == {True: 1, False: 0}
+
+
 def test_segment_resumes_an_interrupted_run(clipseg_onnx: Path, photos: Path, tmp_path: Path):
     """A run that lost its last records redoes those images only (their masks rewritten, the
     others' left alone), with the same answers: the group step still sees every image."""
@@ -372,7 +446,7 @@ def test_push_uploads_the_export_and_refuses_a_raw_checkpoint(
     assert result.exit_code == 0, result.output
     (files,) = hub
     assert set(files) == {p.name for p in clipseg_onnx.iterdir()}
-    assert {"image.onnx", "text.onnx", "tokenizer.json", "config.json"} <= set(files)
+    assert {"image.onnx", "region.onnx", "text.onnx", "tokenizer.json", "config.json"} <= set(files)
     (folder / "image.onnx").write_bytes(b"not a graph")
     result = CliRunner().invoke(app, ["model", "push", str(folder), "org/clipseg-onnx"])
     assert result.exit_code == 2 and "image.onnx: cannot load as ONNX" in result.stderr

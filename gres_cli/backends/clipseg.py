@@ -70,13 +70,28 @@ class CLIPSegBackend(OpenVocabModel):
         )
 
     def forward(self, pixels: Tensor, text: Tensor) -> BackendOutput:
+        logits, vision = self.decode(pixels, text)
+        prob = torch.sigmoid(logits.float())
+        features = self.region_features(vision.last_hidden_state)
+        return BackendOutput(logits, best_pixel(prob), features, prob)
+
+    def decode(self, pixels: Tensor, text: Tensor) -> tuple[Tensor, Any]:
+        """Mask logits (M x S x S) and the vision transformer's output: `last_hidden_state`,
+        and `hidden_states` (its input, then each layer's output; transformers keeps only
+        those of `config.extract_layers`, the layers the decoder reads, the rest None)."""
         m = pixels.shape[0]
         out = self.net(pixel_values=pixels, conditional_embeddings=text.expand(m, -1))
         logits = out.logits.reshape(m, *out.logits.shape[-2:])  # one image: kept as a batch
-        tokens = self.net.clip.vision_model.post_layernorm(
-            out.vision_model_output.last_hidden_state[:, 1:]
-        )
+        return logits, out.vision_model_output
+
+    def region_features(self, last_hidden: Tensor) -> Tensor:
+        """The vision transformer's last patch tokens, after its post-layernorm, as a grid
+        (M x C x h' x w'): what the region embedding pools."""
+        tokens = self.net.clip.vision_model.post_layernorm(last_hidden[:, 1:])
         side = int(tokens.shape[1] ** 0.5)
-        features = tokens.transpose(1, 2).reshape(m, -1, side, side)
-        prob = torch.sigmoid(logits.float())
-        return BackendOutput(logits, prob.flatten(1).amax(1), features, prob)
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
+
+
+def best_pixel(prob: Tensor) -> Tensor:
+    """b_n: the highest pixel probability of each image (M x S x S -> M)."""
+    return prob.flatten(1).amax(1)

@@ -4,14 +4,19 @@ and the settings of the numpy twin of its image processor: the folder
 `gres_cli.model.clipseg_onnx_spec` describes, which `gres segment --model OUT` runs on
 onnxruntime without torch or transformers (`gres_cli.backends.clipseg_onnx`).
 
-    text.onnx   the expression's ids (unpadded, truncated at the text model's positions)
-                -> the conditional embedding
-    image.onnx  B processed images + the conditional embedding -> mask logits, the score b_n
-                and the region embedding e_n of each image
+    text.onnx    the expression's ids (unpadded, truncated at the text model's positions)
+                 -> the conditional embedding
+    image.onnx   B processed images + the conditional embedding -> mask logits, the score b_n
+                 and the vision tokens after the deepest layer the decoder reads
+    region.onnx  those tokens and the mask logits -> the region embedding e_n of each image:
+                 the vision transformer's remaining layers (2 of rd64's 12, 14% of an image
+                 pass), which only the group step needs: a lone image skips them
 
-Each graph wraps the very code the torch backend runs (`get_conditional_embeddings`;
-`CLIPSegBackend.forward` then `openvocab.region_embedding`); the group rule is numpy in both
-runtimes' reach (`group_rule`). The export checks itself as the GRSer export does (onnxruntime
+The graphs wrap the code the torch backend runs (`get_conditional_embeddings`;
+`CLIPSegBackend.decode`, `region_features`, `openvocab.region_embedding`), the vision
+transformer cut in two after the decoder's deepest layer; the self-check holds the two halves
+together against the backend's whole `forward`. The group rule is numpy in both runtimes'
+reach (`group_rule`). The export checks itself as the GRSer export does (onnxruntime
 against torch, onnx's checker, the tokenizer and the image processor's twin against
 transformers') before OUT appears; a failed export leaves nothing.
 """
@@ -25,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from gres_cli.backends.clipseg import MODEL_TYPE as CLIPSEG
-from gres_cli.backends.clipseg import CLIPSegBackend
+from gres_cli.backends.clipseg import CLIPSegBackend, best_pixel
 from gres_cli.backends.openvocab import region_embedding
 from gres_cli.backends.openvocab_export import (
     BackendExport,
@@ -66,8 +71,15 @@ class TextGraph(nn.Module):
         )
 
 
+def deep_layer(backend: CLIPSegBackend) -> int:
+    """The index, among the vision transformer's hidden states (its input, then each layer's
+    output), of the deepest one the decoder reads: image.onnx stops there."""
+    return max(backend.net.config.extract_layers) + 1
+
+
 class ImageGraph(nn.Module):
-    """image.onnx: B images against one conditional embedding -> logits, b_n, e_n."""
+    """image.onnx: B images against one conditional embedding -> logits, b_n, deep tokens (the
+    layers past the decoder's deepest are left out of the trace: nothing here reads them)."""
 
     def __init__(self, backend: CLIPSegBackend) -> None:
         super().__init__()
@@ -75,8 +87,26 @@ class ImageGraph(nn.Module):
         self.net = backend.net  # registered: the exporter puts it in eval mode
 
     def forward(self, pixels: Tensor, conditional: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        out = self.backend.forward(pixels, conditional)
-        return out.mask_logits, out.score, region_embedding(out.features, out.region)
+        logits, vision = self.backend.decode(pixels, conditional)
+        deep = vision.hidden_states[deep_layer(self.backend)]
+        return logits, best_pixel(torch.sigmoid(logits.float())), deep
+
+
+class RegionGraph(nn.Module):
+    """region.onnx: deep tokens and mask logits of B images -> e_n, through the vision
+    transformer's remaining layers (as its encoder runs them: no attention mask)."""
+
+    def __init__(self, backend: CLIPSegBackend) -> None:
+        super().__init__()
+        self.backend = backend
+        self.net = backend.net
+
+    def forward(self, deep_tokens: Tensor, mask_logits: Tensor) -> Tensor:
+        hidden = deep_tokens
+        for layer in self.net.clip.vision_model.encoder.layers[deep_layer(self.backend) :]:
+            hidden = layer(hidden, None)
+        features = self.backend.region_features(hidden)
+        return region_embedding(features, torch.sigmoid(mask_logits.float()))
 
 
 def _ids(backend: CLIPSegBackend, expression: str) -> dict[str, Tensor]:
@@ -97,19 +127,25 @@ def export_graphs(backend: CLIPSegBackend, folder: Path, opset: int) -> None:
             spec.TEXT_INPUTS, (spec.CONDITIONAL,), (), opset, axes=tokens)  # fmt: skip
     s = backend.input_size
     pixels = torch.zeros(2, 3, s, s)  # batch 2: a batch of 1 would hide where it broadcasts
+    with torch.no_grad():
+        logits, _, deep = ImageGraph(backend)(pixels, conditional)
     export_graph(ImageGraph(backend), (pixels, conditional), folder / spec.GRAPH_FILES[spec.IMAGE],
             spec.IMAGE_INPUTS, spec.IMAGE_OUTPUTS, (spec.PIXELS, *spec.IMAGE_OUTPUTS),
+            opset)  # fmt: skip
+    export_graph(RegionGraph(backend), (deep, logits), folder / spec.GRAPH_FILES[spec.REGION],
+            spec.REGION_INPUTS, spec.REGION_OUTPUTS, (*spec.REGION_INPUTS, *spec.REGION_OUTPUTS),
             opset)  # fmt: skip
 
 
 def self_check(backend: CLIPSegBackend, twin: ImageProcessorTwin, folder: Path) -> dict:
     """Each graph valid ONNX, onnxruntime against torch (text: every check expression, one
-    truncated; image: random images, B = 1 and 3, against each expression's embedding); the
+    truncated; image: random images, B = 1 and 3, against each expression's embedding; region:
+    on what the runtime's image graph gave, against e_n of the backend's whole `forward`); the
     folder's tokenizer through `tokenizers` alone gives transformers' ids; the numpy twin of
     the image processor gives transformers' pixels on photos of odd sizes. The worst error of
     each (the twin's is 0: equal bit for bit, or the check fails)."""
     sessions = checked_sessions(folder, spec.GRAPH_FILES)
-    errors = {spec.TEXT: 0.0, spec.IMAGE: 0.0, "image_processor": check_twin(backend, twin)}
+    errors = dict.fromkeys(spec.GRAPH_FILES, 0.0) | {"image_processor": check_twin(backend, twin)}
     positions = backend.net.config.text_config.max_position_embeddings
     tokenize = Tokenizer(folder, positions, pad=False)
     s = backend.input_size
@@ -133,13 +169,21 @@ def self_check(backend: CLIPSegBackend, twin: ImageProcessorTwin, folder: Path) 
                 errors[spec.TEXT], worst_error(got, (want,), (spec.CONDITIONAL,))
             )
             conditional = torch.from_numpy(got[0])  # what the runtime has
-            everything = ImageGraph(backend)(pixels, conditional)
+            image = ImageGraph(backend)(pixels, conditional)
+            whole = backend.forward(pixels, conditional)
+            embedding = region_embedding(whole.features, whole.region)
             for b in CHECK_BATCHES:
                 feeds = {spec.PIXELS: pixels[:b].numpy(), spec.CONDITIONAL: got[0]}
                 out = sessions[spec.IMAGE].run(None, feeds)
-                want = tuple(t[:b] for t in everything)
+                want = tuple(t[:b] for t in image)
                 errors[spec.IMAGE] = max(
                     errors[spec.IMAGE], worst_error(out, want, spec.IMAGE_OUTPUTS)
+                )
+                feeds = dict(zip(spec.REGION_INPUTS, (out[2], out[0]), strict=True))
+                region = sessions[spec.REGION].run(None, feeds)
+                errors[spec.REGION] = max(
+                    errors[spec.REGION],
+                    worst_error(region, (embedding[:b],), spec.REGION_OUTPUTS),
                 )
     return errors
 

@@ -7,7 +7,10 @@ backend (`clipseg.CLIPSegBackend` with `openvocab.OpenVocabModel`'s group rule) 
            text.onnx -> the conditional embedding, once per job;
   images   the checkpoint's image processor's numpy twin (`model.image_processor`), in the
            loader's threads;
-  pass 1   image.onnx -> mask logits, the score b_n, the region embedding e_n;
+  pass 1   image.onnx -> mask logits, the score b_n, the vision tokens the decoder read last;
+           region.onnx -> the region embedding e_n, unless the image is alone (the only one
+           of its group, or --no-group: the group step never reads e_n, and the vision
+           transformer's last layers are skipped);
   group    the experts' prototype and radius (`group_rule`, numpy);
   pass 2   d_pos, d_neg from the cached b_n and e_n; the backend's own score and call in
            every record (backend_score, backend_present), as the torch backend writes them.
@@ -40,6 +43,7 @@ from gres_cli.model.onnx_tokenizer import Tokenizer
 from gres_cli.model.preprocess import probability_to_original_array
 
 EXTRA = "gres[onnx]"
+REEXPORT = "re-export the model (gres model export) or restore its config.json"
 
 
 @dataclass
@@ -121,7 +125,11 @@ class CLIPSegOnnxModel(GroupRuleExtras, OnnxExportKind):
         for name in contract.GRAPH_FILES:
             file = graphs.get(name) if isinstance(graphs, dict) else None
             if not isinstance(file, str) or Path(file).name != file:
-                raise ModelLoadError(f"{where}: graph {name!r} must be a file in the model folder")
+                raise ModelLoadError(
+                    f"{where}: graph {name!r} must be a file in the model folder"
+                    + ("" if not isinstance(graphs, dict) or name in graphs else
+                       f" (an export by an earlier gres has none: {REEXPORT})")
+                )  # fmt: skip
             files[name] = folder / file
         self.sessions = open_sessions(files, threads)
         self._check_graphs(where, {name: path.name for name, path in files.items()})
@@ -131,13 +139,12 @@ class CLIPSegOnnxModel(GroupRuleExtras, OnnxExportKind):
         graphs declare (a graph named for the other, an edited size), before any image is
         read: else onnxruntime failed mid-run with a ValueError or InvalidArgument traceback."""
         contract = self.onnx_spec
-        fix = "re-export the model (gres model export) or restore its config.json"
+        fix = REEXPORT
         declared = {
             name: {i.name: i.shape for i in session.get_inputs()}
             for name, session in self.sessions.items()
         }
-        wanted = {contract.TEXT: contract.TEXT_INPUTS, contract.IMAGE: contract.IMAGE_INPUTS}
-        for name, inputs in wanted.items():
+        for name, inputs in contract.GRAPH_INPUTS.items():
             if set(declared[name]) != set(inputs):
                 raise ModelLoadError(
                     f"{where}: the {name} graph {files[name]} takes "
@@ -235,9 +242,15 @@ class CLIPSegOnnxModel(GroupRuleExtras, OnnxExportKind):
                 )
         return ids, mask
 
-    def first_pass(self, pixels: np.ndarray, text: np.ndarray) -> FirstPass:
+    def first_pass(self, pixels: np.ndarray, text: np.ndarray, alone: bool = False) -> FirstPass:
+        """b_n and e_n of B images; alone, e_n is not computed (NaN: nothing reads it)."""
         feeds = {spec.PIXELS: pixels.astype(np.float32, copy=False), spec.CONDITIONAL: text}
-        logits, score, emb = self.sessions[spec.IMAGE].run(None, feeds)
+        logits, score, deep = self.sessions[spec.IMAGE].run(None, feeds)
+        if alone:
+            emb = np.full((len(score), deep.shape[-1]), np.nan, np.float32)
+        else:
+            feeds = dict(zip(spec.REGION_INPUTS, (deep, logits), strict=True))
+            emb = self.sessions[spec.REGION].run(None, feeds)[0]
         items = [RegionItemArray(logits[i], score[i], emb[i]) for i in range(len(score))]
         return FirstPass({"score": score, "embedding": emb}, items)
 
@@ -250,7 +263,8 @@ class CLIPSegOnnxModel(GroupRuleExtras, OnnxExportKind):
         self, pixels: np.ndarray | None, text: np.ndarray, experts: Any, items: list | None
     ) -> SecondPass:
         if items is None:
-            items = self.first_pass(pixels, text).items
+            alone = experts is None or not experts.active  # no group term: e_n goes unread
+            items = self.first_pass(pixels, text, alone).items
         scores = np.stack([it.score for it in items]).astype(np.float32)
         emb = np.stack([it.embedding for it in items])
         d_pos, d_neg = group_distances_array(scores, emb, experts, self.group_weight)

@@ -121,7 +121,7 @@ class GRSerAdapter(WithoutExtras, ModelKind):
     def encode_text(self, expression: str) -> TextFeatures:
         return self.net.encode_text([expression])
 
-    def first_pass(self, pixels: Tensor, text: TextFeatures) -> FirstPass:
+    def first_pass(self, pixels: Tensor, text: TextFeatures, alone: bool = False) -> FirstPass:
         scores, encoded = self.net.first_pass(pixels, text)
         summary = {"prototypes": scores.prototypes, "s_pos": scores.s_pos, "s_neg": scores.s_neg}
         return FirstPass(

@@ -215,7 +215,9 @@ class GRSerOnnxModel(WithoutExtras, OnnxExportKind):
         out = self.sessions[spec.ENCODE].run(None, feeds)
         return dict(zip(spec.encode_outputs(self.stages), out, strict=True))
 
-    def first_pass(self, pixels: np.ndarray, text: dict[str, np.ndarray]) -> FirstPass:
+    def first_pass(
+        self, pixels: np.ndarray, text: dict[str, np.ndarray], alone: bool = False
+    ) -> FirstPass:
         enc = self._encode(pixels, text)
         summary = {k: enc[k] for k in (spec.PROTOTYPES, spec.S_POS, spec.S_NEG)}
         return FirstPass(summary, [self._item(enc, j) for j in range(pixels.shape[0])])

@@ -298,7 +298,7 @@ class OpenVocabModel(GroupRuleExtras, ModelKind):
         return probability_to_original(mask_logits, size)
 
     # ---- the protocol, shared --------------------------------------------------------------
-    def first_pass(self, pixels: Tensor, text: Any) -> FirstPass:
+    def first_pass(self, pixels: Tensor, text: Any, alone: bool = False) -> FirstPass:
         out = self.forward(pixels, text)
         emb = region_embedding(out.features, out.region)
         score = out.score.float()

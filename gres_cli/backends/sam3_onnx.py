@@ -38,7 +38,9 @@ class Sam3OnnxModel(CLIPSegOnnxModel):
         feeds = dict(zip(spec.TEXT_INPUTS, (ids, mask), strict=True))
         return self.sessions[spec.TEXT].run(None, feeds)[0], mask
 
-    def first_pass(self, pixels: np.ndarray, text: tuple[np.ndarray, np.ndarray]) -> FirstPass:
+    def first_pass(
+        self, pixels: np.ndarray, text: tuple[np.ndarray, np.ndarray], alone: bool = False
+    ) -> FirstPass:
         features, mask = text
         inputs = (pixels.astype(np.float32, copy=False), features, mask)
         feeds = dict(zip(spec.IMAGE_INPUTS, inputs, strict=True))

@@ -247,8 +247,9 @@ class Segmenter:
                 yield ImageResult(job.number, images[k], job.job.group.images[images[k]], err)
         if not good:
             return
+        alone = not self.model.group or self.experts < 2 or len(job.job.group.images) < 2
         with self.runtime.autocast():
-            first = self.model.first_pass(self.model.model_input(raw[good]), job.text)
+            first = self.model.first_pass(self.model.model_input(raw[good]), job.text, alone)
         job.summaries.append(first.summary)
         for j, k in enumerate(good):
             job.passed(images[k], sizes[k], first.items[j], photos[k])

@@ -19,9 +19,16 @@ reads it with numpy, Pillow and `tokenizers` alone). Constants only, torch-free.
                        [1, D] (applied to all B)
                        -> mask_logits float32 [B, S, S]  the decoder's logits
                           score       float32 [B]        b_n = max sigmoid(mask_logits)
-                          embedding   float32 [B, C]     e_n: the vision tokens (post-layernorm)
-                                                         pooled under sigmoid(mask_logits),
-                                                         unit length
+                          deep_tokens float32 [B, T, C]  the vision transformer's tokens after
+                                                         the deepest layer the decoder reads
+                                                         ("clipseg".extract_layers)
+    OUT/region.onnx    deep_tokens, mask_logits of B images
+                       -> embedding   float32 [B, C]     e_n: the vision transformer's layers
+                                                         past the decoder's, its post-layernorm,
+                                                         the patch tokens pooled under
+                                                         sigmoid(mask_logits), unit length
+                       Only the group step reads e_n: a lone image (one in its group, or
+                       --no-group) skips this graph, and with it those layers.
     OUT/README.md      model card
 The group rule (experts, prototype, radius, d_pos, d_neg) runs in numpy over score and
 embedding (`gres_cli.backends.group_rule`), as the torch backend runs it in torch.
@@ -32,12 +39,17 @@ from __future__ import annotations
 MODEL_TYPE = "clipseg-onnx"
 CONFIG_KEY = "onnx"
 
-TEXT, IMAGE = "text", "image"
-GRAPH_FILES = {TEXT: "text.onnx", IMAGE: "image.onnx"}
+TEXT, IMAGE, REGION = "text", "image", "region"
+GRAPH_FILES = {TEXT: "text.onnx", IMAGE: "image.onnx", REGION: "region.onnx"}
 
 TEXT_INPUTS = ("input_ids", "attention_mask")
 CONDITIONAL = "conditional"
 PIXELS = "pixel_values"
 IMAGE_INPUTS = (PIXELS, CONDITIONAL)
-MASK_LOGITS, SCORE, EMBEDDING = "mask_logits", "score", "embedding"
-IMAGE_OUTPUTS = (MASK_LOGITS, SCORE, EMBEDDING)
+MASK_LOGITS, SCORE, DEEP_TOKENS = "mask_logits", "score", "deep_tokens"
+IMAGE_OUTPUTS = (MASK_LOGITS, SCORE, DEEP_TOKENS)
+REGION_INPUTS = (DEEP_TOKENS, MASK_LOGITS)
+EMBEDDING = "embedding"
+REGION_OUTPUTS = (EMBEDDING,)
+#: the inputs each graph declares (the runtime refuses a config.json naming other graphs)
+GRAPH_INPUTS = {TEXT: TEXT_INPUTS, IMAGE: IMAGE_INPUTS, REGION: REGION_INPUTS}

@@ -200,7 +200,8 @@ def simplify(path: Path) -> None:
         if len(tensor.raw_data) >= 1024:
             set_external_data(tensor, location=weights.name)
     onnx.save(model, str(path))
-    weights.chmod(stat.S_IMODE(path.stat().st_mode))  # onnx makes it private; as the graph
+    if weights.exists():  # none for a graph without large weights (a region graph of no layers)
+        weights.chmod(stat.S_IMODE(path.stat().st_mode))  # onnx makes it private; as the graph
     rewritten.unlink()
 
 

@@ -39,5 +39,7 @@ PIXELS = "pixel_values"
 IMAGE_INPUTS = (PIXELS, TEXT_FEATURES, "attention_mask")
 MASK_LOGITS, SCORE, FEATURES = "mask_logits", "score", "features"
 IMAGE_OUTPUTS = (MASK_LOGITS, SCORE, FEATURES)
+#: the inputs each graph declares (the runtime refuses a config.json naming other graphs)
+GRAPH_INPUTS = {TEXT: TEXT_INPUTS, IMAGE: IMAGE_INPUTS}
 #: what the self-check also compares: the runtime's numpy e_n against torch's
 EMBEDDING = "embedding"
