@@ -383,6 +383,26 @@ def test_a_lone_image_skips_the_region_graph(
     assert _compare(outs["onnx"], outs["torch"]) == {True: 1, False: 0}
 
 
+def test_a_checkpoint_whose_decoder_reads_the_last_layer_has_a_region_graph_of_no_layers(
+    photos: Path, tmp_path: Path
+):
+    """extract_layers ending at the last vision layer: region.onnx is the post-layernorm and
+    the pooling alone (no weights file beside it), and a group's records equal torch's."""
+    source = build_tiny_clipseg(tmp_path / "last-layer", extract_layers=(1, 2))
+    export = tmp_path / "last-layer-onnx"
+    proc = gres("model", "export", str(source), str(export))
+    assert proc.returncode == 0, proc.stderr
+    assert (export / "region.onnx").is_file()
+    assert not (export / weights_file("region.onnx")).exists()
+    outs = {}
+    for name, model_dir in (("torch", source), ("onnx", export)):
+        outs[name] = tmp_path / f"out-{name}"
+        proc = gres("segment", str(photos), EXPRESSION, "--model", str(model_dir), "--out",
+                    str(outs[name]), "--margin", "-5")  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+    assert _compare(outs["onnx"], outs["torch"]) == {True: 6, False: 0}
+
+
 def test_segment_resumes_an_interrupted_run(clipseg_onnx: Path, photos: Path, tmp_path: Path):
     """A run that lost its last records redoes those images only (their masks rewritten, the
     others' left alone), with the same answers: the group step still sees every image."""

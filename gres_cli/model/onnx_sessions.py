@@ -27,9 +27,11 @@ def open_sessions(files: dict[str, Path], threads: int | None = None) -> dict[st
     load. For one photo the start-up is most of the wait, so:
 
     - the graphs load side by side (onnxruntime reads and optimises a graph outside the GIL);
-    - at the extended optimisation level: the level that adds layout rewrites doubled the
-      load of CLIPSeg's graphs (1.05 s against 0.56 s, benchmarks/bench_onnx_clipseg.py) for
-      no measurable speed per image;
+    - at the basic optimisation level, which every export has had applied already (it saves
+      its graphs so rewritten, `export.simplify`): the extended level's fusions took 86 ms
+      to open CLIPSeg's image graph against 22 ms (the demo GRSer's encode graph: 89 against
+      38 ms) for no image pass measurably faster (0.54 s either way, paired difference 3 ms
+      over 20 passes), and the level that adds layout rewrites doubled the load again;
     - without pre-packing the weights of matrix products: with the weights mapped from their
       files (`weights_file`), packing was most of what was left of the load (CLIPSeg's two
       graphs: 0.41 s with it, 0.15 s without), and an image pass took as long either way
@@ -40,7 +42,7 @@ def open_sessions(files: dict[str, Path], threads: int | None = None) -> dict[st
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # stderr holds gres's own progress and one-line errors
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.add_session_config_entry("session.disable_prepacking", "1")
     if threads:
         options.intra_op_num_threads = threads
